@@ -1,0 +1,1 @@
+"""Activities: thin classes over the services, one file per area."""

@@ -1,0 +1,56 @@
+"""Message activities: persist, broadcast, apply receipts. Each one is idempotent."""
+
+from __future__ import annotations
+
+from temporalio import activity
+
+from activities.errors import translate_errors
+from missive.broadcast import Broadcaster
+from missive.schemas import (
+    ApplyReceiptResult,
+    BroadcastMessageInput,
+    PersistMessageInput,
+    PersistMessageResult,
+    ReceiptInput,
+)
+from missive.services.messages import MessageService
+from missive.services.receipts import ReceiptService
+
+
+class MessageActivities:
+    """The I/O of a message's lifecycle, run as local activities on the hot path."""
+
+    def __init__(
+        self, messages: MessageService, receipts: ReceiptService, broadcaster: Broadcaster
+    ):
+        self._messages = messages
+        self._receipts = receipts
+        self._broadcaster = broadcaster
+
+    @activity.defn
+    @translate_errors
+    async def persist_message(self, input: PersistMessageInput) -> PersistMessageResult:
+        """Stores the message and its deliveries; a rerun returns the stored row."""
+        return await self._messages.persist(input)
+
+    @activity.defn
+    @translate_errors
+    async def broadcast_message(self, input: BroadcastMessageInput) -> None:
+        """Emits message:new to the conversation's room (clients dedupe by event_id)."""
+        await self._broadcaster.message_new(await self._messages.load(input.message_id))
+
+    @activity.defn
+    @translate_errors
+    async def apply_receipt(self, input: ReceiptInput) -> ApplyReceiptResult:
+        """Moves the reader's deliveries forward up to the watermark; a rerun changes nothing."""
+        return await self._receipts.apply(input)
+
+    @activity.defn
+    @translate_errors
+    async def broadcast_receipts(self, input: ApplyReceiptResult) -> None:
+        """Emits message:receipt to each sender whose message moved forward."""
+        await self._broadcaster.receipts(
+            conversation_id=input.conversation_id,
+            recipient_id=input.user_id,
+            changes=input.changes,
+        )

@@ -1,0 +1,1 @@
+"""Missive: the asynchronous work behind a chat product (core, no Temporal imports)."""

@@ -1,0 +1,81 @@
+"""Real-time events: what they carry and how they reach Socket.IO rooms from any process."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from missive.constants import (
+    EVENT_MESSAGE_NEW,
+    EVENT_MESSAGE_RECEIPT,
+    conversation_room,
+    user_room,
+)
+from missive.schemas import ReceiptChange
+from missive.services.messages import StoredMessage
+
+
+class Emitter(Protocol):
+    """Anything that emits to Socket.IO rooms: an AsyncServer or a client manager."""
+
+    async def emit(self, event: str, data: Any, *, room: str | None = None) -> Any:
+        """Emits one event to a room."""
+
+
+class Broadcaster:
+    """Sends Missive's events to rooms.
+
+    Every event carries an ``event_id`` that is the same on every retry, so a
+    client that saw it already drops the repeat (see the README's event contract).
+    """
+
+    def __init__(self, emitter: Emitter):
+        self._emitter = emitter
+
+    async def message_new(self, message: StoredMessage) -> None:
+        """Announces a persisted message to its conversation's room."""
+        await self._emitter.emit(
+            EVENT_MESSAGE_NEW,
+            message_new_event(message),
+            room=conversation_room(message.conversation_id),
+        )
+
+    async def receipts(
+        self, *, conversation_id: str, recipient_id: str, changes: list[ReceiptChange]
+    ) -> None:
+        """Tells each sender that one recipient's receipt moved forward."""
+        for change in changes:
+            await self._emitter.emit(
+                EVENT_MESSAGE_RECEIPT,
+                receipt_event(conversation_id, recipient_id, change),
+                room=user_room(change.sender_id),
+            )
+
+
+def message_new_event(message: StoredMessage) -> dict[str, Any]:
+    """The ``message:new`` payload."""
+    return {
+        "event_id": f"{EVENT_MESSAGE_NEW}:{message.message_id}",
+        "message_id": message.message_id,
+        "conversation_id": message.conversation_id,
+        "seq": message.seq,
+        "sender_id": message.sender_id,
+        "client_message_id": message.client_message_id,
+        "body": message.body,
+        "created_at": message.created_at.isoformat(),
+    }
+
+
+def receipt_event(conversation_id: str, recipient_id: str, change: ReceiptChange) -> dict[str, Any]:
+    """The ``message:receipt`` payload, sent to the message's sender."""
+    return {
+        "event_id": f"{EVENT_MESSAGE_RECEIPT}:{change.message_id}:{recipient_id}:{change.status}",
+        "message_id": change.message_id,
+        "conversation_id": conversation_id,
+        "seq": change.seq,
+        "recipient_id": recipient_id,
+        "status": str(change.status),
+        "at": change.at.isoformat(),
+        "delivered_count": change.delivered_count,
+        "read_count": change.read_count,
+        "recipient_count": change.recipient_count,
+    }

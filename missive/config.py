@@ -1,0 +1,128 @@
+"""Settings read from the environment (pydantic-settings); each one is in the README."""
+
+from __future__ import annotations
+
+import base64
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from missive.errors import InvalidInput
+
+
+def parse_keyring(spec: str, *, name: str) -> dict[int, bytes]:
+    """Parses ``"1:<base64 32 bytes>,2:<...>"`` into ``{version: key}``.
+
+    Raises:
+        InvalidInput: naming the setting and the bad entry.
+    """
+    ring: dict[int, bytes] = {}
+    for raw in (part.strip() for part in spec.split(",")):
+        if not raw:
+            continue
+        version, sep, encoded = raw.partition(":")
+        if not sep or not version.isdigit():
+            raise InvalidInput(f"{name}: entry {version!r} is not '<version>:<base64 key>'")
+        try:
+            key = base64.b64decode(encoded, validate=True)
+        except ValueError as err:
+            raise InvalidInput(f"{name}: key version {version} is not valid base64") from err
+        if len(key) != 32:
+            raise InvalidInput(f"{name}: key version {version} must be 32 bytes, got {len(key)}")
+        ring[int(version)] = key
+    return ring
+
+
+class Settings(BaseSettings):
+    """Everything a Missive process reads from its environment.
+
+    Field names are the environment variable names (case-insensitive).
+    """
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    database_url: str | None = None
+    """PostgreSQL URL (``postgresql+asyncpg://...``). Unset: the dev command
+    starts an embedded PostgreSQL; the worker and gateway require it."""
+
+    temporal_address: str = "localhost:7233"
+    """host:port of the Temporal frontend."""
+
+    temporal_namespace: str = "default"
+    """Temporal namespace for every workflow."""
+
+    redis_url: str | None = None
+    """Redis URL for Socket.IO's cross-process manager. Unset: PostgreSQL
+    LISTEN/NOTIFY carries broadcasts between processes instead."""
+
+    master_keys: str = ""
+    """Key-encryption keys, ``"<version>:<base64 32 bytes>,..."``; they wrap each
+    conversation's data key. Required."""
+
+    master_key_version: int | None = None
+    """Which master key wraps new data keys; default the highest version."""
+
+    codec_keys: str = ""
+    """Payload-codec keys for Temporal payloads, same format as master_keys.
+    Unset: payloads are not encrypted (the dev command always sets them)."""
+
+    codec_key_version: int | None = None
+    """Which codec key encodes new payloads; default the highest version."""
+
+    gateway_secret: str = ""
+    """HMAC key that signs gateway connection tokens. Required by the gateway
+    and by whoever issues tokens."""
+
+    gateway_host: str = "127.0.0.1"
+    """Interface the Socket.IO gateway listens on."""
+
+    gateway_port: int = 8800
+    """Port of the Socket.IO gateway."""
+
+    gateway_token_ttl_seconds: int = 3600
+    """Lifetime of a token issued by ``python -m starter token``."""
+
+    max_body_bytes: int = Field(default=16_384, gt=0)
+    """Largest message body accepted, in UTF-8 bytes."""
+
+    lifecycle_window_seconds: int = Field(default=86_400, gt=0)
+    """How long a message's lifecycle follows receipts before it ends unread."""
+
+    receipt_detail_max_recipients: int = Field(default=32, ge=0)
+    """Up to this many recipients, the lifecycle workflow is told of every
+    receipt and its query shows each recipient; above it (large groups) it is
+    told only of milestones (all delivered, all read), keeping history small."""
+
+    graceful_shutdown_seconds: float = Field(default=20.0, gt=0)
+    """How long SIGTERM/SIGINT lets in-flight activities finish."""
+
+    data_dir: Path = Path(".missive")
+    """Where the dev command keeps Temporal's and PostgreSQL's state and keys."""
+
+    log_level: str = "INFO"
+    """Python logging level for every process."""
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_driver(cls, value: str | None) -> str | None:
+        if value and value.startswith(("postgresql://", "postgres://")):
+            return "postgresql+asyncpg://" + value.split("://", 1)[1]
+        return value
+
+    @cached_property
+    def master_keyring(self) -> dict[int, bytes]:
+        """master_keys parsed into ``{version: key}``."""
+        return parse_keyring(self.master_keys, name="MASTER_KEYS")
+
+    @cached_property
+    def codec_keyring(self) -> dict[int, bytes]:
+        """codec_keys parsed into ``{version: key}``."""
+        return parse_keyring(self.codec_keys, name="CODEC_KEYS")
+
+    def require_database_url(self) -> str:
+        """The database URL, or a clear error when it is unset."""
+        if not self.database_url:
+            raise InvalidInput("DATABASE_URL is not set")
+        return self.database_url

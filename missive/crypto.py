@@ -1,0 +1,116 @@
+"""Envelope encryption at rest: a data key per conversation, wrapped by a master key."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from missive.errors import DecryptionFailed, InvalidInput, KeyVersionMissing
+
+NONCE_BYTES = 12
+_TAG_BYTES = 16
+
+
+@dataclass(frozen=True)
+class WrappedKey:
+    """A data key encrypted under one master key version."""
+
+    master_key_version: int
+    """The master key that wraps it."""
+    wrapped: bytes
+    """nonce || AES-256-GCM(master, data key)."""
+
+
+class MessageCipher:
+    """Wraps data keys and encrypts message bodies with AES-256-GCM.
+
+    The associated data binds each ciphertext to where it belongs, so a body
+    copied into another message or conversation does not decrypt.
+    """
+
+    def __init__(self, master_keys: dict[int, bytes], *, current_version: int | None = None):
+        if not master_keys:
+            raise InvalidInput("MASTER_KEYS: at least one master key is required")
+        self._masters = {version: AESGCM(key) for version, key in master_keys.items()}
+        self.current_version = current_version or max(master_keys)
+        if self.current_version not in self._masters:
+            raise InvalidInput(f"MASTER_KEY_VERSION {self.current_version} is not in MASTER_KEYS")
+        self._unwrapped: dict[tuple[str, int, bytes], AESGCM] = {}
+
+    @staticmethod
+    def _key_aad(conversation_id: str, key_version: int) -> bytes:
+        return f"missive:data-key:{conversation_id}:{key_version}".encode()
+
+    @staticmethod
+    def _body_aad(conversation_id: str, message_id: str) -> bytes:
+        return f"missive:body:{conversation_id}:{message_id}".encode()
+
+    def new_data_key(self, conversation_id: str, key_version: int) -> WrappedKey:
+        """Creates a fresh data key and returns it wrapped by the current master key."""
+        nonce = os.urandom(NONCE_BYTES)
+        wrapped = self._masters[self.current_version].encrypt(
+            nonce, AESGCM.generate_key(bit_length=256), self._key_aad(conversation_id, key_version)
+        )
+        return WrappedKey(self.current_version, nonce + wrapped)
+
+    def data_key(self, conversation_id: str, key_version: int, wrapped: WrappedKey) -> AESGCM:
+        """Unwraps (and caches) a conversation's data key.
+
+        Raises:
+            KeyVersionMissing: the master key version is not configured.
+            DecryptionFailed: the wrapped key does not authenticate.
+        """
+        cache_key = (conversation_id, key_version, wrapped.wrapped)
+        cached = self._unwrapped.get(cache_key)
+        if cached is not None:
+            return cached
+        master = self._masters.get(wrapped.master_key_version)
+        if master is None:
+            raise KeyVersionMissing(
+                f"master key version {wrapped.master_key_version} is not configured"
+            )
+        try:
+            raw = master.decrypt(
+                wrapped.wrapped[:NONCE_BYTES],
+                wrapped.wrapped[NONCE_BYTES:],
+                self._key_aad(conversation_id, key_version),
+            )
+        except (InvalidTag, ValueError) as err:
+            raise DecryptionFailed(
+                f"data key {key_version} of conversation {conversation_id} does not authenticate"
+            ) from err
+        if len(self._unwrapped) > 10_000:
+            self._unwrapped.clear()
+        key = self._unwrapped[cache_key] = AESGCM(raw)
+        return key
+
+    def encrypt_body(
+        self, key: AESGCM, *, conversation_id: str, message_id: str, body: bytes
+    ) -> bytes:
+        """Returns nonce || ciphertext || tag for one message body."""
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + key.encrypt(nonce, body, self._body_aad(conversation_id, message_id))
+
+    def decrypt_body(
+        self, key: AESGCM, *, conversation_id: str, message_id: str, ciphertext: bytes
+    ) -> bytes:
+        """Decrypts one message body.
+
+        Raises:
+            DecryptionFailed: tampered, truncated, or encrypted for another message.
+        """
+        if len(ciphertext) < NONCE_BYTES + _TAG_BYTES:
+            raise DecryptionFailed(f"body of message {message_id} is truncated")
+        try:
+            return key.decrypt(
+                ciphertext[:NONCE_BYTES],
+                ciphertext[NONCE_BYTES:],
+                self._body_aad(conversation_id, message_id),
+            )
+        except InvalidTag as err:
+            raise DecryptionFailed(
+                f"body of message {message_id} failed authentication (tampered or wrong key)"
+            ) from err

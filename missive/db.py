@@ -1,0 +1,29 @@
+"""The async engine and session factory, built once per process and passed in."""
+
+from __future__ import annotations
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+
+def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
+    """Creates the process's engine (asyncpg); whoever creates it disposes it."""
+    return create_async_engine(
+        database_url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        # asyncpg caches prepared statements per connection: the hot path reuses them.
+        connect_args={"statement_cache_size": 512},
+    )
+
+
+def session_factory(engine: AsyncEngine) -> async_sessionmaker:
+    """A session factory whose objects stay readable after commit."""
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+def describe(database_url: str) -> str:
+    """host:port/db of a URL, without the password, for one-line errors."""
+    url = make_url(database_url)
+    return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database}"

@@ -1,0 +1,69 @@
+"""The domain error hierarchy: permanent errors are never retried, transient ones are."""
+
+from __future__ import annotations
+
+
+class MessagingError(Exception):
+    """Base of every error Missive raises on purpose."""
+
+    @property
+    def type(self) -> str:
+        """The error's name, as callers and ApplicationError.type see it."""
+        return type(self).__name__
+
+
+class PermanentError(MessagingError):
+    """Retrying cannot help: the input or the state is wrong."""
+
+
+class InvalidInput(PermanentError):
+    """A field is missing, malformed or out of range; the message names it."""
+
+
+class ConversationNotFound(PermanentError):
+    """The conversation does not exist."""
+
+
+class UserNotFound(PermanentError):
+    """The user does not exist."""
+
+
+class NotAMember(PermanentError):
+    """The user does not take part in the conversation."""
+
+
+class MessageNotVisible(PermanentError):
+    """The message does not exist or the user cannot see it."""
+
+
+class DuplicateClientMessageId(PermanentError):
+    """A client_message_id was reused with a different body: refused, never overwritten."""
+
+
+class DecryptionFailed(PermanentError):
+    """A ciphertext failed authentication (tampered, truncated or wrong key)."""
+
+
+class KeyVersionMissing(PermanentError):
+    """A ciphertext names a key version that is not configured."""
+
+
+class InvalidToken(PermanentError):
+    """A gateway token is missing, forged, malformed or expired."""
+
+
+class TransientError(MessagingError):
+    """A dependency is unavailable for now; retrying later may succeed."""
+
+
+class ProviderUnavailable(TransientError):
+    """A provider or server did not answer or answered with a server error."""
+
+
+class RateLimited(TransientError):
+    """A provider asked us to slow down."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        """Seconds the provider asked us to wait, when it said."""

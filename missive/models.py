@@ -1,0 +1,225 @@
+"""SQLAlchemy 2 models: the schema the Alembic migrations create."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    """Declarative base; its metadata is what Alembic compares against."""
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    return Enum(cls, name=name, values_callable=lambda e: [m.value for m in e])
+
+
+class ConversationKind(enum.StrEnum):
+    """What kind of conversation: one-to-one, a group, or a broadcast channel."""
+
+    DIRECT = "direct"
+    GROUP = "group"
+    CHANNEL = "channel"
+
+
+class EncryptionMode(enum.StrEnum):
+    """standard: the server can decrypt (search, previews); e2e: it never can."""
+
+    STANDARD = "standard"
+    E2E = "e2e"
+
+
+class ParticipantRole(enum.StrEnum):
+    """A participant's rights in a conversation."""
+
+    OWNER = "owner"
+    ADMIN = "admin"
+    MEMBER = "member"
+
+
+class DevicePlatform(enum.StrEnum):
+    """Where a push token came from."""
+
+    IOS = "ios"
+    ANDROID = "android"
+    WEB = "web"
+
+
+class DeliveryStatus(enum.IntEnum):
+    """Per-recipient status; it only ever moves forward (sent < delivered < read)."""
+
+    SENT = 0
+    DELIVERED = 1
+    READ = 2
+
+
+class User(Base):
+    """Someone who chats."""
+
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    handle: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(128))
+    email: Mapped[str | None] = mapped_column(String(320))
+    phone: Mapped[str | None] = mapped_column(String(32))
+    timezone: Mapped[str] = mapped_column(String(64), server_default="UTC")
+    locale: Mapped[str] = mapped_column(String(16), server_default="en")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Device(Base):
+    """A device that can receive push notifications."""
+
+    __tablename__ = "devices"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), index=True
+    )
+    platform: Mapped[DevicePlatform] = mapped_column(_enum(DevicePlatform, "device_platform"))
+    push_token: Mapped[str] = mapped_column(Text, unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_seen_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Conversation(Base):
+    """A direct chat, a group or a channel; holds the per-conversation sequence."""
+
+    __tablename__ = "conversations"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    kind: Mapped[ConversationKind] = mapped_column(_enum(ConversationKind, "conversation_kind"))
+    title: Mapped[str | None] = mapped_column(String(200))
+    encryption_mode: Mapped[EncryptionMode] = mapped_column(
+        _enum(EncryptionMode, "encryption_mode"), server_default=EncryptionMode.STANDARD.value
+    )
+    retention_days: Mapped[int | None] = mapped_column(Integer)
+    last_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    key_version: Mapped[int] = mapped_column(Integer, server_default="1")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("retention_days IS NULL OR retention_days > 0", name="retention_positive"),
+    )
+
+
+class ConversationKey(Base):
+    """A conversation's data key, wrapped (encrypted) by a master key."""
+
+    __tablename__ = "conversation_keys"
+
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    master_key_version: Mapped[int] = mapped_column(Integer)
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Participant(Base):
+    """A user's membership in a conversation, with its receipt watermarks."""
+
+    __tablename__ = "participants"
+
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    role: Mapped[ParticipantRole] = mapped_column(
+        _enum(ParticipantRole, "participant_role"), server_default=ParticipantRole.MEMBER.value
+    )
+    muted_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    delivered_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    read_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    joined_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (CheckConstraint("read_seq <= delivered_seq", name="read_implies_delivered"),)
+
+
+class Message(Base):
+    """One message; its body exists only as AES-256-GCM ciphertext."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE")
+    )
+    seq: Mapped[int] = mapped_column(BigInteger)
+    sender_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    client_message_id: Mapped[str] = mapped_column(String(128))
+    body_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    key_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    edited_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
+        UniqueConstraint("sender_id", "client_message_id", name="uq_messages_sender_client_id"),
+    )
+
+
+class Delivery(Base):
+    """One recipient's status for one message (sent -> delivered -> read)."""
+
+    __tablename__ = "deliveries"
+
+    message_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("messages.id", ondelete="CASCADE"), primary_key=True
+    )
+    recipient_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    # Denormalised from the message so a watermark receipt is one indexed UPDATE.
+    conversation_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[int] = mapped_column(SmallInteger, server_default="0")
+    sent_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        CheckConstraint("status IN (0, 1, 2)", name="status_known"),
+        Index(
+            "ix_deliveries_pending",
+            "recipient_id",
+            "conversation_id",
+            "seq",
+            postgresql_where="status < 2",
+        ),
+    )
+
+
+class BroadcastOutbox(Base):
+    """A Socket.IO broadcast too large for a NOTIFY payload, passed by reference."""
+
+    __tablename__ = "broadcast_outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -1,0 +1,1 @@
+"""Domain services: they know PostgreSQL and the cipher, never Temporal."""

@@ -1,0 +1,52 @@
+"""Input checks shared by the workflow, the services, the gateway and the starter.
+
+Pure functions with no I/O, so the workflow sandbox can run them too.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from missive.errors import InvalidInput
+
+MAX_CLIENT_MESSAGE_ID = 128
+
+
+def require_uuid(value: object, name: str) -> str:
+    """Returns the canonical form of a UUID string, or raises InvalidInput naming it."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be a UUID string, got {type(value).__name__}")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise InvalidInput(f"{name} is not a valid UUID: {value[:64]!r}") from None
+
+
+def require_client_message_id(value: object) -> str:
+    """A client_message_id is 1-128 printable characters."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidInput("client_message_id must be a non-empty string")
+    if len(value) > MAX_CLIENT_MESSAGE_ID:
+        raise InvalidInput(f"client_message_id is longer than {MAX_CLIENT_MESSAGE_ID} characters")
+    if not value.isprintable():
+        raise InvalidInput("client_message_id contains non-printable characters")
+    return value
+
+
+def require_body(value: object, *, max_bytes: int) -> bytes:
+    """Returns the UTF-8 body, or raises InvalidInput if empty or too large."""
+    if not isinstance(value, str):
+        raise InvalidInput(f"body must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidInput("body is empty")
+    encoded = value.encode("utf-8")
+    if len(encoded) > max_bytes:
+        raise InvalidInput(f"body is {len(encoded)} bytes, over the limit of {max_bytes}")
+    return encoded
+
+
+def require_seq(value: object, name: str = "up_to_seq") -> int:
+    """A sequence number is a positive integer."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInput(f"{name} must be a positive integer, got {value!r}")
+    return value

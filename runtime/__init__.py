@@ -1,0 +1,1 @@
+"""Temporal plumbing shared by the worker, the gateway and the starter: client, codec."""

@@ -1,0 +1,55 @@
+"""Connecting to Temporal the same way from every process."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import temporalio.converter
+from temporalio.client import Client, Interceptor
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
+from temporalio.runtime import Runtime
+
+from missive.config import Settings
+from missive.errors import ProviderUnavailable
+from runtime.codec import EncryptionCodec
+
+
+def data_converter(settings: Settings) -> DataConverter:
+    """The converter every client and worker uses: encrypted payloads and failures."""
+    if not settings.codec_keys:
+        return temporalio.converter.default()
+    return dataclasses.replace(
+        temporalio.converter.default(),
+        payload_codec=EncryptionCodec(
+            settings.codec_keyring, current_version=settings.codec_key_version
+        ),
+        # Error messages and stack traces can quote user data: encode them too.
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
+async def connect(
+    settings: Settings,
+    *,
+    interceptors: Sequence[Interceptor] = (),
+    runtime: Runtime | None = None,
+) -> Client:
+    """Connects to Temporal, or raises ProviderUnavailable naming the address.
+
+    Raises:
+        ProviderUnavailable: the frontend at TEMPORAL_ADDRESS did not answer.
+    """
+    try:
+        return await Client.connect(
+            settings.temporal_address,
+            namespace=settings.temporal_namespace,
+            data_converter=data_converter(settings),
+            interceptors=interceptors,
+            runtime=runtime,
+        )
+    except RuntimeError as err:
+        reason = str(err).splitlines()[0][:200]
+        raise ProviderUnavailable(
+            f"cannot reach Temporal at {settings.temporal_address}: {reason}"
+        ) from None

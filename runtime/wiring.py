@@ -1,0 +1,91 @@
+"""Builds the parts every Missive process shares, closing them through one exit stack."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+import socketio
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from activities.messages import MessageActivities
+from missive.broadcast import Broadcaster, Emitter
+from missive.config import Settings
+from missive.crypto import MessageCipher
+from missive.db import create_engine, describe, session_factory
+from missive.errors import ProviderUnavailable
+from missive.services.directory import DirectoryService
+from missive.services.messages import MessageService
+from missive.services.receipts import ReceiptService
+from workflows.message_lifecycle import MessageLifecycleWorkflow
+from workflows.receipts import ReceiptWorkflow
+
+SOCKETIO_CHANNEL = "missive"
+WORKFLOWS = [MessageLifecycleWorkflow, ReceiptWorkflow]
+
+
+@dataclass
+class Core:
+    """The database-backed services of one process."""
+
+    engine: AsyncEngine
+    cipher: MessageCipher
+    messages: MessageService
+    receipts: ReceiptService
+    directory: DirectoryService
+
+
+async def open_core(settings: Settings, stack: AsyncExitStack, *, pool_size: int = 10) -> Core:
+    """Creates the engine (checking it answers), the cipher and the services.
+
+    Raises:
+        ProviderUnavailable: PostgreSQL at DATABASE_URL did not answer.
+    """
+    url = settings.require_database_url()
+    cipher = MessageCipher(settings.master_keyring, current_version=settings.master_key_version)
+    engine = create_engine(url, pool_size=pool_size)
+    stack.push_async_callback(engine.dispose)
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except (SQLAlchemyError, OSError) as err:
+        reason = str(getattr(err, "orig", None) or err).splitlines()[0][:200]
+        raise ProviderUnavailable(f"cannot reach PostgreSQL at {describe(url)}: {reason}") from None
+    sessions = session_factory(engine)
+    return Core(
+        engine=engine,
+        cipher=cipher,
+        messages=MessageService(sessions, cipher),
+        receipts=ReceiptService(sessions),
+        directory=DirectoryService(sessions, cipher),
+    )
+
+
+def client_manager(settings: Settings, *, write_only: bool) -> socketio.AsyncPubSubManager:
+    """Socket.IO's cross-process manager: Redis when REDIS_URL is set, else PostgreSQL."""
+    if settings.redis_url:
+        return socketio.AsyncRedisManager(
+            settings.redis_url, channel=SOCKETIO_CHANNEL, write_only=write_only
+        )
+    from missive.pubsub import PostgresPubSubManager
+
+    return PostgresPubSubManager(
+        settings.require_database_url(), channel=SOCKETIO_CHANNEL, write_only=write_only
+    )
+
+
+def message_activities(core: Core, emitter: Emitter) -> MessageActivities:
+    """The lifecycle's activities over this process's services and emitter."""
+    return MessageActivities(core.messages, core.receipts, Broadcaster(emitter))
+
+
+def activity_methods(acts: MessageActivities) -> list[object]:
+    """The bound activity methods a worker registers."""
+    return [
+        acts.persist_message,
+        acts.broadcast_message,
+        acts.apply_receipt,
+        acts.broadcast_receipts,
+    ]

