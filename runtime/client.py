@@ -49,7 +49,17 @@ async def connect(
             runtime=runtime,
         )
     except RuntimeError as err:
-        reason = str(err).splitlines()[0][:200]
+        reason = _reason(str(err))
         raise ProviderUnavailable(
             f"cannot reach Temporal at {settings.temporal_address}: {reason}"
         ) from None
+
+
+def _reason(message: str) -> str:
+    """A short reason out of the core SDK's long transport errors."""
+    lowered = message.lower()
+    if "connectionrefused" in lowered or "connection refused" in lowered:
+        return "connection refused"
+    if "timed out" in lowered or "timeout" in lowered:
+        return "timed out"
+    return message.splitlines()[0][:160]
