@@ -6,6 +6,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 import socketio
+from socketio.async_pubsub_manager import AsyncPubSubManager
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -63,7 +64,7 @@ async def open_core(settings: Settings, stack: AsyncExitStack, *, pool_size: int
     )
 
 
-def client_manager(settings: Settings, *, write_only: bool) -> socketio.AsyncPubSubManager:
+def client_manager(settings: Settings, *, write_only: bool) -> AsyncPubSubManager:
     """Socket.IO's cross-process manager: Redis when REDIS_URL is set, else PostgreSQL."""
     if settings.redis_url:
         return socketio.AsyncRedisManager(

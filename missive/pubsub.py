@@ -1,0 +1,302 @@
+"""Socket.IO's cross-process manager over PostgreSQL LISTEN/NOTIFY, for when Redis is absent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+from socketio.async_pubsub_manager import AsyncPubSubManager
+from sqlalchemy.engine import make_url
+
+from missive.errors import ProviderUnavailable
+
+MAX_NOTIFY_BYTES = 7500
+"""Larger messages go by reference: PostgreSQL refuses NOTIFY payloads of 8000 bytes or more."""
+
+CONNECT_TIMEOUT = 10.0
+STATEMENT_TIMEOUT = 5.0
+CLOSE_TIMEOUT = 2.0
+PRUNE_EVERY_SECONDS = 60.0
+IDLE_PING_SECONDS = 30.0
+"""A quiet listener checks its connection this often: a silent network drop sends nothing."""
+RECONNECT_MIN_SECONDS = 0.5
+RECONNECT_MAX_SECONDS = 30.0
+STABLE_SECONDS = 10.0
+"""A listener connection that lived this long resets the backoff when it drops."""
+
+LISTENER_APPLICATION = "missive-pubsub-listener"
+PUBLISHER_APPLICATION = "missive-pubsub-publisher"
+
+_NOTIFY = "SELECT pg_notify($1, $2)"
+# One statement: the row is committed before the notification is delivered.
+_NOTIFY_BY_REFERENCE = """
+WITH stored AS (INSERT INTO broadcast_outbox (payload) VALUES ($2) RETURNING id)
+SELECT pg_notify($1, '@' || id) FROM stored
+"""
+_FETCH = "SELECT payload FROM broadcast_outbox WHERE id = $1"
+_PRUNE = "DELETE FROM broadcast_outbox WHERE created_at < now() - interval '5 minutes'"
+
+# Failures a second attempt on a fresh connection can fix; anything else is a bug or a
+# missing migration and propagates as is.
+_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,
+    # A connection killed under a statement can leave asyncpg's protocol in a bad state.
+    asyncpg.exceptions.InternalClientError,
+)
+
+
+class PostgresPubSubManager(AsyncPubSubManager):
+    """Shares Socket.IO emits between processes through PostgreSQL LISTEN/NOTIFY.
+
+    Readers hold one dedicated listening connection, opened by the server when the
+    manager is initialised and reopened with backoff when it drops. Publishers use a
+    pool of at most two connections, opened on the first publish. Messages too large
+    for NOTIFY are stored in ``broadcast_outbox`` and announced as ``@<id>``; rows
+    older than five minutes are pruned by publishers at most once a minute.
+
+    Like Redis pub/sub, delivery is at most once: a reader that is reconnecting misses
+    what is published meanwhile (events carry ids and sequence numbers, so clients
+    catch up).
+
+    Args:
+        dsn: PostgreSQL URL, SQLAlchemy style (``postgresql+asyncpg://...``) or libpq
+            style; a unix-socket directory may be given as ``?host=/path``.
+        channel: NOTIFY channel; the same in every process.
+        write_only: Only publish (workers, scripts); never listen.
+        logger: Logger for connection trouble; defaults to the server's.
+    """
+
+    name = "postgres"
+
+    def __init__(
+        self,
+        dsn: str,
+        channel: str = "missive",
+        write_only: bool = False,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        super().__init__(channel=channel, write_only=write_only, logger=logger)
+        self._connect_args = connect_args(dsn)
+        self._pool: asyncpg.Pool | None = None
+        self._pool_lock = asyncio.Lock()
+        self._listener: asyncpg.Connection | None = None
+        self._listening = asyncio.Event()
+        self._last_prune = -math.inf
+        self._closed = False
+
+    async def wait_listening(self) -> None:
+        """Waits until the listening connection is up (readiness checks, tests).
+
+        The server starts listening when its first client connects; callers bound the
+        wait with ``asyncio.timeout``.
+        """
+        await self._listening.wait()
+
+    async def close(self) -> None:
+        """Stops listening and closes every connection; the manager is not usable after."""
+        self._closed = True
+        task = getattr(self, "thread", None)  # the listening task started by initialize()
+        if isinstance(task, asyncio.Task) and not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=CLOSE_TIMEOUT)
+        if self._listener is not None:
+            await _discard(self._listener)
+            self._listener = None
+        self._listening.clear()
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            try:
+                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+            except Exception:
+                pool.terminate()
+
+    async def _publish(self, data: Any) -> None:
+        """Sends one message to every process; retries once on a fresh connection.
+
+        Raises:
+            ProviderUnavailable: PostgreSQL did not take the message twice in a row.
+        """
+        text = self.json.dumps(data)
+        raw = text.encode()
+        for attempt in (1, 2):
+            try:
+                pool = await self._publisher()
+                async with pool.acquire(timeout=CONNECT_TIMEOUT) as conn:
+                    if len(raw) <= MAX_NOTIFY_BYTES:
+                        await conn.execute(_NOTIFY, self.channel, text, timeout=STATEMENT_TIMEOUT)
+                    else:
+                        await conn.execute(
+                            _NOTIFY_BY_REFERENCE, self.channel, raw, timeout=STATEMENT_TIMEOUT
+                        )
+                        await self._prune_if_due(conn)
+                return
+            except _CONNECTION_ERRORS as err:
+                if self._pool is not None:
+                    await self._pool.expire_connections()  # the retry gets a fresh connection
+                if attempt == 2:
+                    raise ProviderUnavailable(
+                        f"cannot publish on PostgreSQL channel {self.channel!r}: {_reason(err)}"
+                    ) from None
+                self._get_logger().warning(
+                    "Publishing on PostgreSQL channel %r failed (%s); retrying",
+                    self.channel,
+                    _reason(err),
+                )
+
+    async def _listen(self) -> AsyncIterator[str]:
+        """Yields every message published on the channel, reconnecting as needed."""
+        delay = RECONNECT_MIN_SECONDS
+        while True:
+            queue: asyncio.Queue[str | None] = asyncio.Queue()
+            try:
+                conn = await self._open_listener(queue)
+            except Exception as err:
+                self._get_logger().warning(
+                    "Cannot listen on PostgreSQL channel %r (%s); retrying in %.1fs",
+                    self.channel,
+                    _reason(err),
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+                continue
+            self._listener = conn
+            self._listening.set()
+            connected_at = time.monotonic()
+            try:
+                while (payload := await _next_payload(conn, queue)) is not None:
+                    message = await self._resolve(conn, payload)
+                    if message is not None:
+                        yield message
+                reason = "connection closed"
+            except Exception as err:
+                reason = _reason(err)
+            finally:
+                self._listening.clear()
+                self._listener = None
+                await _discard(conn)
+            self._get_logger().warning(
+                "Lost the PostgreSQL listener on channel %r (%s); reconnecting",
+                self.channel,
+                reason,
+            )
+            if time.monotonic() - connected_at >= STABLE_SECONDS:
+                delay = RECONNECT_MIN_SECONDS  # a drop after a good while: reconnect at once
+            else:
+                await asyncio.sleep(delay)  # a flapping connection backs off
+                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+    async def _publisher(self) -> asyncpg.Pool:
+        if self._closed:
+            raise RuntimeError("PostgresPubSubManager is closed")
+        if self._pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    self._pool = await asyncpg.create_pool(
+                        min_size=1,
+                        max_size=2,
+                        # Idle connections stay open: reconnecting would land on a publish.
+                        max_inactive_connection_lifetime=0,
+                        timeout=CONNECT_TIMEOUT,
+                        server_settings={"application_name": PUBLISHER_APPLICATION},
+                        **self._connect_args,
+                    )
+        return self._pool
+
+    async def _prune_if_due(self, conn: asyncpg.Connection) -> None:
+        now = time.monotonic()
+        if now - self._last_prune < PRUNE_EVERY_SECONDS:
+            return
+        self._last_prune = now
+        try:
+            await conn.execute(_PRUNE, timeout=STATEMENT_TIMEOUT)
+        except Exception as err:
+            # The message is sent already: a failed prune must not make the caller resend.
+            self._get_logger().warning("Pruning broadcast_outbox failed: %s", _reason(err))
+
+    async def _open_listener(self, queue: asyncio.Queue[str | None]) -> asyncpg.Connection:
+        conn = await asyncpg.connect(
+            timeout=CONNECT_TIMEOUT,
+            server_settings={"application_name": LISTENER_APPLICATION},
+            **self._connect_args,
+        )
+        try:
+            conn.add_termination_listener(lambda _conn: queue.put_nowait(None))
+            await conn.add_listener(
+                self.channel, lambda _conn, _pid, _channel, payload: queue.put_nowait(payload)
+            )
+        except BaseException:
+            await _discard(conn)
+            raise
+        return conn
+
+    async def _resolve(self, conn: asyncpg.Connection, payload: str) -> str | None:
+        """The message a notification carries, fetched from the outbox when it is a reference."""
+        if not payload.startswith("@"):
+            return payload
+        try:
+            outbox_id = int(payload[1:])
+        except ValueError:
+            self._get_logger().warning("Ignoring malformed notification %r", payload[:40])
+            return None
+        stored = await conn.fetchval(_FETCH, outbox_id, timeout=STATEMENT_TIMEOUT)
+        if stored is None:
+            self._get_logger().warning(
+                "broadcast_outbox row %d is gone; message dropped", outbox_id
+            )
+            return None
+        return bytes(stored).decode()
+
+
+def connect_args(dsn: str) -> dict[str, Any]:
+    """``asyncpg.connect`` keyword arguments for a SQLAlchemy or libpq-style PostgreSQL URL."""
+    url = make_url(dsn)
+
+    def query(name: str) -> str | None:
+        value = url.query.get(name)
+        return value[-1] if isinstance(value, tuple) else value
+
+    port = url.port or query("port")
+    args: dict[str, Any] = {
+        "host": query("host") or url.host,
+        "port": int(port) if port else None,
+        "user": url.username or query("user"),
+        "password": url.password or query("password"),
+        "database": url.database or query("dbname"),
+        "ssl": query("ssl") or query("sslmode"),
+    }
+    return {name: value for name, value in args.items() if value is not None}
+
+
+async def _next_payload(conn: asyncpg.Connection, queue: asyncio.Queue[str | None]) -> str | None:
+    """The next notification, or None once the connection is gone."""
+    while True:
+        try:
+            async with asyncio.timeout(IDLE_PING_SECONDS):
+                return await queue.get()
+        except TimeoutError:
+            await conn.fetchval("SELECT 1", timeout=STATEMENT_TIMEOUT)
+
+
+async def _discard(conn: asyncpg.Connection) -> None:
+    if conn.is_closed():
+        return
+    try:
+        await conn.close(timeout=CLOSE_TIMEOUT)
+    except Exception:
+        conn.terminate()
+
+
+def _reason(err: BaseException) -> str:
+    """One line about an error, for warnings without tracebacks."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
