@@ -50,6 +50,9 @@ class SendMessageInput:
     """How long the lifecycle follows receipts before it ends unread."""
     receipt_detail_max_recipients: int = 32
     """Up to this many recipients the workflow tracks each one."""
+    request_id: str = ""
+    """A random id of the send request that started the lifecycle: a later
+    request with the same client_message_id is acked as a duplicate."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,19 @@ class BroadcastMessageInput:
 
     message_id: str
     """The message to announce as message:new to its conversation's room."""
+
+
+@dataclass(frozen=True)
+class AcceptInput:
+    """Argument of the ``accepted`` update: which send is asking."""
+
+    fingerprint: str = ""
+    """``send_fingerprint`` of the asking send. A resend that joins a running
+    lifecycle with another body or conversation is refused by it; empty skips
+    the check (an operator reading the ack)."""
+    request_id: str = ""
+    """The asking send's request id; another than the starting one's means the
+    asking send is a resend, acked with ``duplicate=True``."""
 
 
 @dataclass(frozen=True)
@@ -248,6 +264,10 @@ class MessageStatus:
     """False for large groups: only the counts are kept (the database has the rest)."""
     error: str | None = None
     """Why the message was rejected, when it was."""
+    created_at: datetime | None = None
+    """When the message was stored, once persisted."""
+    duplicate: bool = False
+    """Whether the row already existed when this lifecycle persisted it."""
 
 
 @dataclass(frozen=True)

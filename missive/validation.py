@@ -5,6 +5,7 @@ Pure functions with no I/O, so the workflow sandbox can run them too.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 from missive.errors import InvalidInput
@@ -50,3 +51,15 @@ def require_seq(value: object, name: str = "up_to_seq") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidInput(f"{name} must be a positive integer, got {value!r}")
     return value
+
+
+def send_fingerprint(conversation_id: str, body: str) -> str:
+    """SHA-256 of what makes two sends "the same message" (conversation and body).
+
+    It only travels inside encrypted payloads, never in ids or search attributes.
+    """
+    digest = hashlib.sha256()
+    digest.update(conversation_id.encode())
+    digest.update(b"\0")
+    digest.update(body.encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()

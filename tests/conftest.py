@@ -92,7 +92,10 @@ async def _admin(dsn: str) -> asyncpg.Connection:
     url = make_url(dsn)
     host = url.query.get("host") or url.host
     return await asyncpg.connect(
-        host=host, port=url.port, user=url.username or "postgres", password=url.password,
+        host=host,
+        port=url.port,
+        user=url.username or "postgres",
+        password=url.password,
         database=url.database or "postgres",
     )
 
@@ -165,7 +168,10 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=_require_binary("temporal"),
         data_converter=data_converter(base_settings()),
-        dev_server_extra_args=["--dynamic-config-value", "frontend.enableUpdateWorkflowExecution=true"],
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            "frontend.enableUpdateWorkflowExecution=true",
+        ],
     )
     yield env
     await env.shutdown()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 
 from temporalio import workflow
@@ -9,8 +10,9 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.messages import MessageActivities
-    from missive.errors import InvalidInput
+    from missive.errors import DuplicateClientMessageId, InvalidInput
     from missive.schemas import (
+        AcceptInput,
         BroadcastMessageInput,
         LifecyclePhase,
         MessageAccepted,
@@ -23,7 +25,12 @@ with workflow.unsafe.imports_passed_through():
         RecipientState,
         SendMessageInput,
     )
-    from missive.validation import require_body, require_client_message_id, require_uuid
+    from missive.validation import (
+        require_body,
+        require_client_message_id,
+        require_uuid,
+        send_fingerprint,
+    )
     from workflows import policies
 
 
@@ -35,7 +42,10 @@ class MessageLifecycleWorkflow:
     so a resend joins this workflow instead of making a second message.
     """
 
-    def __init__(self) -> None:
+    @workflow.init
+    def __init__(self, input: SendMessageInput) -> None:
+        self._fingerprint = send_fingerprint(input.conversation_id, input.body)
+        self._request_id = input.request_id
         self._status = MessageStatus()
         self._accepted: MessageAccepted | None = None
         self._rejection: ApplicationError | None = None
@@ -52,12 +62,18 @@ class MessageLifecycleWorkflow:
         self._status.message_id = persisted.message_id
         self._status.conversation_id = persisted.conversation_id
         self._status.seq = persisted.seq
-        self._status.recipient_count = persisted.recipient_count
+        # Merge, never reset: a receipt signal may have been handled already.
+        self._status.recipient_count = max(self._status.recipient_count, persisted.recipient_count)
         self._status.per_recipient = (
             persisted.recipient_count <= input.receipt_detail_max_recipients
         )
-        self._status.recipients = {r: RecipientState() for r in persisted.recipient_ids}
+        if not self._status.per_recipient:
+            self._status.recipients = {}
+        for recipient in persisted.recipient_ids:
+            self._status.recipients.setdefault(recipient, RecipientState())
         self._status.phase = LifecyclePhase.PERSISTED
+        self._status.created_at = persisted.created_at
+        self._status.duplicate = not persisted.created
         self._accepted = MessageAccepted(
             message_id=persisted.message_id,
             conversation_id=persisted.conversation_id,
@@ -140,7 +156,7 @@ class MessageLifecycleWorkflow:
         return self._status.read_count >= self._status.recipient_count
 
     @workflow.update
-    async def accepted(self) -> MessageAccepted:
+    async def accepted(self, check: AcceptInput | None = None) -> MessageAccepted:
         """Waits until the message is stored; what the sender's client is acked with.
 
         Fails with the rejection (a non-retryable ApplicationError naming the
@@ -154,7 +170,36 @@ class MessageLifecycleWorkflow:
                 self._rejection.message, type=self._rejection.type, non_retryable=True
             )
         assert self._accepted is not None
-        return self._accepted
+        return self._ack_for(check)
+
+    def _ack_for(self, check: AcceptInput | None) -> MessageAccepted:
+        assert self._accepted is not None
+        if check is None or not check.request_id or check.request_id == self._request_id:
+            return self._accepted
+        return dataclasses.replace(self._accepted, duplicate=True)
+
+    @accepted.validator
+    def _same_message(self, check: AcceptInput | None = None) -> None:
+        """Refuses (without a trace in history) a resend that is another message."""
+        if check is not None and check.fingerprint and check.fingerprint != self._fingerprint:
+            err = DuplicateClientMessageId(
+                "this client_message_id is already used for a different message "
+                "(another body or conversation); it is not overwritten"
+            )
+            raise ApplicationError(str(err), type=err.type, non_retryable=True)
+
+    @workflow.query
+    def acceptance(self, check: AcceptInput | None = None) -> MessageAccepted | None:
+        """The ack of a lifecycle, also once it has closed; None while not yet stored.
+
+        Raises the rejection, or DuplicateClientMessageId for another message.
+        """
+        self._same_message(check)
+        if self._rejection is not None:
+            raise ApplicationError(
+                self._rejection.message, type=self._rejection.type, non_retryable=True
+            )
+        return self._ack_for(check) if self._accepted is not None else None
 
     @workflow.signal
     def receipts_changed(self, change: ReceiptsChanged) -> None:

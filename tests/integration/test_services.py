@@ -55,7 +55,9 @@ async def test_persist_stores_ciphertext_sequence_and_deliveries(core: Core) -> 
 
 async def test_persist_twice_is_one_message_and_a_changed_body_is_refused(core: Core) -> None:
     ana, ben = await _people(core, 2)
-    conv = await core.directory.create_conversation(kind=ConversationKind.DIRECT, members=[ana, ben])
+    conv = await core.directory.create_conversation(
+        kind=ConversationKind.DIRECT, members=[ana, ben]
+    )
     once = await core.messages.persist(PersistMessageInput(conv, ana, "same", "hi"))
     again = await core.messages.persist(PersistMessageInput(conv, ana, "same", "hi"))
     assert again.message_id == once.message_id and again.seq == once.seq and not again.created
@@ -81,7 +83,9 @@ async def test_persist_twice_is_one_message_and_a_changed_body_is_refused(core: 
 )
 async def test_bad_sends_are_refused_and_write_nothing(core, mutate, error, match) -> None:
     ana, ben = await _people(core, 2)
-    conv = await core.directory.create_conversation(kind=ConversationKind.DIRECT, members=[ana, ben])
+    conv = await core.directory.create_conversation(
+        kind=ConversationKind.DIRECT, members=[ana, ben]
+    )
     cid, sender, cmid, body = mutate(conv, ana)
     with pytest.raises(error, match=match):
         await core.messages.persist(PersistMessageInput(cid, sender, cmid, body, max_body_bytes=10))
@@ -91,7 +95,9 @@ async def test_bad_sends_are_refused_and_write_nothing(core, mutate, error, matc
 
 async def test_outsider_cannot_send(core: Core) -> None:
     ana, ben, eve = await _people(core, 3)
-    conv = await core.directory.create_conversation(kind=ConversationKind.DIRECT, members=[ana, ben])
+    conv = await core.directory.create_conversation(
+        kind=ConversationKind.DIRECT, members=[ana, ben]
+    )
     with pytest.raises(NotAMember, match=eve):
         await core.messages.persist(PersistMessageInput(conv, eve, "x", "hi"))
     assert await _count(core, "SELECT count(*) FROM deliveries") == 0
@@ -99,7 +105,9 @@ async def test_outsider_cannot_send(core: Core) -> None:
 
 async def test_tampered_body_fails_clearly(core: Core) -> None:
     ana, ben = await _people(core, 2)
-    conv = await core.directory.create_conversation(kind=ConversationKind.DIRECT, members=[ana, ben])
+    conv = await core.directory.create_conversation(
+        kind=ConversationKind.DIRECT, members=[ana, ben]
+    )
     sent = await core.messages.persist(PersistMessageInput(conv, ana, "t", "original"))
     async with core.engine.begin() as conn:
         await conn.execute(
@@ -134,12 +142,13 @@ async def test_watermark_read_moves_every_earlier_delivery_forward_only(core: Co
     states = await core.receipts.recipient_states(sent[0].message_id)
     assert states[ben].status == "read" and states[ben].delivered_at is not None
     assert states[cy].status == "sent"
-    assert await _count(
-        core, "SELECT read_seq FROM participants WHERE user_id = :u", u=ben
-    ) == 3
-    assert await _count(
-        core, "SELECT count(*) FROM deliveries WHERE recipient_id = :u AND status = 2", u=ben
-    ) == 3
+    assert await _count(core, "SELECT read_seq FROM participants WHERE user_id = :u", u=ben) == 3
+    assert (
+        await _count(
+            core, "SELECT count(*) FROM deliveries WHERE recipient_id = :u AND status = 2", u=ben
+        )
+        == 3
+    )
     by_id = await core.receipts.apply(
         ReceiptInput(ben, conv, ReceiptStatus.DELIVERED, message_id=sent[4].message_id)
     )
@@ -148,7 +157,9 @@ async def test_watermark_read_moves_every_earlier_delivery_forward_only(core: Co
 
 async def test_receipts_for_messages_the_user_cannot_see(core: Core) -> None:
     ana, ben, eve = await _people(core, 3)
-    conv = await core.directory.create_conversation(kind=ConversationKind.DIRECT, members=[ana, ben])
+    conv = await core.directory.create_conversation(
+        kind=ConversationKind.DIRECT, members=[ana, ben]
+    )
     await core.messages.persist(PersistMessageInput(conv, ana, "m", "hi"))
     with pytest.raises(NotAMember):
         await core.receipts.apply(ReceiptInput(eve, conv, ReceiptStatus.READ, up_to_seq=1))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from temporalio import activity
-from temporalio.client import WorkflowFailureError
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.testing import WorkflowEnvironment
@@ -19,6 +20,7 @@ from missive.schemas import (
     ApplyReceiptResult,
     BroadcastMessageInput,
     LifecyclePhase,
+    MessageStatus,
     PersistMessageInput,
     PersistMessageResult,
     ReceiptChange,
@@ -92,11 +94,23 @@ def _send(**overrides: object) -> SendMessageInput:
     return SendMessageInput(**values)  # type: ignore[arg-type]
 
 
+async def _status_when(handle, predicate, timeout: float = 10.0) -> MessageStatus:  # noqa: ANN001
+    """Polls the status query until ``predicate`` holds (signals land asynchronously)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        status = await handle.query(MessageLifecycleWorkflow.status)
+        if predicate(status) or asyncio.get_running_loop().time() > deadline:
+            return status
+        await asyncio.sleep(0.05)
+
+
 def _worker(env: WorkflowEnvironment, fakes: FakeMessages, task_queue: str) -> Worker:
-    return Worker(env.client, task_queue=task_queue, workflows=WORKFLOWS, activities=fakes.activities())
+    return Worker(
+        env.client, task_queue=task_queue, workflows=WORKFLOWS, activities=fakes.activities()
+    )
 
 
-async def _start(env: WorkflowEnvironment, input: SendMessageInput, task_queue: str):  # noqa: ANN202
+async def _start(env: WorkflowEnvironment, input: SendMessageInput, task_queue: str):
     return await env.client.start_workflow(
         MessageLifecycleWorkflow.run,
         input,
@@ -180,7 +194,7 @@ async def test_receipts_out_of_order_only_move_forward(time_env, task_queue) -> 
             MessageLifecycleWorkflow.receipts_changed,
             ReceiptsChanged(2, 1, 0, recipient_id=ben, status=ReceiptStatus.DELIVERED, at=NOW),
         )
-        status = await handle.query(MessageLifecycleWorkflow.status)
+        status = await _status_when(handle, lambda s: s.read_count == 1)
         assert status.phase is LifecyclePhase.FOLLOWING_RECEIPTS
         assert status.recipients[ben].status == "read"
         assert status.recipients[ben].delivered_at == read_at
@@ -200,9 +214,7 @@ async def test_lifecycle_ends_after_its_window_when_unread(time_env, task_queue)
     async with _worker(time_env, fakes, task_queue):
         handle = await _start(time_env, _send(lifecycle_window_seconds=6 * 3600), task_queue)
         await time_env.sleep(timedelta(hours=5))
-        assert (await handle.query(MessageLifecycleWorkflow.status)).phase is (
-            LifecyclePhase.FOLLOWING_RECEIPTS
-        )
+        assert (await handle.describe()).status == WorkflowExecutionStatus.RUNNING
         await time_env.sleep(timedelta(hours=2))
         result = await handle.result()
     assert result.phase is LifecyclePhase.WINDOW_ELAPSED
@@ -213,10 +225,12 @@ async def test_large_group_tracks_counts_not_each_recipient(time_env, task_queue
     fakes = FakeMessages(recipients=[str(uuid.uuid4()) for _ in range(1000)])
     async with _worker(time_env, fakes, task_queue):
         handle = await _start(time_env, _send(), task_queue)
-        status = await handle.query(MessageLifecycleWorkflow.status)
+        status = await _status_when(handle, lambda s: s.recipient_count > 0)
         assert status.recipient_count == 1000 and not status.per_recipient
         assert status.recipients == {}
-        await handle.signal(MessageLifecycleWorkflow.receipts_changed, ReceiptsChanged(1000, 1000, 1000))
+        await handle.signal(
+            MessageLifecycleWorkflow.receipts_changed, ReceiptsChanged(1000, 1000, 1000)
+        )
         result = await handle.result()
         history = await handle.fetch_history()
     assert result.phase is LifecyclePhase.ALL_READ

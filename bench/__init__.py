@@ -1,0 +1,1 @@
+"""Benchmarks: run by hand, each measures the project and its baseline in one run."""

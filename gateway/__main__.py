@@ -1,0 +1,84 @@
+"""``python -m gateway``: serves the Socket.IO gateway with uvicorn until SIGTERM / SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import signal
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from gateway.app import create_app
+from missive.config import Settings
+from missive.errors import MessagingError
+
+
+async def serve(settings: Settings) -> None:
+    """Starts the gateway, serves until SIGTERM / SIGINT, then drains and closes it.
+
+    A signal during startup abandons it (closing what was opened) and returns.
+
+    Raises:
+        MessagingError: PostgreSQL or Temporal is unreachable (a one-line message).
+    """
+    app = create_app(settings)
+    gateway = app.gateway
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        # uvicorn swaps in its own handlers while it serves and restores these after.
+        loop.add_signal_handler(sig, stop.set)
+
+    starting = asyncio.create_task(gateway.start())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if not starting.done():
+        starting.cancel()  # start() closes whatever it had opened
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        return
+    starting.result()
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.gateway_host,
+            port=settings.gateway_port,
+            lifespan="off",  # the gateway is started above, so failures are one line
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=math.ceil(settings.graceful_shutdown_seconds),
+        )
+    )
+    try:
+        if not stop.is_set():
+            await server.serve()
+    finally:
+        await gateway.stop()
+
+
+def main() -> int:
+    """Entry point: one line on stderr and exit 1 when a dependency is unreachable."""
+    try:
+        settings = Settings()
+    except ValidationError as err:
+        print(f"gateway: invalid settings: {str(err).splitlines()[0]}", file=sys.stderr)
+        return 1
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(serve(settings))
+    except MessagingError as err:
+        print(f"gateway: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

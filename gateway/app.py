@@ -1,0 +1,555 @@
+"""The Socket.IO gateway: token-authenticated sockets, message events, and an in-process worker."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import socketio
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Worker
+
+from missive.config import Settings
+from missive.constants import (
+    EVENT_MESSAGE_DELIVERED,
+    EVENT_MESSAGE_READ,
+    EVENT_MESSAGE_SEND,
+    TASK_QUEUE_MESSAGES,
+    conversation_room,
+    message_id_for,
+    message_workflow_id,
+    receipt_workflow_id,
+    user_room,
+)
+from missive.errors import (
+    DuplicateClientMessageId,
+    InvalidInput,
+    InvalidToken,
+    MessageNotVisible,
+    MessagingError,
+    ProviderUnavailable,
+)
+from missive.schemas import (
+    AcceptInput,
+    MessageAccepted,
+    ReceiptInput,
+    ReceiptStatus,
+    SendMessageInput,
+)
+from missive.services.messages import StoredMessage
+from missive.tokens import verify_token
+from missive.validation import (
+    require_body,
+    require_client_message_id,
+    require_seq,
+    require_uuid,
+    send_fingerprint,
+)
+from runtime.client import connect
+from runtime.wiring import (
+    WORKFLOWS,
+    Core,
+    activity_methods,
+    client_manager,
+    message_activities,
+    open_core,
+)
+from workflows.message_lifecycle import MessageLifecycleWorkflow
+from workflows.receipts import ReceiptWorkflow
+
+log = logging.getLogger("missive.gateway")
+
+ACK_TIMEOUT_SECONDS = 30.0
+"""How long an event waits for its workflow's answer before acking a Timeout error.
+
+Persisting takes milliseconds; 30 s only trips while PostgreSQL or Temporal is
+down, and the client may resend then (the same client_message_id never makes a
+second message)."""
+
+HEALTH_PATH = "/healthz"
+
+_TEMPORAL_DOWN = frozenset(
+    {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED}
+)
+"""RPC failures that mean "try again later" rather than a bug."""
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+Ack = dict[str, Any]
+
+
+class Refused(Exception):
+    """A workflow refused a request: its ApplicationError type and message, for the ack."""
+
+    def __init__(self, type: str, message: str) -> None:
+        super().__init__(message)
+        self.type = type
+        """The domain error's name (NotAMember, InvalidInput, ...)."""
+        self.message = message
+        """What was wrong, as the workflow said it."""
+
+    @classmethod
+    def from_failure(cls, cause: BaseException | None) -> Refused | None:
+        """The refusal an update or workflow failure carries, if it is a domain error."""
+        if isinstance(cause, ApplicationError) and cause.type:
+            return cls(cause.type, cause.message)
+        return None
+
+
+class Gateway:
+    """One gateway process: its Socket.IO server and, while started, its services.
+
+    The process also runs a Temporal worker on the messages task queue, so the
+    workflows it starts with ``request_eager_start`` run here at once, and their
+    broadcasts emit through this process's own Socket.IO server.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        """Where everything is and the limits passed to the workflows."""
+        self.sio = socketio.AsyncServer(
+            async_mode="asgi",
+            client_manager=client_manager(settings, write_only=False),
+            logger=_library_logger("socketio"),
+            engineio_logger=_library_logger("engineio"),
+        )
+        """The Socket.IO server; its client manager spans every gateway process."""
+        self._stack: AsyncExitStack | None = None
+        self._core: Core | None = None
+        self._client: Client | None = None
+        self._worker: Worker | None = None
+        self.sio.on("connect", self._on_connect)
+        self.sio.on(EVENT_MESSAGE_SEND, self._guarded(EVENT_MESSAGE_SEND, self._send))
+        for event, status in (
+            (EVENT_MESSAGE_DELIVERED, ReceiptStatus.DELIVERED),
+            (EVENT_MESSAGE_READ, ReceiptStatus.READ),
+        ):
+            receipt = functools.partial(self._receipt, status=status)
+            self.sio.on(event, self._guarded(event, receipt))
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the services are open and the in-process worker is polling."""
+        return self._worker is not None and self._worker.is_running
+
+    async def start(self) -> None:
+        """Opens the database, connects to Temporal and starts the worker.
+
+        Everything opened is closed again if a later step fails.
+
+        Raises:
+            ProviderUnavailable: PostgreSQL or Temporal did not answer, or the
+                worker could not start (the message is one line).
+        """
+        if self._stack is not None:
+            raise RuntimeError("the gateway is already started")
+        stack = AsyncExitStack()
+        try:
+            core = await open_core(self.settings, stack)
+            client = await connect(self.settings)
+            manager = self.sio.manager
+            if hasattr(manager, "close"):
+                stack.push_async_callback(manager.close)
+            stack.push_async_callback(self.sio.shutdown)
+            worker = await self._start_worker(client, core, stack)
+            # Listen for other processes' emits now rather than on the first connection.
+            if not self.sio.manager_initialized:
+                self.sio.manager_initialized = True
+                manager.initialize()
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack, self._core, self._client, self._worker = stack, core, client, worker
+        log.info(
+            "gateway ready: worker on %s at %s (namespace %s)",
+            TASK_QUEUE_MESSAGES,
+            self.settings.temporal_address,
+            self.settings.temporal_namespace,
+        )
+
+    async def stop(self) -> None:
+        """Drains the worker (up to graceful_shutdown_seconds) and closes everything."""
+        stack, self._stack = self._stack, None
+        # New events answer "unavailable" at once instead of waiting on a stopping worker.
+        self._core = self._client = self._worker = None
+        if stack is not None:
+            log.info("draining in-flight work (up to %ss)", self.settings.graceful_shutdown_seconds)
+            await stack.aclose()
+            log.info("gateway stopped")
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Gateway]:
+        """``start()`` on entry, ``stop()`` on exit."""
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.stop()
+
+    async def _start_worker(self, client: Client, core: Core, stack: AsyncExitStack) -> Worker:
+        worker = Worker(
+            client,
+            task_queue=TASK_QUEUE_MESSAGES,
+            workflows=WORKFLOWS,
+            activities=activity_methods(message_activities(core, self.sio)),
+            graceful_shutdown_timeout=timedelta(seconds=self.settings.graceful_shutdown_seconds),
+        )
+        # Run in a task of our own: `async with worker` would cancel whichever task
+        # entered it (here the ASGI lifespan) on a fatal error.
+        task = asyncio.create_task(worker.run(), name="gateway-worker")
+        task.add_done_callback(_log_worker_end)
+        stack.push_async_callback(_stop_worker, worker, task)
+        while not worker.is_running:  # the first step is one namespace check
+            if task.done():
+                err = task.exception()
+                reason = str(err).splitlines()[0][:200] if err else "stopped"
+                raise ProviderUnavailable(
+                    f"Temporal worker for {TASK_QUEUE_MESSAGES} did not start: {reason}"
+                )
+            await asyncio.sleep(0.01)
+        return worker
+
+    def _services(self) -> tuple[Core, Client]:
+        if self._core is None or self._client is None:
+            raise ProviderUnavailable("the gateway is not ready; try again shortly")
+        return self._core, self._client
+
+    # -- connection ---------------------------------------------------------
+
+    async def _on_connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
+        """Authenticates a socket and puts it in its user's and conversations' rooms.
+
+        Raises:
+            socketio.exceptions.ConnectionRefusedError: no, a forged, malformed or
+                expired token, an unknown user, or the gateway is not ready.
+        """
+        token = auth.get("token") if isinstance(auth, dict) else None
+        try:
+            user_id = verify_token(self.settings.gateway_secret, token)
+        except InvalidToken as err:
+            raise socketio.exceptions.ConnectionRefusedError(str(err)) from None
+        try:
+            core, _ = self._services()
+            if not await core.directory.user_exists(user_id):
+                raise socketio.exceptions.ConnectionRefusedError("unknown user")
+            conversations = await core.directory.conversations_of(user_id)
+        except socketio.exceptions.ConnectionRefusedError:
+            raise
+        except ProviderUnavailable as err:
+            raise socketio.exceptions.ConnectionRefusedError(str(err)) from None
+        except Exception:
+            log.exception("connect of user %s failed", user_id)
+            raise socketio.exceptions.ConnectionRefusedError("internal error") from None
+        await self.sio.save_session(sid, {"user_id": user_id})
+        await self.sio.enter_room(sid, user_room(user_id))
+        for conversation_id in conversations:
+            await self.sio.enter_room(sid, conversation_room(conversation_id))
+        log.debug("user %s connected as %s (%d conversations)", user_id, sid, len(conversations))
+
+    async def _user_of(self, sid: str) -> str:
+        session = await self.sio.get_session(sid)
+        user_id = session.get("user_id") if isinstance(session, dict) else None
+        if not isinstance(user_id, str):
+            raise InvalidToken("the connection is not authenticated")
+        return user_id
+
+    # -- events -------------------------------------------------------------
+
+    def _guarded(
+        self, name: str, handler: Callable[[str, object], Awaitable[Ack]]
+    ) -> Callable[..., Awaitable[Ack]]:
+        """Wraps an event handler so that it always acks and never raises."""
+
+        async def event(sid: str, *args: object) -> Ack:
+            try:
+                async with asyncio.timeout(ACK_TIMEOUT_SECONDS):
+                    return await handler(sid, args[0] if args else None)
+            except Refused as err:
+                return _error(err.type, err.message)
+            except MessagingError as err:
+                return _error(err.type, str(err))
+            except TimeoutError:
+                log.warning("%s from %s got no answer in %ss", name, sid, ACK_TIMEOUT_SECONDS)
+                return _error("Timeout", "no answer in time; sending it again is safe")
+            except RPCError as err:
+                if err.status not in _TEMPORAL_DOWN:
+                    log.exception("%s from %s failed", name, sid)
+                    return _error("InternalError", "internal error")
+                log.warning("%s from %s: Temporal unavailable (%s)", name, sid, err.message)
+                return _error("ProviderUnavailable", "Temporal is unavailable; try again shortly")
+            except Exception:
+                log.exception("%s from %s failed", name, sid)
+                return _error("InternalError", "internal error")
+
+        return event
+
+    async def _send(self, sid: str, data: object) -> Ack:
+        """``message:send``: starts (or joins) the message's lifecycle, acks when stored."""
+        user_id = await self._user_of(sid)
+        payload = _require_object(data)
+        conversation_id = require_uuid(payload.get("conversation_id"), "conversation_id")
+        client_message_id = require_client_message_id(payload.get("client_message_id"))
+        body = payload.get("body")
+        require_body(body, max_bytes=self.settings.max_body_bytes)
+        assert isinstance(body, str)  # require_body checked it
+        accepted = await self._accept(
+            SendMessageInput(
+                conversation_id=conversation_id,
+                sender_id=user_id,
+                client_message_id=client_message_id,
+                body=body,
+                max_body_bytes=self.settings.max_body_bytes,
+                lifecycle_window_seconds=self.settings.lifecycle_window_seconds,
+                receipt_detail_max_recipients=self.settings.receipt_detail_max_recipients,
+            )
+        )
+        return {
+            "ok": True,
+            "message_id": accepted.message_id,
+            "seq": accepted.seq,
+            "created_at": accepted.created_at.isoformat(),
+            "duplicate": accepted.duplicate,
+        }
+
+    async def _accept(self, send: SendMessageInput) -> MessageAccepted:
+        _, client = self._services()
+        workflow_id = message_workflow_id(send.sender_id, send.client_message_id)
+        try:
+            handle = await client.start_workflow(
+                MessageLifecycleWorkflow.run,
+                send,
+                id=workflow_id,
+                task_queue=TASK_QUEUE_MESSAGES,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                request_eager_start=True,
+            )
+        except WorkflowAlreadyStartedError:
+            return await self._accept_closed(send, workflow_id)
+        # The fingerprint lets the lifecycle refuse a resend that joined it with
+        # another body or conversation (DuplicateClientMessageId).
+        check = AcceptInput(fingerprint=send_fingerprint(send.conversation_id, send.body))
+        try:
+            accepted = await handle.execute_update(MessageLifecycleWorkflow.accepted, check)
+        except WorkflowUpdateFailedError as err:
+            raise Refused.from_failure(err.cause) or err from None
+        except RPCError as err:
+            if err.status is not RPCStatusCode.NOT_FOUND:
+                raise
+            # It ended between our start (which joined it) and the update.
+            return await self._accept_closed(send, workflow_id)
+        if _started_new_run(handle) is False:
+            # We joined the run of an earlier send of this very message.
+            return dataclasses.replace(accepted, duplicate=True)
+        return accepted
+
+    async def _accept_closed(self, send: SendMessageInput, workflow_id: str) -> MessageAccepted:
+        """The ack for a send whose lifecycle already ended: its failure, or the stored row."""
+        _, client = self._services()
+        handle = client.get_workflow_handle_for(MessageLifecycleWorkflow.run, workflow_id)
+        try:
+            await handle.result()
+        except WorkflowFailureError as err:
+            refused = Refused.from_failure(err.cause)
+            if refused is not None:
+                raise refused from None
+            log.warning("lifecycle %s ended without a result: %s", workflow_id, err.cause)
+        message_id = message_id_for(send.sender_id, send.client_message_id)
+        try:
+            stored = await self._require_same_message(send, message_id)
+        except MessageNotVisible:
+            # Terminated or timed out before storing it: that id is spent.
+            raise Refused(
+                "SendFailed",
+                f"client_message_id {send.client_message_id!r} belongs to a send that did"
+                " not complete; send again with a new client_message_id",
+            ) from None
+        return MessageAccepted(
+            message_id=stored.message_id,
+            conversation_id=stored.conversation_id,
+            seq=stored.seq,
+            created_at=stored.created_at,
+            duplicate=True,
+        )
+
+    async def _require_same_message(self, send: SendMessageInput, message_id: str) -> StoredMessage:
+        """Returns the stored message, or raises DuplicateClientMessageId if ``send`` differs."""
+        core, _ = self._services()
+        stored = await core.messages.load(message_id)
+        if stored.conversation_id != send.conversation_id or stored.body != send.body:
+            raise DuplicateClientMessageId(
+                f"client_message_id {send.client_message_id!r} was already used for a"
+                f" different message ({message_id}); it is not overwritten"
+            )
+        return stored
+
+    async def _receipt(self, sid: str, data: object, *, status: ReceiptStatus) -> Ack:
+        """``message:delivered`` / ``message:read``: applies a watermark, acks what changed."""
+        user_id = await self._user_of(sid)
+        payload = _require_object(data)
+        conversation_id = require_uuid(payload.get("conversation_id"), "conversation_id")
+        raw_seq, raw_message_id = payload.get("up_to_seq"), payload.get("message_id")
+        if (raw_seq is None) == (raw_message_id is None):
+            raise InvalidInput("give exactly one of up_to_seq and message_id")
+        up_to_seq = require_seq(raw_seq) if raw_seq is not None else None
+        message_id = require_uuid(raw_message_id, "message_id") if up_to_seq is None else None
+        _, client = self._services()
+        try:
+            result = await client.execute_workflow(
+                ReceiptWorkflow.run,
+                ReceiptInput(
+                    user_id=user_id,
+                    conversation_id=conversation_id,
+                    status=status,
+                    up_to_seq=up_to_seq,
+                    message_id=message_id,
+                    lifecycle_window_seconds=self.settings.lifecycle_window_seconds,
+                    receipt_detail_max_recipients=self.settings.receipt_detail_max_recipients,
+                ),
+                id=receipt_workflow_id(
+                    user_id, conversation_id, str(status), str(up_to_seq or message_id)
+                ),
+                task_queue=TASK_QUEUE_MESSAGES,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                request_eager_start=True,
+            )
+        except WorkflowFailureError as err:
+            raise Refused.from_failure(err.cause) or err from None
+        return {"ok": True, "changed": result.changed, "up_to_seq": result.up_to_seq}
+
+    # -- HTTP ---------------------------------------------------------------
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Every request that is not Socket.IO: ``GET /healthz``, else 404."""
+        if scope["type"] != "http":
+            await send({"type": "websocket.close", "code": 1000})
+            return
+        if scope["path"] == HEALTH_PATH:
+            healthy = self.healthy
+            status, body = (200, {"status": "ok"}) if healthy else (503, {"status": "unavailable"})
+        else:
+            status, body = 404, {"status": "not found"}
+        payload = json.dumps(body).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(payload)).encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": payload})
+
+
+class GatewayApp(socketio.ASGIApp):
+    """The ASGI app: Socket.IO, ``/healthz``, and a lifespan that starts and stops the gateway.
+
+    ``python -m gateway`` starts the gateway itself and runs uvicorn without
+    lifespan; any other ASGI server gets it through the lifespan protocol.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__(gateway.sio, other_asgi_app=gateway.http)
+        self.gateway = gateway
+        """The gateway this app serves."""
+        self.startup_error: BaseException | None = None
+        """Why the last lifespan startup failed, if it did."""
+
+    async def lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Starts the gateway on ``lifespan.startup``, stops it on ``lifespan.shutdown``."""
+        while True:
+            event = await receive()
+            if event["type"] == "lifespan.startup":
+                try:
+                    await self.gateway.start()
+                except Exception as err:
+                    self.startup_error = err
+                    if not isinstance(err, MessagingError):
+                        log.exception("gateway startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(err)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif event["type"] == "lifespan.shutdown":
+                try:
+                    await self.gateway.stop()
+                except Exception as err:
+                    log.exception("gateway shutdown failed")
+                    await send({"type": "lifespan.shutdown.failed", "message": str(err)})
+                    return
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(settings: Settings) -> GatewayApp:
+    """Builds the gateway's ASGI app; nothing is opened until it starts.
+
+    Raises:
+        InvalidInput: neither REDIS_URL nor DATABASE_URL is set (no client manager).
+    """
+    return GatewayApp(Gateway(settings))
+
+
+def _library_logger(name: str) -> logging.Logger:
+    """A logger under ours for Socket.IO and its client manager.
+
+    Their own default adds a second handler and hides warnings (such as a lost
+    pub/sub listener); theirs at INFO logs every event, so we start at WARNING.
+    """
+    logger = log.getChild(name)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.WARNING)
+    return logger
+
+
+def _error(type: str, message: str) -> Ack:
+    return {"ok": False, "error": {"type": type, "message": message}}
+
+
+def _require_object(data: object) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise InvalidInput(f"the payload must be an object, got {type(data).__name__}")
+    return data
+
+
+def _started_new_run(handle: WorkflowHandle[Any, Any]) -> bool | None:
+    """Whether start_workflow started a run (True) or joined a running one (False).
+
+    The SDK keeps the server's answer on the handle but does not expose it. None
+    (unknown) only costs the ack its ``duplicate`` flag on a resend: the
+    lifecycle itself refuses a resend that is another message.
+    """
+    response = getattr(handle, "_start_workflow_response", None)
+    started = getattr(response, "started", None)
+    return started if isinstance(started, bool) else None
+
+
+def _log_worker_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("the gateway's worker stopped: %s; /healthz now fails", task.exception())
+
+
+async def _stop_worker(worker: Worker, task: asyncio.Task[None]) -> None:
+    await worker.shutdown()
+    try:
+        await task
+    except Exception:
+        pass  # already logged by _log_worker_end
