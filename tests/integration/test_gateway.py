@@ -120,15 +120,17 @@ async def gateway(
             raise RuntimeError(f"gateway did not start: {app.startup_error}") from None
 
     task = asyncio.create_task(serve())
-    async with asyncio.timeout(60):
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.02)
-    yield RunningGateway(f"http://127.0.0.1:{port}", app, gateway_settings)
-    server.should_exit = True
-    await asyncio.wait_for(task, 60)
-    sock.close()
+    try:
+        async with asyncio.timeout(60):
+            while not server.started:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.02)
+        yield RunningGateway(f"http://127.0.0.1:{port}", app, gateway_settings)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, 60)
+        sock.close()
 
 
 @pytest.fixture
