@@ -24,6 +24,7 @@ from runtime.wiring import (
     client_manager,
     message_activities,
     open_core,
+    workflow_runner,
 )
 
 log = logging.getLogger("missive.worker")
@@ -44,6 +45,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
             task_queue=TASK_QUEUE_MESSAGES,
             workflows=WORKFLOWS,
             activities=activity_methods(acts),
+            workflow_runner=workflow_runner(settings),
             graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
         )
         loop = asyncio.get_running_loop()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from temporalio import activity
 
 from activities.errors import translate_errors
 from missive.broadcast import Broadcaster
+from missive.errors import PermanentError
 from missive.schemas import (
     ApplyReceiptResult,
     BroadcastMessageInput,
@@ -16,22 +19,39 @@ from missive.schemas import (
 from missive.services.messages import MessageService
 from missive.services.receipts import ReceiptService
 
+PersistListener = Callable[[PersistMessageInput, PersistMessageResult | PermanentError], None]
+"""Told of every persist outcome in this process: the gateway acks its own sends from it."""
+
 
 class MessageActivities:
     """The I/O of a message's lifecycle, run as local activities on the hot path."""
 
     def __init__(
-        self, messages: MessageService, receipts: ReceiptService, broadcaster: Broadcaster
+        self,
+        messages: MessageService,
+        receipts: ReceiptService,
+        broadcaster: Broadcaster,
+        *,
+        persist_listener: PersistListener | None = None,
     ):
         self._messages = messages
         self._receipts = receipts
         self._broadcaster = broadcaster
+        self._persist_listener = persist_listener
 
     @activity.defn
     @translate_errors
     async def persist_message(self, input: PersistMessageInput) -> PersistMessageResult:
         """Stores the message and its deliveries; a rerun returns the stored row."""
-        return await self._messages.persist(input)
+        try:
+            result = await self._messages.persist(input)
+        except PermanentError as err:
+            if self._persist_listener is not None:
+                self._persist_listener(input, err)
+            raise
+        if self._persist_listener is not None:
+            self._persist_listener(input, result)
+        return result
 
     @activity.defn
     @translate_errors

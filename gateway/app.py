@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import json
 import logging
@@ -13,14 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import socketio
-from temporalio.client import (
-    Client,
-    WorkflowFailureError,
-    WorkflowHandle,
-    WorkflowUpdateFailedError,
-)
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
@@ -31,36 +23,32 @@ from missive.constants import (
     EVENT_MESSAGE_SEND,
     TASK_QUEUE_MESSAGES,
     conversation_room,
-    message_id_for,
-    message_workflow_id,
-    receipt_workflow_id,
     user_room,
 )
 from missive.errors import (
-    DuplicateClientMessageId,
     InvalidInput,
     InvalidToken,
-    MessageNotVisible,
     MessagingError,
+    PermanentError,
     ProviderUnavailable,
 )
 from missive.schemas import (
-    AcceptInput,
     MessageAccepted,
+    PersistMessageInput,
+    PersistMessageResult,
     ReceiptInput,
     ReceiptStatus,
     SendMessageInput,
 )
-from missive.services.messages import StoredMessage
 from missive.tokens import verify_token
 from missive.validation import (
     require_body,
     require_client_message_id,
     require_seq,
     require_uuid,
-    send_fingerprint,
 )
 from runtime.client import connect
+from runtime.messaging import apply_receipt, send_message, with_request_id
 from runtime.wiring import (
     WORKFLOWS,
     Core,
@@ -68,9 +56,8 @@ from runtime.wiring import (
     client_manager,
     message_activities,
     open_core,
+    workflow_runner,
 )
-from workflows.message_lifecycle import MessageLifecycleWorkflow
-from workflows.receipts import ReceiptWorkflow
 
 log = logging.getLogger("missive.gateway")
 
@@ -94,22 +81,48 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 Ack = dict[str, Any]
 
 
-class Refused(Exception):
-    """A workflow refused a request: its ApplicationError type and message, for the ack."""
+class LocalAcks:
+    """Acks for sends whose lifecycle stores the message in this very process.
 
-    def __init__(self, type: str, message: str) -> None:
-        super().__init__(message)
-        self.type = type
-        """The domain error's name (NotAMember, InvalidInput, ...)."""
-        self.message = message
-        """What was wrong, as the workflow said it."""
+    A lifecycle started eagerly runs its first workflow task on this process's
+    worker, where the persist activity tells this registry the outcome: the
+    sender is acked then, without a second round trip (the ``accepted`` update)
+    through Temporal. A send whose task ran elsewhere, or a resend that joined
+    a running lifecycle, hears nothing here and asks the workflow instead.
+    """
 
-    @classmethod
-    def from_failure(cls, cause: BaseException | None) -> Refused | None:
-        """The refusal an update or workflow failure carries, if it is a domain error."""
-        if isinstance(cause, ApplicationError) and cause.type:
-            return cls(cause.type, cause.message)
-        return None
+    def __init__(self) -> None:
+        self._waiting: dict[str, asyncio.Future[MessageAccepted]] = {}
+
+    def expect(self, request_id: str) -> asyncio.Future[MessageAccepted]:
+        """A future for the outcome of the send with this request id."""
+        future = self._waiting[request_id] = asyncio.get_running_loop().create_future()
+        return future
+
+    def forget(self, request_id: str) -> None:
+        """Stops waiting for a send (its ack was answered one way or another)."""
+        future = self._waiting.pop(request_id, None)
+        if future is not None and future.done() and not future.cancelled():
+            future.exception()  # retrieved: no "never retrieved" warning
+
+    def __call__(
+        self, input: PersistMessageInput, outcome: PersistMessageResult | PermanentError
+    ) -> None:
+        future = self._waiting.get(input.request_id) if input.request_id else None
+        if future is None or future.done():
+            return
+        if isinstance(outcome, PermanentError):
+            future.set_exception(outcome)
+            return
+        future.set_result(
+            MessageAccepted(
+                message_id=outcome.message_id,
+                conversation_id=outcome.conversation_id,
+                seq=outcome.seq,
+                created_at=outcome.created_at,
+                duplicate=not outcome.created,
+            )
+        )
 
 
 class Gateway:
@@ -134,6 +147,7 @@ class Gateway:
         self._core: Core | None = None
         self._client: Client | None = None
         self._worker: Worker | None = None
+        self._acks = LocalAcks()
         self.sio.on("connect", self._on_connect)
         self.sio.on(EVENT_MESSAGE_SEND, self._guarded(EVENT_MESSAGE_SEND, self._send))
         for event, status in (
@@ -207,8 +221,11 @@ class Gateway:
             client,
             task_queue=TASK_QUEUE_MESSAGES,
             workflows=WORKFLOWS,
-            activities=activity_methods(message_activities(core, self.sio)),
+            activities=activity_methods(
+                message_activities(core, self.sio, persist_listener=self._acks)
+            ),
             graceful_shutdown_timeout=timedelta(seconds=self.settings.graceful_shutdown_seconds),
+            workflow_runner=workflow_runner(self.settings),
         )
         # Run in a task of our own: `async with worker` would cancel whichever task
         # entered it (here the ASGI lifespan) on a fatal error.
@@ -280,8 +297,6 @@ class Gateway:
             try:
                 async with asyncio.timeout(ACK_TIMEOUT_SECONDS):
                     return await handler(sid, args[0] if args else None)
-            except Refused as err:
-                return _error(err.type, err.message)
             except MessagingError as err:
                 return _error(err.type, str(err))
             except TimeoutError:
@@ -308,7 +323,7 @@ class Gateway:
         body = payload.get("body")
         require_body(body, max_bytes=self.settings.max_body_bytes)
         assert isinstance(body, str)  # require_body checked it
-        accepted = await self._accept(
+        send = with_request_id(
             SendMessageInput(
                 conversation_id=conversation_id,
                 sender_id=user_id,
@@ -319,6 +334,12 @@ class Gateway:
                 receipt_detail_max_recipients=self.settings.receipt_detail_max_recipients,
             )
         )
+        _, client = self._services()
+        local_ack = self._acks.expect(send.request_id)
+        try:
+            accepted = await send_message(client, send, eager=True, local_ack=local_ack)
+        finally:
+            self._acks.forget(send.request_id)
         return {
             "ok": True,
             "message_id": accepted.message_id,
@@ -326,78 +347,6 @@ class Gateway:
             "created_at": accepted.created_at.isoformat(),
             "duplicate": accepted.duplicate,
         }
-
-    async def _accept(self, send: SendMessageInput) -> MessageAccepted:
-        _, client = self._services()
-        workflow_id = message_workflow_id(send.sender_id, send.client_message_id)
-        try:
-            handle = await client.start_workflow(
-                MessageLifecycleWorkflow.run,
-                send,
-                id=workflow_id,
-                task_queue=TASK_QUEUE_MESSAGES,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                request_eager_start=True,
-            )
-        except WorkflowAlreadyStartedError:
-            return await self._accept_closed(send, workflow_id)
-        # The fingerprint lets the lifecycle refuse a resend that joined it with
-        # another body or conversation (DuplicateClientMessageId).
-        check = AcceptInput(fingerprint=send_fingerprint(send.conversation_id, send.body))
-        try:
-            accepted = await handle.execute_update(MessageLifecycleWorkflow.accepted, check)
-        except WorkflowUpdateFailedError as err:
-            raise Refused.from_failure(err.cause) or err from None
-        except RPCError as err:
-            if err.status is not RPCStatusCode.NOT_FOUND:
-                raise
-            # It ended between our start (which joined it) and the update.
-            return await self._accept_closed(send, workflow_id)
-        if _started_new_run(handle) is False:
-            # We joined the run of an earlier send of this very message.
-            return dataclasses.replace(accepted, duplicate=True)
-        return accepted
-
-    async def _accept_closed(self, send: SendMessageInput, workflow_id: str) -> MessageAccepted:
-        """The ack for a send whose lifecycle already ended: its failure, or the stored row."""
-        _, client = self._services()
-        handle = client.get_workflow_handle_for(MessageLifecycleWorkflow.run, workflow_id)
-        try:
-            await handle.result()
-        except WorkflowFailureError as err:
-            refused = Refused.from_failure(err.cause)
-            if refused is not None:
-                raise refused from None
-            log.warning("lifecycle %s ended without a result: %s", workflow_id, err.cause)
-        message_id = message_id_for(send.sender_id, send.client_message_id)
-        try:
-            stored = await self._require_same_message(send, message_id)
-        except MessageNotVisible:
-            # Terminated or timed out before storing it: that id is spent.
-            raise Refused(
-                "SendFailed",
-                f"client_message_id {send.client_message_id!r} belongs to a send that did"
-                " not complete; send again with a new client_message_id",
-            ) from None
-        return MessageAccepted(
-            message_id=stored.message_id,
-            conversation_id=stored.conversation_id,
-            seq=stored.seq,
-            created_at=stored.created_at,
-            duplicate=True,
-        )
-
-    async def _require_same_message(self, send: SendMessageInput, message_id: str) -> StoredMessage:
-        """Returns the stored message, or raises DuplicateClientMessageId if ``send`` differs."""
-        core, _ = self._services()
-        stored = await core.messages.load(message_id)
-        if stored.conversation_id != send.conversation_id or stored.body != send.body:
-            raise DuplicateClientMessageId(
-                f"client_message_id {send.client_message_id!r} was already used for a"
-                f" different message ({message_id}); it is not overwritten"
-            )
-        return stored
 
     async def _receipt(self, sid: str, data: object, *, status: ReceiptStatus) -> Ack:
         """``message:delivered`` / ``message:read``: applies a watermark, acks what changed."""
@@ -410,28 +359,19 @@ class Gateway:
         up_to_seq = require_seq(raw_seq) if raw_seq is not None else None
         message_id = require_uuid(raw_message_id, "message_id") if up_to_seq is None else None
         _, client = self._services()
-        try:
-            result = await client.execute_workflow(
-                ReceiptWorkflow.run,
-                ReceiptInput(
-                    user_id=user_id,
-                    conversation_id=conversation_id,
-                    status=status,
-                    up_to_seq=up_to_seq,
-                    message_id=message_id,
-                    lifecycle_window_seconds=self.settings.lifecycle_window_seconds,
-                    receipt_detail_max_recipients=self.settings.receipt_detail_max_recipients,
-                ),
-                id=receipt_workflow_id(
-                    user_id, conversation_id, str(status), str(up_to_seq or message_id)
-                ),
-                task_queue=TASK_QUEUE_MESSAGES,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                request_eager_start=True,
-            )
-        except WorkflowFailureError as err:
-            raise Refused.from_failure(err.cause) or err from None
+        result = await apply_receipt(
+            client,
+            ReceiptInput(
+                user_id=user_id,
+                conversation_id=conversation_id,
+                status=status,
+                up_to_seq=up_to_seq,
+                message_id=message_id,
+                lifecycle_window_seconds=self.settings.lifecycle_window_seconds,
+                receipt_detail_max_recipients=self.settings.receipt_detail_max_recipients,
+            ),
+            eager=True,
+        )
         return {"ok": True, "changed": result.changed, "up_to_seq": result.up_to_seq}
 
     # -- HTTP ---------------------------------------------------------------
@@ -528,18 +468,6 @@ def _require_object(data: object) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInput(f"the payload must be an object, got {type(data).__name__}")
     return data
-
-
-def _started_new_run(handle: WorkflowHandle[Any, Any]) -> bool | None:
-    """Whether start_workflow started a run (True) or joined a running one (False).
-
-    The SDK keeps the server's answer on the handle but does not expose it. None
-    (unknown) only costs the ack its ``duplicate`` flag on a resend: the
-    lifecycle itself refuses a resend that is another message.
-    """
-    response = getattr(handle, "_start_workflow_response", None)
-    started = getattr(response, "started", None)
-    return started if isinstance(started, bool) else None
 
 
 def _log_worker_end(task: asyncio.Task[None]) -> None:

@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     receipt and its query shows each recipient; above it (large groups) it is
     told only of milestones (all delivered, all read), keeping history small."""
 
+    workflow_sandbox: bool = False
+    """Run workflows in the SDK's sandbox in the worker and the gateway. Off by
+    default: on the send path the sandbox costs about a third of the gateway's
+    throughput (bench/send_latency.py). The tests always run every workflow in
+    the sandbox, so a non-deterministic call still fails CI."""
+
     graceful_shutdown_seconds: float = Field(default=20.0, gt=0)
     """How long SIGTERM/SIGINT lets in-flight activities finish."""
 

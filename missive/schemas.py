@@ -71,6 +71,8 @@ class PersistMessageInput:
     """Size limit in UTF-8 bytes."""
     receipt_detail_max_recipients: int = 32
     """Return recipient ids only up to this many."""
+    request_id: str = ""
+    """The send request that started the lifecycle (see SendMessageInput)."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,22 @@ class MessageAccepted:
     """When the server stored it."""
     duplicate: bool = False
     """True when this send repeated an earlier one with the same body."""
+
+
+@dataclass(frozen=True)
+class Acceptance:
+    """Result of the ``acceptance`` query: the ack, or why there is none.
+
+    A query cannot fail with a typed error through an encrypting failure
+    converter, so the refusal travels as data.
+    """
+
+    accepted: MessageAccepted | None = None
+    """The ack, once the message is stored."""
+    error_type: str | None = None
+    """The domain error's name when the message was refused."""
+    error_message: str | None = None
+    """Why it was refused."""
 
 
 @dataclass(frozen=True)

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import socketio
 from socketio.async_pubsub_manager import AsyncPubSubManager
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from temporalio.worker import UnsandboxedWorkflowRunner, WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from activities.messages import MessageActivities
+from activities.messages import MessageActivities, PersistListener
 from missive.broadcast import Broadcaster, Emitter
 from missive.config import Settings
 from missive.crypto import MessageCipher
@@ -77,12 +81,23 @@ def client_manager(settings: Settings, *, write_only: bool) -> AsyncPubSubManage
     )
 
 
-def message_activities(core: Core, emitter: Emitter) -> MessageActivities:
+def workflow_runner(settings: Settings) -> WorkflowRunner:
+    """The sandboxed runner when WORKFLOW_SANDBOX is on, else the unsandboxed one."""
+    if settings.workflow_sandbox:
+        return SandboxedWorkflowRunner()
+    return UnsandboxedWorkflowRunner()
+
+
+def message_activities(
+    core: Core, emitter: Emitter, *, persist_listener: PersistListener | None = None
+) -> MessageActivities:
     """The lifecycle's activities over this process's services and emitter."""
-    return MessageActivities(core.messages, core.receipts, Broadcaster(emitter))
+    return MessageActivities(
+        core.messages, core.receipts, Broadcaster(emitter), persist_listener=persist_listener
+    )
 
 
-def activity_methods(acts: MessageActivities) -> list[object]:
+def activity_methods(acts: MessageActivities) -> list[Callable[..., Any]]:
     """The bound activity methods a worker registers."""
     return [
         acts.persist_message,

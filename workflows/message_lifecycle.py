@@ -12,6 +12,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.messages import MessageActivities
     from missive.errors import DuplicateClientMessageId, InvalidInput
     from missive.schemas import (
+        Acceptance,
         AcceptInput,
         BroadcastMessageInput,
         LifecyclePhase,
@@ -121,6 +122,7 @@ class MessageLifecycleWorkflow:
                     body=input.body,
                     max_body_bytes=input.max_body_bytes,
                     receipt_detail_max_recipients=input.receipt_detail_max_recipients,
+                    request_id=input.request_id,
                 ),
                 start_to_close_timeout=policies.DB_WRITE_TIMEOUT,
                 retry_policy=policies.DB_RETRY,
@@ -189,17 +191,23 @@ class MessageLifecycleWorkflow:
             raise ApplicationError(str(err), type=err.type, non_retryable=True)
 
     @workflow.query
-    def acceptance(self, check: AcceptInput | None = None) -> MessageAccepted | None:
-        """The ack of a lifecycle, also once it has closed; None while not yet stored.
+    def acceptance(self, check: AcceptInput | None = None) -> Acceptance:
+        """The ack or the refusal, also once the lifecycle has closed.
 
-        Raises the rejection, or DuplicateClientMessageId for another message.
+        Empty while the message is not stored yet. The same checks as the
+        ``accepted`` update: another message under this id is refused.
         """
-        self._same_message(check)
+        try:
+            self._same_message(check)
+        except ApplicationError as err:
+            return Acceptance(error_type=err.type, error_message=err.message)
         if self._rejection is not None:
-            raise ApplicationError(
-                self._rejection.message, type=self._rejection.type, non_retryable=True
+            return Acceptance(
+                error_type=self._rejection.type, error_message=self._rejection.message
             )
-        return self._ack_for(check) if self._accepted is not None else None
+        if self._accepted is None:
+            return Acceptance()
+        return Acceptance(accepted=self._ack_for(check))
 
     @workflow.signal
     def receipts_changed(self, change: ReceiptsChanged) -> None:

@@ -94,9 +94,9 @@ def _send(**overrides: object) -> SendMessageInput:
     return SendMessageInput(**values)  # type: ignore[arg-type]
 
 
-async def _status_when(handle, predicate, timeout: float = 10.0) -> MessageStatus:  # noqa: ANN001
+async def _status_when(handle, predicate, within: float = 10.0) -> MessageStatus:
     """Polls the status query until ``predicate`` holds (signals land asynchronously)."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         status = await handle.query(MessageLifecycleWorkflow.status)
         if predicate(status) or asyncio.get_running_loop().time() > deadline:

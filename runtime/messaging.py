@@ -1,0 +1,167 @@
+"""The send and receipt protocol over Temporal, shared by the gateway and the starter.
+
+A send starts (or joins) the message's lifecycle and waits for its ack: from the
+``accepted`` update, or, when the lifecycle already closed, from the
+``acceptance`` query. Resends are recognised by workflow id, a resend with
+another body by the send's fingerprint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable
+
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+import missive.errors
+from missive.constants import TASK_QUEUE_MESSAGES, message_workflow_id, receipt_workflow_id
+from missive.errors import MessagingError, PermanentError
+from missive.schemas import (
+    AcceptInput,
+    MessageAccepted,
+    MessageLifecycleResult,
+    ReceiptInput,
+    ReceiptResult,
+    SendMessageInput,
+)
+from missive.validation import send_fingerprint
+from workflows.message_lifecycle import MessageLifecycleWorkflow
+from workflows.receipts import ReceiptWorkflow
+
+LifecycleHandle = WorkflowHandle[MessageLifecycleWorkflow, MessageLifecycleResult]
+
+
+def domain_error(type_name: str | None, message: str) -> MessagingError:
+    """The ``missive.errors`` class a failure's type names, else a PermanentError."""
+    cls = getattr(missive.errors, type_name or "", None)
+    if isinstance(cls, type) and issubclass(cls, MessagingError):
+        return cls(message)
+    return PermanentError(message)
+
+
+def to_domain_error(err: BaseException) -> MessagingError:
+    """The domain error a workflow or update failure stands for."""
+    cause: BaseException | None = err
+    for _ in range(10):  # failure chains are short; never loop on a cycle
+        if cause is None or isinstance(cause, ApplicationError):
+            break
+        cause = getattr(cause, "cause", None) or cause.__cause__
+    if isinstance(cause, ApplicationError):
+        return domain_error(cause.type, cause.message)
+    return PermanentError(str(err))
+
+
+def with_request_id(input: SendMessageInput) -> SendMessageInput:
+    """The input with a fresh request id, unless it carries one."""
+    if input.request_id:
+        return input
+    return SendMessageInput(**{**input.__dict__, "request_id": uuid.uuid4().hex})
+
+
+async def send_message(
+    client: Client,
+    input: SendMessageInput,
+    *,
+    eager: bool = False,
+    local_ack: Awaitable[MessageAccepted] | None = None,
+    local_ack_grace: float = 0.5,
+) -> MessageAccepted:
+    """Starts or joins a message's lifecycle and returns its ack.
+
+    Args:
+        client: A client with the project's data converter.
+        input: The send; give it a ``request_id`` (see with_request_id).
+        eager: Ask the server to hand the first workflow task to this process's
+            worker (only useful where a worker on the task queue shares ``client``).
+        local_ack: Resolves when this process's own worker stored the message
+            (the gateway's fast path); if it does not within ``local_ack_grace``
+            seconds, the ack is asked of the workflow.
+        local_ack_grace: See ``local_ack``.
+
+    Raises:
+        PermanentError: the lifecycle refused the message (the subclass names why).
+    """
+    check = AcceptInput(
+        fingerprint=send_fingerprint(input.conversation_id, input.body),
+        request_id=input.request_id,
+    )
+    workflow_id = message_workflow_id(input.sender_id, input.client_message_id)
+    try:
+        handle = await client.start_workflow(
+            MessageLifecycleWorkflow.run,
+            input,
+            id=workflow_id,
+            task_queue=TASK_QUEUE_MESSAGES,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            request_eager_start=eager,
+        )
+    except WorkflowAlreadyStartedError as err:
+        # An earlier send's lifecycle has closed; it still knows the answer.
+        closed = client.get_workflow_handle_for(
+            MessageLifecycleWorkflow.run, workflow_id, run_id=err.run_id
+        )
+        return await acceptance(closed, check)
+    if local_ack is not None:
+        try:
+            return await asyncio.wait_for(asyncio.shield(local_ack), local_ack_grace)
+        except TimeoutError:
+            pass  # the workflow task ran elsewhere, or this was a resend: ask it
+    return await request_ack(handle, check)
+
+
+async def request_ack(handle: LifecycleHandle, check: AcceptInput) -> MessageAccepted:
+    """The ``accepted`` update; a lifecycle that closed meanwhile answers by query."""
+    try:
+        return await handle.execute_update(MessageLifecycleWorkflow.accepted, check)
+    except WorkflowUpdateFailedError as err:
+        raise to_domain_error(err) from None
+    except RPCError as err:
+        if err.status is not RPCStatusCode.NOT_FOUND:
+            raise
+    return await acceptance(handle, check)
+
+
+async def acceptance(handle: LifecycleHandle, check: AcceptInput) -> MessageAccepted:
+    """The ack of a closed lifecycle, from its ``acceptance`` query."""
+    answer = await handle.query(MessageLifecycleWorkflow.acceptance, check)
+    if answer.accepted is not None:
+        return answer.accepted
+    if answer.error_type is not None:
+        raise domain_error(answer.error_type, answer.error_message or answer.error_type)
+    raise PermanentError(
+        f"lifecycle {handle.id} ended before storing its message (terminated?); "
+        "send again with a new client_message_id"
+    )
+
+
+async def apply_receipt(
+    client: Client, input: ReceiptInput, *, eager: bool = False
+) -> ReceiptResult:
+    """Runs the receipt workflow for one watermark and returns what changed.
+
+    Raises:
+        PermanentError: the receipt was refused (the subclass names why).
+    """
+    up_to = str(input.up_to_seq) if input.up_to_seq is not None else str(input.message_id)
+    try:
+        return await client.execute_workflow(
+            ReceiptWorkflow.run,
+            input,
+            id=receipt_workflow_id(input.user_id, input.conversation_id, str(input.status), up_to),
+            task_queue=TASK_QUEUE_MESSAGES,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            request_eager_start=eager,
+        )
+    except WorkflowFailureError as err:
+        raise to_domain_error(err) from None
