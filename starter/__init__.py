@@ -1,5 +1,6 @@
 """Missive's client library and command line: ``from starter import MissiveClient``."""
 
+from runtime.messaging import to_domain_error
 from starter.client import (
     DEFAULT_TIMEOUT,
     MissiveClient,
@@ -7,7 +8,6 @@ from starter.client import (
     lifecycle_workflow_id,
     receipt_input,
     send_input,
-    to_domain_error,
 )
 
 __all__ = [

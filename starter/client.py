@@ -9,47 +9,34 @@ the ``PermanentError`` the workflow named, an unreachable or silent Temporal as
 from __future__ import annotations
 
 import asyncio
-import hmac
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 from temporalio.client import (
     Client,
     RPCTimeoutOrCancelledError,
-    WorkflowFailureError,
-    WorkflowHandle,
     WorkflowQueryFailedError,
-    WorkflowUpdateFailedError,
 )
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-import missive.errors
 from missive.config import Settings
 from missive.constants import (
     MESSAGE_WORKFLOW_PREFIX,
     TASK_QUEUE_MESSAGES,
-    message_id_for,
     message_workflow_id,
     receipt_workflow_id,
 )
 from missive.errors import (
-    DuplicateClientMessageId,
     InvalidInput,
     MessageNotVisible,
-    MessagingError,
     PermanentError,
     ProviderUnavailable,
 )
 from missive.schemas import (
-    MessageAccepted,
-    MessageLifecycleResult,
     MessageStatus,
     ReceiptInput,
     ReceiptResult,
@@ -58,19 +45,11 @@ from missive.schemas import (
 )
 from missive.validation import require_body, require_client_message_id, require_seq, require_uuid
 from runtime.client import connect
+from runtime.messaging import apply_receipt, send_message, with_request_id
 from workflows.message_lifecycle import MessageLifecycleWorkflow
-from workflows.receipts import ReceiptWorkflow
 
 DEFAULT_TIMEOUT = timedelta(seconds=30)
 """How long a call waits for a worker to answer before raising ProviderUnavailable."""
-
-ACCEPTED_UPDATE_ID = "accepted"
-"""Every sender asks for a message's ack under this one update id: Temporal then
-answers a resend with the stored outcome, even after the workflow has closed."""
-
-SEND_MEMO_KEY = "missive_send"
-"""Memo key holding a random token of the send that started a lifecycle workflow,
-so a later send can tell "I started it" from "I joined an earlier send"."""
 
 _TRANSIENT_RPC = frozenset(
     {
@@ -93,9 +72,8 @@ class SendResult:
     """The conversation."""
     seq: int
     """Position of the message in its conversation."""
-    created_at: datetime | None
-    """When the server stored it. None only when an earlier send's workflow has
-    closed without any ack recorded (its sender never asked for one)."""
+    created_at: datetime
+    """When the server stored it."""
     duplicate: bool = False
     """True when an earlier send with the same client_message_id and body made
     the message; nothing new was stored."""
@@ -161,25 +139,6 @@ def receipt_input(
 def lifecycle_workflow_id(message_id: str) -> str:
     """The lifecycle workflow id of a message named by its server id."""
     return f"{MESSAGE_WORKFLOW_PREFIX}-{require_uuid(message_id, 'message_id')}"
-
-
-def to_domain_error(err: BaseException) -> MessagingError:
-    """The domain error a workflow, update or activity failure stands for.
-
-    An ApplicationError whose type names a class of ``missive.errors`` becomes that
-    class with the same message; any other failure becomes a PermanentError.
-    """
-    cause: BaseException | None = err
-    for _ in range(10):  # failure chains are short; never loop on a cycle
-        if cause is None or isinstance(cause, ApplicationError):
-            break
-        cause = getattr(cause, "cause", None) or cause.__cause__
-    if isinstance(cause, ApplicationError):
-        cls = getattr(missive.errors, cause.type or "", None)
-        if isinstance(cls, type) and issubclass(cls, MessagingError):
-            return cls(cause.message)
-        return PermanentError(cause.message)
-    return PermanentError(f"{err}: {cause}" if cause is not None else str(err))
 
 
 class MissiveClient:
@@ -276,51 +235,19 @@ class MissiveClient:
             client_message_id=client_message_id,
             body=body,
         )
+        input = with_request_id(input)
         workflow_id = message_workflow_id(input.sender_id, input.client_message_id)
-        token = uuid.uuid4().hex
         async with self._answer_within(
             f"message {workflow_id} is queued and is stored once a worker runs; "
             "send it again with the same client_message_id for its ack"
         ):
-            try:
-                handle = await self.temporal.start_workflow(
-                    MessageLifecycleWorkflow.run,
-                    input,
-                    id=workflow_id,
-                    task_queue=TASK_QUEUE_MESSAGES,
-                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-                    memo={SEND_MEMO_KEY: token},
-                )
-            except WorkflowAlreadyStartedError as err:
-                # An earlier send's workflow has closed; it still holds the answer.
-                handle = self.temporal.get_workflow_handle_for(
-                    MessageLifecycleWorkflow.run, workflow_id, run_id=err.run_id
-                )
-            joined = False
-            if _started_new_run(handle) is not True:
-                # Joined a running or closed earlier send, or could not tell: the
-                # run's own input and memo say whether it is ours and the same message.
-                earlier, earlier_token = await self._first_send(handle)
-                joined = earlier_token != token
-                if joined:
-                    _require_same_message(input, earlier)
-            accepted = await self._accepted(handle)
-        if accepted is None:
-            result = await self._closed_result(handle)
-            return SendResult(
-                message_id=result.message_id,
-                conversation_id=input.conversation_id,
-                seq=result.seq,
-                created_at=None,
-                duplicate=True,
-            )
+            accepted = await send_message(self.temporal, input)
         return SendResult(
             message_id=accepted.message_id,
             conversation_id=accepted.conversation_id,
             seq=accepted.seq,
             created_at=accepted.created_at,
-            duplicate=accepted.duplicate or joined,
+            duplicate=accepted.duplicate,
         )
 
     async def mark_delivered(
@@ -420,55 +347,7 @@ class MissiveClient:
             input.user_id, input.conversation_id, input.status.value, up_to
         )
         async with self._answer_within(f"receipt {workflow_id} is queued"):
-            try:
-                return await self.temporal.execute_workflow(
-                    ReceiptWorkflow.run,
-                    input,
-                    id=workflow_id,
-                    task_queue=TASK_QUEUE_MESSAGES,
-                    id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                    id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                )
-            except WorkflowFailureError as err:
-                raise to_domain_error(err) from None
-
-    async def _first_send(
-        self, handle: WorkflowHandle[Any, Any]
-    ) -> tuple[SendMessageInput, str | None]:
-        """The input the workflow was started with, and the starting send's token."""
-        converter = self.temporal.data_converter
-        async for event in handle.fetch_history_events(page_size=1):
-            attrs = event.workflow_execution_started_event_attributes
-            [earlier] = await converter.decode(attrs.input.payloads, [SendMessageInput])
-            token = None
-            if SEND_MEMO_KEY in attrs.memo.fields:
-                [token] = await converter.decode([attrs.memo.fields[SEND_MEMO_KEY]], [str])
-            return earlier, token
-        raise MessageNotVisible(f"workflow {handle.id} has no history")
-
-    async def _accepted(
-        self, handle: WorkflowHandle[MessageLifecycleWorkflow, MessageLifecycleResult]
-    ) -> MessageAccepted | None:
-        """The ack, or None when the workflow closed before anyone asked for it."""
-        try:
-            return await handle.execute_update(
-                MessageLifecycleWorkflow.accepted, id=ACCEPTED_UPDATE_ID
-            )
-        except WorkflowUpdateFailedError as err:
-            raise to_domain_error(err) from None
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                return None  # "workflow execution already completed"
-            raise
-
-    async def _closed_result(
-        self, handle: WorkflowHandle[MessageLifecycleWorkflow, MessageLifecycleResult]
-    ) -> MessageLifecycleResult:
-        async with self._answer_within(f"reading the result of {handle.id}"):
-            try:
-                return await handle.result()
-            except WorkflowFailureError as err:
-                raise to_domain_error(err) from None
+            return await apply_receipt(self.temporal, input)
 
     async def _query_status(self, workflow_id: str) -> MessageStatus:
         handle = self.temporal.get_workflow_handle_for(MessageLifecycleWorkflow.run, workflow_id)
@@ -505,24 +384,3 @@ class MissiveClient:
             raise PermanentError(
                 f"Temporal at {address} refused the call: {err.status.name}: {err.message}"
             ) from None
-
-
-def _started_new_run(handle: WorkflowHandle[Any, Any]) -> bool | None:
-    """Whether start_workflow started a new run; None when the SDK does not say.
-
-    The SDK keeps the server's answer on the handle without exposing it publicly;
-    when it is missing, the caller reads the run's first event instead.
-    """
-    started = getattr(getattr(handle, "_start_workflow_response", None), "started", None)
-    return started if isinstance(started, bool) else None
-
-
-def _require_same_message(input: SendMessageInput, earlier: SendMessageInput) -> None:
-    """A send that joined an earlier one must repeat it exactly."""
-    message_id = message_id_for(input.sender_id, input.client_message_id)
-    same_body = hmac.compare_digest(earlier.body.encode(), input.body.encode())
-    if earlier.conversation_id != input.conversation_id or not same_body:
-        raise DuplicateClientMessageId(
-            f"client_message_id {input.client_message_id!r} of user {input.sender_id} was "
-            f"already used for a different message ({message_id}); it is not overwritten"
-        )

@@ -20,7 +20,6 @@ from sqlalchemy import text
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-import starter.client
 from missive.config import Settings
 from missive.constants import (
     EVENT_MESSAGE_NEW,
@@ -246,22 +245,7 @@ async def test_receipts_move_forward_and_all_read_ends_the_lifecycle(
         await missive.mark_read(ben, conv)
 
 
-async def test_resend_is_recognised_without_the_sdks_started_flag(
-    missive: MissiveClient, core: Core, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Should the SDK stop keeping the start response, the run's memo tells instead.
-    monkeypatch.setattr(starter.client, "_started_new_run", lambda handle: None)
-    ana, ben = await _people(core, 2)
-    conv = await _group(core, [ana, ben])
-
-    first = await missive.send(conv, ana, "c-1", "hi")
-    again = await missive.send(conv, ana, "c-1", "hi")
-    assert not first.duplicate and again.duplicate and again.message_id == first.message_id
-    with pytest.raises(DuplicateClientMessageId):
-        await missive.send(conv, ana, "c-1", "changed")
-
-
-async def test_resend_of_a_closed_lifecycle_nobody_acked_reads_its_result(
+async def test_resend_of_a_closed_lifecycle_nobody_acked_is_answered_by_query(
     missive: MissiveClient,
     core: Core,
     settings: Settings,
@@ -285,7 +269,7 @@ async def test_resend_of_a_closed_lifecycle_nobody_acked_reads_its_result(
 
     again = await missive.send(conv, ana, "c-1", "hi")
     assert (again.message_id, again.seq, again.duplicate) == (message_id_for(ana, "c-1"), 1, True)
-    assert again.created_at is None  # only an ack records it; the result does not
+    assert again.created_at is not None
     with pytest.raises(DuplicateClientMessageId):
         await missive.send(conv, ana, "c-1", "changed")
 
