@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import ParamSpec, TypeVar
 
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from missive.errors import PermanentError, RateLimited
 
@@ -23,7 +23,14 @@ def to_application_error(err: Exception) -> Exception:
     unchanged, so the retry policy retries it.
     """
     if isinstance(err, PermanentError):
-        return ApplicationError(str(err), type=err.type, non_retryable=True)
+        # BENIGN: a refused request is an answer, not an incident; the SDK logs
+        # it at DEBUG instead of a warning with two stack traces.
+        return ApplicationError(
+            str(err),
+            type=err.type,
+            non_retryable=True,
+            category=ApplicationErrorCategory.BENIGN,
+        )
     if isinstance(err, RateLimited):
         return ApplicationError(
             str(err),

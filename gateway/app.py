@@ -139,6 +139,7 @@ class Gateway:
         self.sio = socketio.AsyncServer(
             async_mode="asgi",
             client_manager=client_manager(settings, write_only=False),
+            cors_allowed_origins=settings.cors_origins,
             logger=_library_logger("socketio"),
             engineio_logger=_library_logger("engineio"),
         )

@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     gateway_port: int = 8800
     """Port of the Socket.IO gateway."""
 
+    gateway_cors_origins: str = ""
+    """Comma-separated origins allowed to open a socket from a browser (``*`` for
+    any). Empty: only the gateway's own origin."""
+
     gateway_token_ttl_seconds: int = 3600
     """Lifetime of a token issued by ``python -m starter token``."""
 
@@ -126,6 +130,17 @@ class Settings(BaseSettings):
     def codec_keyring(self) -> dict[int, bytes]:
         """codec_keys parsed into ``{version: key}``."""
         return parse_keyring(self.codec_keys, name="CODEC_KEYS")
+
+    @property
+    def cors_origins(self) -> list[str] | str | None:
+        """gateway_cors_origins as python-socketio takes it.
+
+        None keeps its same-origin default (an empty list would switch the check off).
+        """
+        origins = [o.strip() for o in self.gateway_cors_origins.split(",") if o.strip()]
+        if not origins:
+            return None
+        return "*" if origins == ["*"] else origins
 
     def require_database_url(self) -> str:
         """The database URL, or a clear error when it is unset."""

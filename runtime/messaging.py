@@ -39,6 +39,11 @@ from workflows.receipts import ReceiptWorkflow
 
 LifecycleHandle = WorkflowHandle[MessageLifecycleWorkflow, MessageLifecycleResult]
 
+LIFECYCLE_ID_REUSE = WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY
+"""A lifecycle that completed owns its id for good: a resend is answered from it.
+One that failed (a refused send) stored nothing, so the sender may try again with
+the same client_message_id, say once added to the conversation."""
+
 
 def domain_error(type_name: str | None, message: str) -> MessagingError:
     """The ``missive.errors`` class a failure's type names, else a PermanentError."""
@@ -102,11 +107,11 @@ async def send_message(
             id=workflow_id,
             task_queue=TASK_QUEUE_MESSAGES,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            id_reuse_policy=LIFECYCLE_ID_REUSE,
             request_eager_start=eager,
         )
     except WorkflowAlreadyStartedError as err:
-        # An earlier send's lifecycle has closed; it still knows the answer.
+        # An earlier send's lifecycle completed; it still knows the answer.
         closed = client.get_workflow_handle_for(
             MessageLifecycleWorkflow.run, workflow_id, run_id=err.run_id
         )

@@ -168,9 +168,13 @@ async def test_refusals_are_domain_errors_and_store_nothing(
     refused = await missive.status(outsider, "c-1")
     assert refused.phase is LifecyclePhase.REJECTED
     assert refused.error is not None and refused.error.startswith("NotAMember")
-    # The refused lifecycle has closed; a resend gets the same answer.
+    # A refused send stored nothing: resending it is checked again, and once the
+    # sender is a member the same client_message_id goes through.
     with pytest.raises(NotAMember):
         await missive.send(conv, outsider, "c-1", "let me in")
+    await core.directory.add_participants(conv, [outsider])
+    admitted = await missive.send(conv, outsider, "c-1", "let me in")
+    assert (admitted.seq, admitted.duplicate) == (1, False)
 
     with pytest.raises(ConversationNotFound):
         await missive.send(str(uuid.uuid4()), ana, "c-2", "anyone?")
@@ -182,7 +186,7 @@ async def test_refusals_are_domain_errors_and_store_nothing(
         await missive.send(conv, ana, "c-3", "  ")
     with pytest.raises(MessageNotVisible, match=message_workflow_id(ana, "c-3")):
         await missive.status(ana, "c-3")
-    assert await _scalars(core, "SELECT count(*) FROM messages") == [0]
+    assert await _scalars(core, "SELECT count(*) FROM messages") == [1]
 
     unknown = str(uuid.uuid4())
     with pytest.raises(MessageNotVisible, match=f"message-{unknown}"):

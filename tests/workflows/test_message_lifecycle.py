@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -29,6 +29,7 @@ from missive.schemas import (
     ReceiptStatus,
     SendMessageInput,
 )
+from runtime.messaging import LIFECYCLE_ID_REUSE
 from runtime.wiring import WORKFLOWS
 from workflows.message_lifecycle import MessageLifecycleWorkflow
 from workflows.receipts import ReceiptWorkflow
@@ -117,7 +118,7 @@ async def _start(env: WorkflowEnvironment, input: SendMessageInput, task_queue: 
         id=message_workflow_id(input.sender_id, input.client_message_id),
         task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        id_reuse_policy=LIFECYCLE_ID_REUSE,
     )
 
 
@@ -166,14 +167,14 @@ async def test_duplicate_send_joins_the_running_lifecycle(time_env, task_queue) 
         assert second.result_run_id == first.result_run_id
         await first.signal(MessageLifecycleWorkflow.receipts_changed, ReceiptsChanged(1, 1, 1))
         result = await first.result()
-        # Once closed, the id is never reused for a second lifecycle.
+        # Once completed, the id is never reused for a second lifecycle.
         with pytest.raises(WorkflowAlreadyStartedError):
             await time_env.client.start_workflow(
                 MessageLifecycleWorkflow.run,
                 send,
                 id=first.id,
                 task_queue=task_queue,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                id_reuse_policy=LIFECYCLE_ID_REUSE,
             )
     assert len(fakes.persisted) == 1 and len(fakes.broadcasts) == 1
     assert result.phase is LifecyclePhase.ALL_READ
