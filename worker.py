@@ -16,8 +16,8 @@ from temporalio.worker import Worker
 
 from missive.config import Settings
 from missive.constants import TASK_QUEUE_MESSAGES
-from missive.errors import MessagingError
 from runtime.client import connect
+from runtime.process import run_process
 from runtime.wiring import (
     WORKFLOWS,
     activity_methods,
@@ -65,16 +65,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
 
 def main() -> int:
     """Entry point: one line on stderr and exit 1 when a dependency is unreachable."""
-    settings = Settings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        asyncio.run(run_worker(settings))
-    except MessagingError as err:
-        print(f"worker: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_process("worker", run_worker)
 
 
 if __name__ == "__main__":

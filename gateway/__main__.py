@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import math
 import signal
 import sys
 
 import uvicorn
-from pydantic import ValidationError
 
 from gateway.app import create_app
 from missive.config import Settings
-from missive.errors import MessagingError
+from runtime.process import run_process
 
 
 async def serve(settings: Settings) -> None:
@@ -64,20 +62,7 @@ async def serve(settings: Settings) -> None:
 
 def main() -> int:
     """Entry point: one line on stderr and exit 1 when a dependency is unreachable."""
-    try:
-        settings = Settings()
-    except ValidationError as err:
-        print(f"gateway: invalid settings: {str(err).splitlines()[0]}", file=sys.stderr)
-        return 1
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        asyncio.run(serve(settings))
-    except MessagingError as err:
-        print(f"gateway: {err}", file=sys.stderr)
-        return 1
-    return 0
+    return run_process("gateway", serve)
 
 
 if __name__ == "__main__":

@@ -83,59 +83,51 @@ def _sqlalchemy_url(dsn: str, database: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-def _asyncpg_dsn(dsn: str, database: str) -> str:
-    url = make_url(dsn).set(drivername="postgresql", database=database)
-    return url.render_as_string(hide_password=False)
-
-
-async def _admin(dsn: str) -> asyncpg.Connection:
+async def _admin(dsn: str, statement: str) -> None:
+    """Runs one statement (CREATE / DROP DATABASE) on the server's admin database."""
     url = make_url(dsn)
-    host = url.query.get("host") or url.host
-    return await asyncpg.connect(
-        host=host,
+    conn = await asyncpg.connect(
+        host=url.query.get("host") or url.host,
         port=url.port,
         user=url.username or "postgres",
         password=url.password,
         database=url.database or "postgres",
     )
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def process_env(**overrides: str) -> dict[str, str]:
+    """The environment for a project process in a test: the session's keys, no
+    inherited DATABASE_* / TEMPORAL_* variables, then ``overrides``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "TEMPORAL_"))}
+    env.update({name.upper(): value for name, value in SESSION_KEYS.items()})
+    env.update(overrides)
+    return env
 
 
 @pytest.fixture(scope="session")
 async def template_database(pg_admin_url: str) -> AsyncIterator[str]:
     """A database migrated to head by Alembic, cloned for each test."""
     name = f"missive_tpl_{uuid.uuid4().hex[:8]}"
-    conn = await _admin(pg_admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
+    await _admin(pg_admin_url, f'CREATE DATABASE "{name}"')
     config = Config(str(ROOT / "alembic.ini"))
     config.attributes["database_url"] = _sqlalchemy_url(pg_admin_url, name)
     config.attributes["configure_logger"] = False
     await asyncio.to_thread(command.upgrade, config, "head")
     yield name
-    conn = await _admin(pg_admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await _admin(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
 async def database_url(pg_admin_url: str, template_database: str) -> AsyncIterator[str]:
     """A fresh, migrated database for one test (SQLAlchemy asyncpg URL)."""
     name = f"missive_t_{uuid.uuid4().hex[:12]}"
-    conn = await _admin(pg_admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    finally:
-        await conn.close()
+    await _admin(pg_admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
     yield _sqlalchemy_url(pg_admin_url, name)
-    conn = await _admin(pg_admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await _admin(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         send_fingerprint,
     )
     from workflows import policies
+    from workflows.failures import reraise_refusal
 
 
 @workflow.defn
@@ -129,10 +130,7 @@ class MessageLifecycleWorkflow:
                 local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
             )
         except ActivityError as err:
-            cause = err.cause
-            if isinstance(cause, ApplicationError) and cause.non_retryable:
-                raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from None
-            raise
+            reraise_refusal(err)
 
     async def _broadcast(self, message_id: str) -> None:
         try:

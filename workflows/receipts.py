@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
         ReceiptStatus,
     )
     from workflows import policies
+    from workflows.failures import reraise_refusal
     from workflows.message_lifecycle import MessageLifecycleWorkflow
 
 
@@ -42,10 +43,7 @@ class ReceiptWorkflow:
                 local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
             )
         except ActivityError as err:
-            cause = err.cause
-            if isinstance(cause, ApplicationError) and cause.non_retryable:
-                raise ApplicationError(cause.message, type=cause.type, non_retryable=True) from None
-            raise
+            reraise_refusal(err)
         if applied.changes:
             try:
                 await workflow.execute_local_activity_method(

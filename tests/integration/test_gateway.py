@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import sys
@@ -38,7 +37,7 @@ from missive.schemas import LifecyclePhase
 from missive.services.directory import NewUser
 from missive.tokens import issue_token
 from runtime.wiring import Core
-from tests.conftest import ROOT, SESSION_KEYS, base_settings
+from tests.conftest import ROOT, base_settings, process_env
 from workflows.message_lifecycle import MessageLifecycleWorkflow
 
 pytestmark = pytest.mark.integration
@@ -374,11 +373,7 @@ def _closed() -> str:
     return f"127.0.0.1:{_free_port()}"
 
 
-def _environment(**overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "TEMPORAL_"))}
-    env.update({name.upper(): value for name, value in SESSION_KEYS.items()})
-    env.update(overrides)
-    return env
+_environment = process_env
 
 
 async def _run_main(env: dict[str, str]) -> asyncio.subprocess.Process:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import socket
 import sys
@@ -21,7 +20,7 @@ from missive.models import ConversationKind
 from missive.services.directory import NewUser
 from runtime.wiring import SOCKETIO_CHANNEL, Core
 from starter import MissiveClient
-from tests.conftest import ROOT, SESSION_KEYS
+from tests.conftest import ROOT, process_env
 
 pytestmark = pytest.mark.integration
 
@@ -32,11 +31,7 @@ def _closed() -> str:
         return f"127.0.0.1:{s.getsockname()[1]}"
 
 
-def _environment(**overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "TEMPORAL_"))}
-    env.update({name.upper(): value for name, value in SESSION_KEYS.items()})
-    env.update(overrides)
-    return env
+_environment = process_env
 
 
 async def _worker(env: dict[str, str]) -> asyncio.subprocess.Process:
