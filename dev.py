@@ -221,7 +221,7 @@ def migrate(database_url: str) -> None:
     config.attributes["database_url"] = database_url
     config.attributes["configure_logger"] = False
     try:
-        command.upgrade(config, "head")
+        command.upgrade(config, "heads")
     except Exception as err:
         reason = str(getattr(err, "orig", None) or err).splitlines()[0][:200]
         raise DevError(f"migrations failed: {reason}") from None

@@ -12,14 +12,17 @@ import sys
 from contextlib import AsyncExitStack
 from datetime import timedelta
 
+from temporalio.client import Client
 from temporalio.worker import Worker
 
+from missive.broadcast import Emitter
 from missive.config import Settings
 from missive.constants import TASK_QUEUE_MESSAGES
 from runtime.client import connect
 from runtime.process import run_process
 from runtime.wiring import (
     WORKFLOWS,
+    Core,
     activity_methods,
     client_manager,
     message_activities,
@@ -28,6 +31,25 @@ from runtime.wiring import (
 )
 
 log = logging.getLogger("missive.worker")
+
+
+def build_workers(settings: Settings, client: Client, core: Core, manager: Emitter) -> list[Worker]:
+    """One Temporal worker per task queue this process serves.
+
+    Each capability adds its task queue here; they share the client, the
+    database engine and the broadcaster built once in ``run_worker``.
+    """
+    shutdown = timedelta(seconds=settings.graceful_shutdown_seconds)
+    return [
+        Worker(
+            client,
+            task_queue=TASK_QUEUE_MESSAGES,
+            workflows=WORKFLOWS,
+            activities=activity_methods(message_activities(core, manager)),
+            workflow_runner=workflow_runner(settings),
+            graceful_shutdown_timeout=shutdown,
+        ),
+    ]
 
 
 async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> None:
@@ -39,25 +61,19 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         manager = client_manager(settings, write_only=True)
         if hasattr(manager, "close"):
             stack.push_async_callback(manager.close)
-        acts = message_activities(core, manager)
-        worker = Worker(
-            client,
-            task_queue=TASK_QUEUE_MESSAGES,
-            workflows=WORKFLOWS,
-            activities=activity_methods(acts),
-            workflow_runner=workflow_runner(settings),
-            graceful_shutdown_timeout=timedelta(seconds=settings.graceful_shutdown_seconds),
-        )
+        workers = build_workers(settings, client, core, manager)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        log.info(
-            "worker polling %s on %s (namespace %s)",
-            TASK_QUEUE_MESSAGES,
-            settings.temporal_address,
-            settings.temporal_namespace,
-        )
-        async with worker:
+        async with AsyncExitStack() as running:
+            for worker in workers:
+                await running.enter_async_context(worker)
+            log.info(
+                "worker polling %s on %s (namespace %s)",
+                ", ".join(w.task_queue for w in workers),
+                settings.temporal_address,
+                settings.temporal_namespace,
+            )
             await stop.wait()
             log.info("draining in-flight work (up to %ss)", settings.graceful_shutdown_seconds)
         log.info("worker stopped")

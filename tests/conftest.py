@@ -116,7 +116,7 @@ async def template_database(pg_admin_url: str) -> AsyncIterator[str]:
     config = Config(str(ROOT / "alembic.ini"))
     config.attributes["database_url"] = _sqlalchemy_url(pg_admin_url, name)
     config.attributes["configure_logger"] = False
-    await asyncio.to_thread(command.upgrade, config, "head")
+    await asyncio.to_thread(command.upgrade, config, "heads")
     yield name
     await _admin(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 

@@ -144,7 +144,7 @@ def test_worker_and_gateway_reach_temporal_redis_and_postgres(
 
 
 def test_migrations_finish_before_the_app_starts(services: dict[str, dict[str, Any]]) -> None:
-    assert services["migrate"]["command"] == ["alembic", "upgrade", "head"]
+    assert services["migrate"]["command"] == ["alembic", "upgrade", "heads"]
     for name in ("worker", "gateway"):
         condition = services[name]["depends_on"]["migrate"]["condition"]
         assert condition == "service_completed_successfully"
