@@ -17,6 +17,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
+from datetime import timedelta
 from pathlib import Path
 
 import asyncpg
@@ -31,6 +32,9 @@ from runtime.client import data_converter
 from runtime.wiring import Core, open_core
 
 ROOT = Path(__file__).resolve().parent.parent
+
+SERVER_STARTUP = timedelta(seconds=60)
+"""Server start-up allowance: the SDK's 5 s default is short on a busy 2-core machine."""
 
 
 def _key() -> str:
@@ -148,6 +152,7 @@ async def time_env() -> AsyncIterator[WorkflowEnvironment]:
     """Temporal's time-skipping test server (workflow tests with fake activities)."""
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=_require_binary("temporal-test-server"),
+        test_server_startup_timeout=SERVER_STARTUP,
         data_converter=data_converter(base_settings()),
     )
     yield env
@@ -159,6 +164,7 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     """Temporal's dev server (visibility, schedules, end-to-end runs)."""
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=_require_binary("temporal"),
+        dev_server_startup_timeout=SERVER_STARTUP,
         data_converter=data_converter(base_settings()),
         dev_server_extra_args=[
             "--dynamic-config-value",

@@ -1,0 +1,157 @@
+"""Records the workflow histories the replay test runs against; run by hand after a change
+that is meant to be compatible: ``python -m tests.replay.record``.
+
+Each history comes from a real run on the time-skipping server with fake activities
+and the plain JSON converter (no codec), so the files are readable and key-free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import shutil
+import sys
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from missive.constants import message_id_for, message_workflow_id
+from missive.schemas import (
+    AcceptInput,
+    ApplyReceiptResult,
+    ReceiptChange,
+    ReceiptInput,
+    ReceiptsChanged,
+    ReceiptStatus,
+    SendMessageInput,
+)
+from missive.validation import send_fingerprint
+from runtime.wiring import WORKFLOWS
+from tests.workflows.test_message_lifecycle import NOW, FakeMessages
+from workflows.message_lifecycle import MessageLifecycleWorkflow
+from workflows.receipts import ReceiptWorkflow
+
+HERE = Path(__file__).resolve().parent / "histories"
+
+# Fixed ids, so re-recording changes only what the code changed.
+ANA = "0b7d3c1e-0000-4000-8000-000000000001"
+BEN = "0b7d3c1e-0000-4000-8000-000000000002"
+CONV = "0b7d3c1e-0000-4000-8000-0000000000c1"
+
+
+def _send(cmid: str, body: str = "hello", **extra: object) -> SendMessageInput:
+    return SendMessageInput(
+        conversation_id=CONV,
+        sender_id=ANA,
+        client_message_id=cmid,
+        body=body,
+        lifecycle_window_seconds=3600,
+        request_id=f"req-{cmid}",
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+async def _save(handle: WorkflowHandle, name: str) -> None:  # type: ignore[type-arg]
+    history = await handle.fetch_history()
+    (HERE / f"{name}.json").write_text(history.to_json())
+    print(f"recorded {name}: {len(history.events)} events")
+
+
+async def record() -> None:
+    """Runs each scenario and writes its history."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=shutil.which("temporal-test-server")
+        or str(Path(sys.executable).parent / "temporal-test-server"),
+        test_server_startup_timeout=timedelta(seconds=60),
+    )
+    fakes = FakeMessages(recipients=[BEN])
+    queue = f"record-{uuid.uuid4().hex[:6]}"
+    async with (
+        env,
+        Worker(env.client, task_queue=queue, workflows=WORKFLOWS, activities=fakes.activities()),
+    ):
+        client = env.client
+
+        # Sent, acked, read by its only recipient through a receipt workflow.
+        send = _send("all-read")
+        lifecycle = await client.start_workflow(
+            MessageLifecycleWorkflow.run,
+            send,
+            id=message_workflow_id(ANA, "all-read"),
+            task_queue=queue,
+        )
+        await lifecycle.execute_update(
+            MessageLifecycleWorkflow.accepted,
+            AcceptInput(send_fingerprint(CONV, send.body), send.request_id),
+        )
+        fakes.receipt_results.append(
+            ApplyReceiptResult(
+                user_id=BEN,
+                conversation_id=CONV,
+                status=ReceiptStatus.READ,
+                up_to_seq=1,
+                changed=1,
+                changes=[
+                    ReceiptChange(
+                        message_id=message_id_for(ANA, "all-read"),
+                        sender_id=ANA,
+                        client_message_id="all-read",
+                        seq=1,
+                        status=ReceiptStatus.READ,
+                        at=NOW,
+                        recipient_count=1,
+                        delivered_count=1,
+                        read_count=1,
+                    )
+                ],
+            )
+        )
+        receipt = await client.start_workflow(
+            ReceiptWorkflow.run,
+            ReceiptInput(BEN, CONV, ReceiptStatus.READ, up_to_seq=1),
+            id="receipt-record",
+            task_queue=queue,
+        )
+        await receipt.result()
+        await lifecycle.result()
+        await _save(lifecycle, "lifecycle_all_read")
+        await _save(receipt, "receipt_read")
+
+        # Never read: the window elapses.
+        fakes.persisted.clear()
+        unread = await client.start_workflow(
+            MessageLifecycleWorkflow.run,
+            _send("unread"),
+            id=message_workflow_id(ANA, "unread"),
+            task_queue=queue,
+        )
+        await unread.signal(
+            MessageLifecycleWorkflow.receipts_changed,
+            ReceiptsChanged(1, 1, 0, recipient_id=BEN, status=ReceiptStatus.DELIVERED, at=NOW),
+        )
+        await unread.result()
+        await _save(unread, "lifecycle_window_elapsed")
+
+        # Refused before any activity: an empty body.
+        refused = await client.start_workflow(
+            MessageLifecycleWorkflow.run,
+            _send("empty", body=" "),
+            id=message_workflow_id(ANA, "empty"),
+            task_queue=queue,
+        )
+        try:
+            await refused.result()
+        except WorkflowFailureError:
+            pass
+        await _save(refused, "lifecycle_refused")
+    # Collect the client inside the loop: sdk-python #300 can crash at exit otherwise.
+    del client, lifecycle, receipt, unread, refused
+    gc.collect()
+
+
+if __name__ == "__main__":
+    asyncio.run(record())
