@@ -11,6 +11,7 @@ import asyncio
 import base64
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -43,10 +44,11 @@ from missive.errors import MessagingError
 from missive.models import Conversation, ConversationKind, User
 from missive.services.directory import NewUser
 from missive.tokens import issue_token
+from runtime.embedded_search import start_embedded_typesense
 from runtime.wiring import open_core
 
 ROOT = Path(__file__).resolve().parent
-KEY_NAMES = ("MASTER_KEYS", "CODEC_KEYS", "GATEWAY_SECRET")
+KEY_NAMES = ("MASTER_KEYS", "CODEC_KEYS", "GATEWAY_SECRET", "CODEC_SERVER_TOKEN")
 DATABASE_NAME = "missive"
 READY_TIMEOUT = 60.0
 DEMO_HANDLES = ("ana", "ben", "cy")
@@ -102,7 +104,7 @@ def load_keys(data_dir: Path, environ: Mapping[str, str]) -> tuple[dict[str, str
     """The secrets from the environment, else from ``<data-dir>/keys.env`` (made once).
 
     Returns:
-        The three values and the keys file, or None when the environment had them all.
+        The secrets and the keys file, or None when the environment had them all.
     """
     if all(environ.get(name) for name in KEY_NAMES):
         return {name: environ[name] for name in KEY_NAMES}, None
@@ -112,6 +114,7 @@ def load_keys(data_dir: Path, environ: Mapping[str, str]) -> tuple[dict[str, str
         "MASTER_KEYS": f"1:{new_key()}",
         "CODEC_KEYS": f"1:{new_key()}",
         "GATEWAY_SECRET": new_key(),
+        "CODEC_SERVER_TOKEN": secrets.token_urlsafe(32),
     }
     if any(name not in stored for name in KEY_NAMES):
         stored = {**generated, **stored}
@@ -316,6 +319,16 @@ class Options:
     """Port of the Temporal Web UI."""
     demo: bool = False
     """Whether to run the demo once everything is up."""
+    codec_port: int | None = None
+    """Port of the codec server; default CODEC_SERVER_PORT if set, else the UI's + 1."""
+
+    @property
+    def codec_server_port(self) -> int:
+        """Where the codec server listens (next to the Web UI unless told)."""
+        if self.codec_port is not None:
+            return self.codec_port
+        configured = os.environ.get("CODEC_SERVER_PORT")
+        return int(configured) if configured else self.ui_port + 1
 
 
 @dataclass
@@ -339,7 +352,13 @@ class Running:
     def stop_order(self) -> list[str]:
         """What dev.py stops, in order."""
         servers = ["Temporal"] if self.ui_url else []
-        return ["the gateway", "the worker", *servers, *(["PostgreSQL"] * self.embedded_postgres)]
+        return [
+            "the gateway",
+            "the worker",
+            "the codec server",
+            *servers,
+            *(["PostgreSQL"] * self.embedded_postgres),
+        ]
 
     @property
     def gateway_host(self) -> str:
@@ -365,6 +384,12 @@ async def plan_temporal(opts: Options, settings: Settings) -> str | None:
     return None
 
 
+def codec_endpoint(port: int, token: str) -> str:
+    """The codec endpoint the dev Web UI calls; the token rides in the path because a
+    browser pointed at ``--ui-codec-endpoint`` cannot add an Authorization header."""
+    return f"http://127.0.0.1:{port}/{token}"
+
+
 async def start_database(opts: Options, stack: AsyncExitStack, stop: asyncio.Event) -> str:
     """DATABASE_URL, or the embedded PostgreSQL with a ``missive`` database; migrated."""
     url = Settings().database_url
@@ -387,7 +412,12 @@ async def start_database(opts: Options, stack: AsyncExitStack, stop: asyncio.Eve
 
 
 async def start_temporal(
-    opts: Options, settings: Settings, stack: AsyncExitStack, stop: asyncio.Event
+    opts: Options,
+    settings: Settings,
+    stack: AsyncExitStack,
+    stop: asyncio.Event,
+    *,
+    codec_token: str | None = None,
 ) -> Child:
     """The Temporal dev server, its state in ``<data-dir>/temporal.db``; waits until it answers."""
     argv = [
@@ -395,7 +425,12 @@ async def start_temporal(
         *("server", "start-dev", "--db-filename", str(opts.data_dir / "temporal.db")),
         *("--ip", "127.0.0.1", "--port", str(opts.temporal_port)),
         *("--ui-port", str(opts.ui_port)),
+        # Batch progress for the Web UI's list and filters (see runtime/jobs.py).
+        *("--search-attribute", "MissiveBatchProgress=Int"),
+        *("--search-attribute", "MissiveBatchStatus=Keyword"),
     ]
+    if codec_token:
+        argv += ["--ui-codec-endpoint", codec_endpoint(opts.codec_server_port, codec_token)]
     if settings.temporal_namespace != "default":
         argv += ["--namespace", settings.temporal_namespace]
     child = await start_child("temporal", argv, os.environ, log=opts.data_dir / "temporal.log")
@@ -428,15 +463,31 @@ async def start_stack(opts: Options, stack: AsyncExitStack, stop: asyncio.Event)
     keys, keys_file = load_keys(opts.data_dir, os.environ)
     base = Settings()
     require_free(base.gateway_host, base.gateway_port, "gateway", "set GATEWAY_PORT")
+    require_free("127.0.0.1", opts.codec_server_port, "codec server", "pass --codec-port")
     external = await plan_temporal(opts, base)
     database_url = await start_database(opts, stack, stop)
     children: list[Child] = []
     if external:
         say(f"using the Temporal server at {external}")
     else:
-        children.append(await start_temporal(opts, base, stack, stop))
+        children.append(
+            await start_temporal(opts, base, stack, stop, codec_token=keys["CODEC_SERVER_TOKEN"])
+        )
     address = external or f"127.0.0.1:{opts.temporal_port}"
     env = child_env(database_url, address, keys)
+    env["CODEC_SERVER_HOST"] = "127.0.0.1"
+    env["CODEC_SERVER_PORT"] = str(opts.codec_server_port)
+    env.setdefault(
+        "CODEC_SERVER_CORS_ORIGINS",
+        f"http://127.0.0.1:{opts.ui_port},http://localhost:{opts.ui_port}",
+    )
+    if not env.get("TYPESENSE_URL"):
+        try:
+            url, key = await start_embedded_typesense(opts.data_dir, stack)
+        except MessagingError as err:
+            raise DevError(str(err)) from None
+        env["TYPESENSE_URL"], env["TYPESENSE_API_KEY"] = url, key
+        say(f"Typesense is up at {url} (data in {opts.data_dir / 'typesense'})")
     running = Running(
         settings=Settings(
             database_url=database_url,
@@ -453,6 +504,7 @@ async def start_stack(opts: Options, stack: AsyncExitStack, stop: asyncio.Event)
     )
     shutdown = running.settings.graceful_shutdown_seconds + 10
     for name, argv in (
+        ("codec server", [sys.executable, "-m", "codec_server"]),
         ("worker", [sys.executable, str(ROOT / "worker.py")]),
         ("gateway", [sys.executable, "-m", "gateway"]),
     ):
@@ -472,6 +524,8 @@ def banner(running: Running) -> None:
         if running.ui_url
         else f"  Temporal         {running.env['TEMPORAL_ADDRESS']} (not started here)",
         f"  Gateway          {running.gateway_url}  (Socket.IO, auth={{'token': ...}})",
+        f"  Codec server     http://127.0.0.1:{running.env['CODEC_SERVER_PORT']}"
+        " (Bearer CODEC_SERVER_TOKEN; the Web UI decodes through it)",
         "  A token          python -m starter token <user id>",
     ]
     if running.keys_file:
@@ -669,8 +723,11 @@ def parse_args(argv: list[str] | None = None) -> Options:
     parser.add_argument("--data-dir", type=Path, default=Settings().data_dir)
     parser.add_argument("--temporal-port", type=int, default=7233)
     parser.add_argument("--ui-port", type=int, default=8233)
+    parser.add_argument("--codec-port", type=int, default=None, help="default: --ui-port + 1")
     args = parser.parse_args(argv)
-    return Options(args.data_dir.resolve(), args.temporal_port, args.ui_port, args.demo)
+    return Options(
+        args.data_dir.resolve(), args.temporal_port, args.ui_port, args.demo, args.codec_port
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,8 +18,12 @@ from temporalio.worker import Worker
 from missive.broadcast import Emitter
 from missive.config import Settings
 from missive.constants import TASK_QUEUE_MESSAGES
+from missive.search import SearchService
 from runtime.client import connect
+from runtime.jobs import batch_worker, ensure_retention_schedule, ensure_search_attributes
+from runtime.keys import key_worker
 from runtime.process import run_process
+from runtime.search import open_search, search_worker, start_indexer
 from runtime.wiring import (
     WORKFLOWS,
     Core,
@@ -33,7 +37,14 @@ from runtime.wiring import (
 log = logging.getLogger("missive.worker")
 
 
-def build_workers(settings: Settings, client: Client, core: Core, manager: Emitter) -> list[Worker]:
+def build_workers(
+    settings: Settings,
+    client: Client,
+    core: Core,
+    manager: Emitter,
+    *,
+    search: SearchService | None = None,
+) -> list[Worker]:
     """One Temporal worker per task queue this process serves.
 
     Each capability adds its task queue here; they share the client, the
@@ -49,6 +60,9 @@ def build_workers(settings: Settings, client: Client, core: Core, manager: Emitt
             workflow_runner=workflow_runner(settings),
             graceful_shutdown_timeout=shutdown,
         ),
+        key_worker(settings, client, core),
+        batch_worker(settings, client, core, manager),
+        *([search_worker(settings, client, search)] if search is not None else []),
     ]
 
 
@@ -61,13 +75,19 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         manager = client_manager(settings, write_only=True)
         if hasattr(manager, "close"):
             stack.push_async_callback(manager.close)
-        workers = build_workers(settings, client, core, manager)
+        search = open_search(settings, core, stack)
+        workers = build_workers(settings, client, core, manager, search=search)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         async with AsyncExitStack() as running:
             for worker in workers:
                 await running.enter_async_context(worker)
+            await ensure_search_attributes(client)
+            if settings.retention_schedule_on_start:
+                await ensure_retention_schedule(client, settings)
+            if search is not None:
+                await start_indexer(client, settings)
             log.info(
                 "worker polling %s on %s (namespace %s)",
                 ", ".join(w.task_queue for w in workers),

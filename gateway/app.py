@@ -20,11 +20,13 @@ from missive.config import Settings
 from missive.constants import (
     EVENT_MESSAGE_DELIVERED,
     EVENT_MESSAGE_READ,
+    EVENT_MESSAGE_SEARCH,
     EVENT_MESSAGE_SEND,
     TASK_QUEUE_MESSAGES,
     conversation_room,
     user_room,
 )
+from missive.e2e import require_e2e_header
 from missive.errors import (
     InvalidInput,
     InvalidToken,
@@ -40,6 +42,7 @@ from missive.schemas import (
     ReceiptStatus,
     SendMessageInput,
 )
+from missive.search import SearchService, parse_search_request, result_json
 from missive.tokens import verify_token
 from missive.validation import (
     require_body,
@@ -49,6 +52,7 @@ from missive.validation import (
 )
 from runtime.client import connect
 from runtime.messaging import apply_receipt, send_message, with_request_id
+from runtime.search import open_search
 from runtime.wiring import (
     WORKFLOWS,
     Core,
@@ -149,8 +153,12 @@ class Gateway:
         self._client: Client | None = None
         self._worker: Worker | None = None
         self._acks = LocalAcks()
+        self._search: SearchService | None = None
         self.sio.on("connect", self._on_connect)
         self.sio.on(EVENT_MESSAGE_SEND, self._guarded(EVENT_MESSAGE_SEND, self._send))
+        self.sio.on(
+            EVENT_MESSAGE_SEARCH, self._guarded(EVENT_MESSAGE_SEARCH, self._search_messages)
+        )
         for event, status in (
             (EVENT_MESSAGE_DELIVERED, ReceiptStatus.DELIVERED),
             (EVENT_MESSAGE_READ, ReceiptStatus.READ),
@@ -177,6 +185,7 @@ class Gateway:
         stack = AsyncExitStack()
         try:
             core = await open_core(self.settings, stack)
+            self._search = open_search(self.settings, core, stack)
             client = await connect(self.settings)
             manager = self.sio.manager
             if hasattr(manager, "close"):
@@ -203,6 +212,7 @@ class Gateway:
         stack, self._stack = self._stack, None
         # New events answer "unavailable" at once instead of waiting on a stopping worker.
         self._core = self._client = self._worker = None
+        self._search = None
         if stack is not None:
             log.info("draining in-flight work (up to %ss)", self.settings.graceful_shutdown_seconds)
             await stack.aclose()
@@ -324,6 +334,8 @@ class Gateway:
         body = payload.get("body")
         require_body(body, max_bytes=self.settings.max_body_bytes)
         assert isinstance(body, str)  # require_body checked it
+        raw_header = payload.get("e2e_header")
+        e2e_header = require_e2e_header(raw_header) if raw_header is not None else None
         send = with_request_id(
             SendMessageInput(
                 conversation_id=conversation_id,
@@ -333,6 +345,7 @@ class Gateway:
                 max_body_bytes=self.settings.max_body_bytes,
                 lifecycle_window_seconds=self.settings.lifecycle_window_seconds,
                 receipt_detail_max_recipients=self.settings.receipt_detail_max_recipients,
+                e2e_header=e2e_header,
             )
         )
         _, client = self._services()
@@ -348,6 +361,15 @@ class Gateway:
             "created_at": accepted.created_at.isoformat(),
             "duplicate": accepted.duplicate,
         }
+
+    async def _search_messages(self, sid: str, data: object) -> Ack:
+        """``message:search``: the user's own conversations only (a scoped Typesense key)."""
+        user_id = await self._user_of(sid)
+        query = parse_search_request(data)
+        self._services()
+        if self._search is None:
+            raise ProviderUnavailable("search is not configured on this gateway (TYPESENSE_URL)")
+        return {"ok": True, **result_json(await self._search.search(user_id, query))}
 
     async def _receipt(self, sid: str, data: object, *, status: ReceiptStatus) -> Ack:
         """``message:delivered`` / ``message:read``: applies a watermark, acks what changed."""

@@ -52,8 +52,8 @@ class Broadcaster:
 
 
 def message_new_event(message: StoredMessage) -> dict[str, Any]:
-    """The ``message:new`` payload."""
-    return {
+    """The ``message:new`` payload; an e2e message adds its ``e2e_header`` untouched."""
+    event = {
         "event_id": f"{EVENT_MESSAGE_NEW}:{message.message_id}",
         "message_id": message.message_id,
         "conversation_id": message.conversation_id,
@@ -63,6 +63,9 @@ def message_new_event(message: StoredMessage) -> dict[str, Any]:
         "body": message.body,
         "created_at": message.created_at.isoformat(),
     }
+    if message.e2e_header is not None:
+        event["e2e_header"] = message.e2e_header
+    return event
 
 
 def receipt_event(conversation_id: str, recipient_id: str, change: ReceiptChange) -> dict[str, Any]:

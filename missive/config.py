@@ -114,6 +114,74 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     """Python logging level for every process."""
 
+    # --- encryption: codec server, key rotation, e2e ---
+    codec_server_host: str = "127.0.0.1"
+    """Interface the codec server (``python -m codec_server``) listens on."""
+
+    codec_server_port: int = 8234
+    """Port of the codec server."""
+
+    codec_server_token: str = ""
+    """Bearer token every /encode and /decode request must carry. Required by
+    the codec server; ``dev.py`` generates one into ``.missive/keys.env``."""
+
+    codec_server_cors_origins: str = "http://127.0.0.1:8233,http://localhost:8233"
+    """Comma-separated browser origins (the Temporal Web UI) allowed to call the
+    codec server; ``*`` for any."""
+
+    # --- batch and retention ---
+    batch_chunk_size: int = Field(default=2_000, gt=0, le=50_000)
+    """Items per chunk activity of a batch (each chunk is one activity)."""
+
+    batch_max_concurrent_chunks: int = Field(default=4, gt=0, le=64)
+    """Chunks of one batch running at once (the sliding window)."""
+
+    batch_failure_threshold: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Default share of a batch's items that may fail permanently before the
+    whole batch fails (0: any failed item fails the batch, at its end)."""
+
+    batch_report_limit: int = Field(default=100, gt=0)
+    """How many failed items (line number and reason) a batch report lists."""
+
+    retention_default_days: int | None = Field(default=None, gt=0)
+    """Retention of conversations whose retention_days is NULL. Unset: they
+    keep their messages forever."""
+
+    retention_restore_window_days: int = Field(default=30, gt=0)
+    """How long archived (expired) messages can be restored before they are purged."""
+
+    retention_chunk_size: int = Field(default=5_000, gt=0, le=100_000)
+    """Messages moved or purged per transaction by the cleanup workflow."""
+
+    retention_schedule_cron: str = "17 3 * * *"
+    """When the missive-retention Schedule runs the cleanup (cron, UTC)."""
+
+    retention_schedule_on_start: bool = True
+    """Whether ``python worker.py`` creates the missive-retention Schedule
+    (idempotent: an existing one is left as it is)."""
+
+    # --- search ---
+    typesense_url: str | None = None
+    """Typesense URL (``http://host:8108``). Unset: search is off in the worker and
+    the gateway (``dev.py`` starts an embedded Typesense and sets it)."""
+
+    typesense_api_key: str = ""
+    """Typesense admin API key; the worker creates the collection and the parent
+    search-only key with it. Required when TYPESENSE_URL is set."""
+
+    typesense_collection: str = "missive_messages"
+    """The alias searches go through; it points at ``<alias>_v<N>`` collections,
+    so a rebuild fills a new one and swaps the alias."""
+
+    search_key_ttl_seconds: int = Field(default=60, gt=0)
+    """Lifetime of a per-user scoped search key."""
+
+    search_batch_size: int = Field(default=500, gt=0, le=10_000)
+    """Most messages the indexer sends to Typesense in one import."""
+
+    search_task_queue: str = "missive-search"
+    """Task queue of the search indexer, rebuild, check and key workflows."""
+
     @field_validator("database_url")
     @classmethod
     def _asyncpg_driver(cls, value: str | None) -> str | None:

@@ -46,3 +46,39 @@ def conversation_room(conversation_id: str) -> str:
 def user_room(user_id: str) -> str:
     """The Socket.IO room of one user's connections (all devices)."""
     return f"user:{user_id}"
+
+# --- key rotation ---
+TASK_QUEUE_MAINTENANCE = "missive-maintenance"
+"""Key rotations and reports: long, heartbeating, kept off the messages hot path."""
+
+MASTER_KEY_ROTATION_PREFIX = "keys-master-rotation"
+DATA_KEY_ROTATION_PREFIX = "keys-data-rotation"
+KEY_REPORT_PREFIX = "keys-report"
+
+
+def master_key_rotation_workflow_id(master_key_version: int | None) -> str:
+    """One master-key rotation per target version: a second request joins it."""
+    return f"{MASTER_KEY_ROTATION_PREFIX}-{master_key_version or 'current'}"
+
+
+def data_key_rotation_workflow_id(conversation_id: str) -> str:
+    """One data-key rotation per conversation at a time: a second request joins it."""
+    return f"{DATA_KEY_ROTATION_PREFIX}-{conversation_id}"
+
+
+# --- search ---
+SEARCH_INDEXER_WORKFLOW_PREFIX = "search-indexer"
+SEARCH_REBUILD_WORKFLOW_PREFIX = "search-rebuild"
+SEARCH_KEY_WORKFLOW_PREFIX = "search-key"
+SEARCH_CHECK_WORKFLOW_PREFIX = "search-check"
+EVENT_MESSAGE_SEARCH = "message:search"
+
+
+def search_indexer_workflow_id(alias: str) -> str:
+    """The one indexer workflow of an index alias."""
+    return f"{SEARCH_INDEXER_WORKFLOW_PREFIX}-{alias}"
+
+
+def search_rebuild_workflow_id(alias: str) -> str:
+    """The rebuild of an index alias: one at a time."""
+    return f"{SEARCH_REBUILD_WORKFLOW_PREFIX}-{alias}"

@@ -40,6 +40,11 @@ class MessageCipher:
             raise InvalidInput(f"MASTER_KEY_VERSION {self.current_version} is not in MASTER_KEYS")
         self._unwrapped: dict[tuple[str, int, bytes], AESGCM] = {}
 
+    @property
+    def master_versions(self) -> list[int]:
+        """The configured master key versions."""
+        return sorted(self._masters)
+
     @staticmethod
     def _key_aad(conversation_id: str, key_version: int) -> bytes:
         return f"missive:data-key:{conversation_id}:{key_version}".encode()
@@ -86,6 +91,32 @@ class MessageCipher:
             self._unwrapped.clear()
         key = self._unwrapped[cache_key] = AESGCM(raw)
         return key
+
+    def rewrap(self, conversation_id: str, key_version: int, wrapped: WrappedKey) -> WrappedKey:
+        """The same data key, wrapped by the current master key (master-key rotation).
+
+        Raises:
+            KeyVersionMissing: the master key version that wraps it is not configured.
+            DecryptionFailed: the wrapped key does not authenticate.
+        """
+        if wrapped.master_key_version == self.current_version:
+            return wrapped
+        master = self._masters.get(wrapped.master_key_version)
+        if master is None:
+            raise KeyVersionMissing(
+                f"master key version {wrapped.master_key_version} is not configured (it wraps "
+                f"data key {key_version} of conversation {conversation_id})"
+            )
+        aad = self._key_aad(conversation_id, key_version)
+        try:
+            raw = master.decrypt(wrapped.wrapped[:NONCE_BYTES], wrapped.wrapped[NONCE_BYTES:], aad)
+        except (InvalidTag, ValueError) as err:
+            raise DecryptionFailed(
+                f"data key {key_version} of conversation {conversation_id} does not authenticate"
+            ) from err
+        nonce = os.urandom(NONCE_BYTES)
+        current = self._masters[self.current_version]
+        return WrappedKey(self.current_version, nonce + current.encrypt(nonce, raw, aad))
 
     def encrypt_body(
         self, key: AESGCM, *, conversation_id: str, message_id: str, body: bytes

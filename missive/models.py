@@ -8,6 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     Enum,
@@ -20,9 +21,10 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
 )
-from sqlalchemy.dialects.postgresql import UUID
+from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -115,6 +117,7 @@ class Conversation(Base):
         _enum(EncryptionMode, "encryption_mode"), server_default=EncryptionMode.STANDARD.value
     )
     retention_days: Mapped[int | None] = mapped_column(Integer)
+    legal_hold: Mapped[bool] = mapped_column(Boolean, server_default=false())
     last_seq: Mapped[int] = mapped_column(BigInteger, server_default="0")
     key_version: Mapped[int] = mapped_column(Integer, server_default="1")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
@@ -136,6 +139,8 @@ class ConversationKey(Base):
     master_key_version: Mapped[int] = mapped_column(Integer)
     wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (Index("ix_conversation_keys_master_version", "master_key_version"),)
 
 
 class Participant(Base):
@@ -174,13 +179,19 @@ class Message(Base):
     client_message_id: Mapped[str] = mapped_column(String(128))
     body_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
     key_version: Mapped[int] = mapped_column(Integer)
+    # e2e conversations: the client's key metadata; the body is its opaque ciphertext.
+    e2e_header: Mapped[dict[str, object] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     edited_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Search: NULL while the message waits for the indexer (new, edited or deleted).
+    indexed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
+        Index("ix_messages_search_pending", "created_at", postgresql_where="indexed_at IS NULL"),
         UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
         UniqueConstraint("sender_id", "client_message_id", name="uq_messages_sender_client_id"),
+        Index("ix_messages_conversation_created", "conversation_id", "created_at"),
     )
 
 
@@ -223,3 +234,82 @@ class BroadcastOutbox(Base):
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+# --- batch and retention ---
+
+
+class Batch(Base):
+    """A staged batch (import or announcement); its items are in batch_items."""
+
+    __tablename__ = "batches"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    total: Mapped[int] = mapped_column(Integer)
+    source_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (CheckConstraint("total > 0", name="batch_not_empty"),)
+
+
+class BatchItem(Base):
+    """One staged item; state 0 pending, 1 stored, 2 failed (reason says why)."""
+
+    __tablename__ = "batch_items"
+
+    batch_id: Mapped[str] = mapped_column(
+        ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True
+    )
+    item_no: Mapped[int] = mapped_column(Integer, primary_key=True)
+    line_no: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[dict[str, object]] = mapped_column(JSONB)
+    state: Mapped[int] = mapped_column(SmallInteger, server_default="0")
+    reason: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+
+    __table_args__ = (CheckConstraint("state IN (0, 1, 2)", name="batch_item_state_known"),)
+
+
+class ArchivedMessage(Base):
+    """An expired message (with its deliveries as JSON), restorable until purged."""
+
+    __tablename__ = "archived_messages"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    conversation_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    sender_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    client_message_id: Mapped[str] = mapped_column(String(128))
+    body_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
+    key_version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    edited_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    deliveries: Mapped[list[dict[str, object]]] = mapped_column(JSONB, server_default="[]")
+    extra: Mapped[dict[str, object]] = mapped_column(JSONB, server_default="{}")
+    archived_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_archived_messages_archived_at", "archived_at"),
+        Index("ix_archived_messages_conversation", "conversation_id", "seq"),
+    )
+
+
+# --- search ---
+
+
+class SearchDeletion(Base):
+    """A hard-deleted message the search index must forget (written by a trigger)."""
+
+    __tablename__ = "search_deletions"
+
+    message_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    deleted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index(
+            "ix_search_deletions_pending", "deleted_at", postgresql_where="processed_at IS NULL"
+        ),
+    )

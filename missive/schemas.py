@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 
 class ReceiptStatus(StrEnum):
@@ -53,6 +54,9 @@ class SendMessageInput:
     request_id: str = ""
     """A random id of the send request that started the lifecycle: a later
     request with the same client_message_id is acked as a duplicate."""
+    e2e_header: dict[str, Any] | None = None
+    """End-to-end encrypted conversations only: the client's key metadata, stored
+    and relayed untouched; ``body`` is then the client's base64 ciphertext."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,8 @@ class PersistMessageInput:
     """Return recipient ids only up to this many."""
     request_id: str = ""
     """The send request that started the lifecycle (see SendMessageInput)."""
+    e2e_header: dict[str, Any] | None = None
+    """The key metadata of an end-to-end encrypted message (see SendMessageInput)."""
 
 
 @dataclass(frozen=True)
@@ -304,3 +310,697 @@ class MessageLifecycleResult:
     """Delivered (or read) when it ended."""
     read_count: int
     """Read when it ended."""
+
+
+# --- batch and retention ---
+
+
+class BatchKind(StrEnum):
+    """What a batch does; both insert messages from staged items."""
+
+    IMPORT = "import"
+    ANNOUNCEMENT = "announcement"
+
+
+class BatchStatus(StrEnum):
+    """Where a batch is."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class BatchState:
+    """What a batch workflow carries across continue-as-new."""
+
+    next_chunk: int = 0
+    """The first chunk not started yet (chunks before it have finished)."""
+    stored: int = 0
+    """Items stored as messages so far."""
+    failed: int = 0
+    """Items that failed permanently so far."""
+    paused: bool = False
+    """Whether the batch was paused when the run continued as new."""
+    started_at: datetime | None = None
+    """When the first run started (for the rate)."""
+    runs: int = 1
+    """How many runs (continue-as-new generations) this batch has had."""
+
+
+@dataclass(frozen=True)
+class BatchInput:
+    """Input of BatchWorkflow: the staged batch's id and how to run it (no items)."""
+
+    batch_id: str
+    """The staged batch (table batches / batch_items)."""
+    kind: BatchKind
+    """import or announcement."""
+    total: int
+    """Items staged (item numbers 1..total)."""
+    chunk_size: int = 2_000
+    """Items per chunk activity."""
+    max_concurrent_chunks: int = 4
+    """Chunks running at once (the sliding window)."""
+    failure_threshold: float = 0.0
+    """Share of the items that may fail before the batch fails."""
+    max_body_bytes: int = 16_384
+    """Largest body, in UTF-8 bytes."""
+    heartbeat_every: int = 500
+    """Items per transaction inside a chunk; the cursor is heartbeated after each."""
+    max_chunks_per_run: int = 0
+    """Continue as new after this many chunks in one run (0: only when Temporal
+    suggests it). Keeps each run's history bounded."""
+    upsert_search_attributes: bool = True
+    """Keep MissiveBatchProgress / MissiveBatchStatus current for the Web UI."""
+    heartbeat_timeout_seconds: float = 30.0
+    """A chunk whose worker stops heartbeating this long is retried elsewhere."""
+    state: BatchState | None = None
+    """Carried over by continue-as-new; None on the first run."""
+
+
+@dataclass(frozen=True)
+class BatchChunkInput:
+    """Input of the process_batch_chunk activity: items [from_item, to_item)."""
+
+    batch_id: str
+    """The staged batch."""
+    from_item: int
+    """First item number of the chunk."""
+    to_item: int
+    """One past its last item number."""
+    max_body_bytes: int = 16_384
+    """Largest body, in UTF-8 bytes."""
+    heartbeat_every: int = 500
+    """Items per transaction; the cursor is heartbeated after each."""
+
+
+@dataclass(frozen=True)
+class BatchChunkResult:
+    """What one chunk did, counted over its whole range (earlier attempts included)."""
+
+    from_item: int
+    """First item number of the chunk."""
+    to_item: int
+    """One past its last item number."""
+    stored: int
+    """Items of the range stored as messages."""
+    failed: int
+    """Items of the range that failed permanently."""
+
+
+@dataclass
+class BatchProgress:
+    """Result of the ``progress`` query of BatchWorkflow."""
+
+    batch_id: str = ""
+    """The batch."""
+    kind: str = ""
+    """import or announcement."""
+    status: BatchStatus = BatchStatus.RUNNING
+    """running, paused, completed, failed or cancelled."""
+    total: int = 0
+    """Items in the batch."""
+    processed: int = 0
+    """Items finished (stored + failed)."""
+    stored: int = 0
+    """Items stored as messages."""
+    failed: int = 0
+    """Items that failed permanently (see the batch report)."""
+    chunks_total: int = 0
+    """Chunks in the batch."""
+    chunks_done: int = 0
+    """Chunks finished."""
+    in_flight: int = 0
+    """Chunks running now."""
+    rate_per_second: float = 0.0
+    """Items finished per second since the batch started."""
+    eta_seconds: float | None = None
+    """Estimated seconds left at that rate (None before the first chunk ends)."""
+    started_at: datetime | None = None
+    """When the batch started."""
+    error: str | None = None
+    """Why the batch failed, when it did."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """Result of BatchWorkflow."""
+
+    batch_id: str
+    """The batch."""
+    status: BatchStatus
+    """completed or cancelled (a failed batch fails the workflow)."""
+    total: int
+    """Items in the batch."""
+    stored: int
+    """Items stored as messages."""
+    failed: int
+    """Items that failed permanently."""
+
+
+@dataclass(frozen=True)
+class BatchFailure:
+    """One failed item of a batch report."""
+
+    item_no: int
+    """Item number in the batch."""
+    line_no: int
+    """Line of the import file it came from."""
+    reason: str
+    """Why it failed (the error type and message)."""
+
+
+@dataclass(frozen=True)
+class BatchReport:
+    """What a batch did, read from the database (available after the workflow closed)."""
+
+    batch_id: str
+    """The batch."""
+    kind: str
+    """import or announcement."""
+    total: int
+    """Items staged."""
+    pending: int
+    """Items not processed yet."""
+    stored: int
+    """Items stored as messages."""
+    failed: int
+    """Items that failed permanently."""
+    failures: list[BatchFailure] = field(default_factory=list)
+    """The first failed items (up to BATCH_REPORT_LIMIT), by item number."""
+
+
+@dataclass(frozen=True)
+class RetentionInput:
+    """Input of RetentionWorkflow (the Schedule starts it with the defaults)."""
+
+    chunk_size: int = 0
+    """Messages per transaction; 0 takes the worker's RETENTION_CHUNK_SIZE."""
+
+
+@dataclass(frozen=True)
+class RetentionStepInput:
+    """Input of the archive_expired and purge_archived activities."""
+
+    now: datetime
+    """The run's reference time (fixed, so a retry selects the same rows)."""
+    chunk_size: int = 0
+    """Messages per transaction; 0 takes the worker's RETENTION_CHUNK_SIZE."""
+
+
+@dataclass(frozen=True)
+class RetentionStepResult:
+    """What one retention step did."""
+
+    messages: int
+    """Messages archived (or purged)."""
+    deliveries: int = 0
+    """Delivery rows archived with them (archive step only)."""
+    transactions: int = 0
+    """Transactions it took."""
+
+
+@dataclass(frozen=True)
+class RetentionResult:
+    """Result of RetentionWorkflow."""
+
+    archived: int
+    """Expired messages moved to the archive."""
+    purged: int
+    """Archived messages deleted for good (past the restore window)."""
+    archived_deliveries: int = 0
+    """Delivery rows archived with them."""
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What a restore brought back."""
+
+    conversation_id: str
+    """The conversation."""
+    messages: int
+    """Messages restored."""
+    deliveries: int
+    """Delivery rows restored."""
+    legal_hold: bool
+    """Whether the conversation is now on legal hold (so the next run keeps them)."""
+
+
+# --- encryption: key rotation ---
+
+
+@dataclass(frozen=True)
+class MasterKeyRotationInput:
+    """Input of MasterKeyRotationWorkflow: re-wrap every data key under one master key."""
+
+    master_key_version: int | None = None
+    """The master key version to re-wrap under; the workers' MASTER_KEY_VERSION must
+    be it (a worker configured otherwise refuses). None: whatever the workers use."""
+    chunk_size: int = 500
+    """Data keys re-wrapped per transaction (one bulk UPDATE)."""
+    chunks_per_activity: int = 20
+    """Chunks one activity run does, heartbeating after each, before reporting back."""
+    rewrapped: int = 0
+    """Data keys re-wrapped by earlier runs (carried over continue-as-new)."""
+
+
+@dataclass(frozen=True)
+class RewrapDataKeysInput:
+    """Input of the rewrap_data_keys activity."""
+
+    master_key_version: int | None = None
+    """See MasterKeyRotationInput."""
+    chunk_size: int = 500
+    """Data keys per transaction."""
+    max_chunks: int = 20
+    """Chunks before returning."""
+
+
+@dataclass(frozen=True)
+class RewrapDataKeysResult:
+    """What one run of rewrap_data_keys did."""
+
+    master_key_version: int
+    """The master key version every re-wrapped key now uses."""
+    rewrapped: int
+    """Data keys re-wrapped in this run."""
+    remaining: int
+    """Data keys still wrapped by another master version."""
+
+
+@dataclass(frozen=True)
+class MasterKeyRotationResult:
+    """Result of MasterKeyRotationWorkflow."""
+
+    master_key_version: int
+    """Every data key is now wrapped by this master key version."""
+    rewrapped: int
+    """Data keys re-wrapped in all."""
+
+
+@dataclass(frozen=True)
+class DataKeyRotationInput:
+    """Input of DataKeyRotationWorkflow: a new data key for one conversation."""
+
+    conversation_id: str
+    """The conversation (UUID)."""
+    chunk_size: int = 500
+    """Messages re-encrypted per transaction (one bulk UPDATE)."""
+    chunks_per_activity: int = 20
+    """Chunks one activity run does, heartbeating after each, before reporting back."""
+    settle_seconds: float = 20.0
+    """Wait before the final sweep, so a send that read the old key version before
+    the switch (it commits within DB_WRITE_TIMEOUT) is re-encrypted too."""
+    to_version: int | None = None
+    """The new data key version, once chosen (carried over continue-as-new)."""
+    reencrypted: int = 0
+    """Messages re-encrypted by earlier runs (carried over continue-as-new)."""
+    swept: bool = False
+    """Whether the settle wait is behind (carried over continue-as-new)."""
+
+
+@dataclass(frozen=True)
+class ConversationKeyInput:
+    """Input of the data_key_state and create_data_key activities."""
+
+    conversation_id: str
+    """The conversation (UUID)."""
+    version: int | None = None
+    """create_data_key: the version to create and switch the conversation to."""
+
+
+@dataclass(frozen=True)
+class ConversationKeyState:
+    """A conversation's current data key version."""
+
+    conversation_id: str
+    """The conversation."""
+    key_version: int
+    """The version new messages are encrypted with."""
+
+
+@dataclass(frozen=True)
+class ReencryptMessagesInput:
+    """Input of the reencrypt_messages activity."""
+
+    conversation_id: str
+    """The conversation."""
+    to_version: int
+    """Every message under an older data key version moves to this one."""
+    chunk_size: int = 500
+    """Messages per transaction."""
+    max_chunks: int = 20
+    """Chunks before returning."""
+
+
+@dataclass(frozen=True)
+class ReencryptMessagesResult:
+    """What one run of reencrypt_messages did."""
+
+    reencrypted: int
+    """Messages re-encrypted in this run."""
+    remaining: int
+    """Messages of the conversation still under an older data key version."""
+
+
+@dataclass(frozen=True)
+class DataKeyRotationResult:
+    """Result of DataKeyRotationWorkflow."""
+
+    conversation_id: str
+    """The conversation."""
+    key_version: int
+    """Its data key version now; every message uses it."""
+    reencrypted: int
+    """Messages re-encrypted in all."""
+
+
+@dataclass
+class KeyRotationProgress:
+    """Result of the ``progress`` query of both rotation workflows."""
+
+    phase: str = "starting"
+    """starting, creating_key, reencrypting, settling, rewrapping or done."""
+    key_version: int | None = None
+    """The target master or data key version, once known."""
+    done: int = 0
+    """Keys re-wrapped or messages re-encrypted so far."""
+    remaining: int | None = None
+    """Left to do, as of the last chunk; None before the first."""
+
+
+@dataclass(frozen=True)
+class KeyReportInput:
+    """Input of KeyReportWorkflow and of the key_usage_report activity."""
+
+
+@dataclass(frozen=True)
+class MasterKeyUsage:
+    """How many data keys one master key version wraps."""
+
+    version: int
+    """The master key version."""
+    data_keys: int
+    """Data keys wrapped by it."""
+
+
+@dataclass(frozen=True)
+class DataKeyUsage:
+    """How much one data key version (across conversations) is in use."""
+
+    version: int
+    """The data key version."""
+    conversations: int
+    """Conversations whose current version this is."""
+    messages: int
+    """Messages encrypted with it."""
+
+
+@dataclass(frozen=True)
+class KeyUsageReport:
+    """Which key versions are still in use, so old ones can be retired safely."""
+
+    current_master_key_version: int
+    """The master key version new data keys are wrapped by."""
+    configured_master_key_versions: list[int] = field(default_factory=list)
+    """MASTER_KEYS of the worker that made the report."""
+    master_keys: list[MasterKeyUsage] = field(default_factory=list)
+    """Master key versions that wrap at least one data key."""
+    removable_master_key_versions: list[int] = field(default_factory=list)
+    """Configured, not current, and wrapping nothing: safe to drop from MASTER_KEYS."""
+    missing_master_key_versions: list[int] = field(default_factory=list)
+    """In use but not configured: those data keys cannot be unwrapped."""
+    data_keys: list[DataKeyUsage] = field(default_factory=list)
+    """Data key versions with their conversations and messages."""
+    conversations_with_old_messages: int = 0
+    """Conversations with messages under an older data key than their current one
+    (a data-key rotation is running or was not run to completion)."""
+
+
+# --- search ---
+
+
+@dataclass(frozen=True)
+class SearchIndexerInput:
+    """Input of SearchIndexerWorkflow; carries the totals across continue-as-new."""
+
+    indexed: int = 0
+    """Documents upserted so far."""
+    deleted: int = 0
+    """Documents removed so far."""
+    skipped: int = 0
+    """Messages marked done without a document (e2e conversations, undecryptable)."""
+
+
+@dataclass(frozen=True)
+class IndexerRunResult:
+    """What one run of the run_indexer activity did before it returned."""
+
+    indexed: int = 0
+    """Documents upserted."""
+    deleted: int = 0
+    """Documents removed."""
+    skipped: int = 0
+    """Messages marked done without a document."""
+    batches: int = 0
+    """Import calls made."""
+
+
+@dataclass
+class SearchIndexerStatus:
+    """Result of the indexer's ``progress`` query."""
+
+    indexed: int = 0
+    """Documents upserted since the workflow first started."""
+    deleted: int = 0
+    """Documents removed."""
+    skipped: int = 0
+    """Messages marked done without a document."""
+    runs: int = 0
+    """Indexer activity runs completed in this workflow run."""
+
+
+@dataclass(frozen=True)
+class RebuildInput:
+    """Input of SearchRebuildWorkflow."""
+
+    batch_size: int = 2_000
+    """Documents per import call while filling the new collection."""
+
+
+@dataclass(frozen=True)
+class RebuildBeginInput:
+    """Input of the begin_rebuild activity."""
+
+    version: int
+    """The new collection is ``<alias>_v<version>`` (the workflow's start time)."""
+
+
+@dataclass(frozen=True)
+class RebuildBegun:
+    """Result of begin_rebuild."""
+
+    collection: str
+    """The new collection."""
+    previous: str | None
+    """The collection the alias pointed at when the rebuild began."""
+    started_at: datetime
+    """Database time when the rebuild began: index writes after it are replayed
+    into the new collection once the alias is swapped."""
+    total: int
+    """Messages to index (live messages of standard conversations), for progress."""
+
+
+@dataclass(frozen=True)
+class RebuildFillInput:
+    """Input of the fill_rebuild activity: continue after ``after_id``."""
+
+    collection: str
+    """The collection being filled."""
+    after_id: str = ""
+    """Keyset cursor: the last message id already imported ("" from the start)."""
+    batch_size: int = 2_000
+    """Documents per import call."""
+
+
+@dataclass(frozen=True)
+class RebuildFillResult:
+    """Result of fill_rebuild (also its heartbeat details)."""
+
+    after_id: str
+    """The cursor reached."""
+    indexed: int
+    """Documents imported by this activity."""
+    done: bool
+    """True when every message has been read."""
+
+
+@dataclass(frozen=True)
+class RebuildFinishInput:
+    """Input of the finish_rebuild activity."""
+
+    collection: str
+    """The filled collection the alias now points at."""
+    started_at: datetime
+    """When the rebuild began (see RebuildBegun)."""
+
+
+@dataclass(frozen=True)
+class RebuildFinishResult:
+    """Result of finish_rebuild."""
+
+    dropped: list[str] = field(default_factory=list)
+    """Older collections dropped."""
+    replayed: int = 0
+    """Index writes made during the rebuild, queued again for the new collection."""
+
+
+@dataclass
+class RebuildProgress:
+    """Result of the rebuild's ``progress`` query."""
+
+    phase: str = "starting"
+    """starting, filling, swapping, done."""
+    collection: str | None = None
+    """The collection being built."""
+    previous: str | None = None
+    """The collection the alias pointed at before."""
+    total: int = 0
+    """Messages to index when the rebuild began."""
+    indexed: int = 0
+    """Documents imported so far."""
+    cursor: str = ""
+    """The last message id imported."""
+    dropped: list[str] = field(default_factory=list)
+    """Collections dropped after the swap."""
+
+
+@dataclass(frozen=True)
+class SearchKeyInput:
+    """Input of SearchKeyWorkflow and of issue_search_key."""
+
+    user_id: str
+    """Whose key: it can only search this user's conversations."""
+    conversation_id: str | None = None
+    """Narrow to one conversation; refused with NotAMember unless the user is in it."""
+
+
+@dataclass(frozen=True)
+class SearchKeyGrant:
+    """A short-lived Typesense scoped search key for one user."""
+
+    key: str
+    """The scoped key; its embedded filter names the user's conversations."""
+    collection: str
+    """The alias to search."""
+    expires_at: int
+    """Unix time after which Typesense refuses the key."""
+    conversation_count: int
+    """How many conversations it covers (0: nothing to search, no key needed)."""
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """What a user searches for; filters are values, never filter strings."""
+
+    text: str
+    """The words to find (typo-tolerant); 1-512 characters."""
+    conversation_id: str | None = None
+    """Only this conversation (the user must take part in it)."""
+    sender_id: str | None = None
+    """Only messages from this user."""
+    since: datetime | None = None
+    """Only messages created at or after this time (timezone-aware)."""
+    until: datetime | None = None
+    """Only messages created at or before this time (timezone-aware)."""
+    page: int = 1
+    """1-based page."""
+    per_page: int = 20
+    """Hits per page, 1-100."""
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One message found."""
+
+    message_id: str
+    """The message."""
+    conversation_id: str
+    """Its conversation."""
+    sender_id: str
+    """Its sender."""
+    seq: int
+    """Its sequence number."""
+    created_at: datetime
+    """When it was sent."""
+    text: str
+    """Its text."""
+    snippet: str
+    """The matching part, matched words wrapped in ``<mark>``."""
+    edited_at: datetime | None = None
+    """When it was last edited, if it was."""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """A page of hits, best first."""
+
+    found: int
+    """Hits in all pages."""
+    page: int
+    """This page (1-based)."""
+    per_page: int
+    """Page size asked for."""
+    hits: list[SearchHit] = field(default_factory=list)
+    """This page's hits (empty past the last page)."""
+
+
+@dataclass(frozen=True)
+class SearchCheckInput:
+    """Input of SearchCheckWorkflow and of check_index."""
+
+    repair: bool = False
+    """Queue the missing messages again and the stray documents for removal."""
+    report_limit: int = 100
+    """Most conversations listed in the result."""
+
+
+@dataclass(frozen=True)
+class ConversationGap:
+    """One conversation whose index does not match PostgreSQL."""
+
+    conversation_id: str
+    """The conversation (or "?" for stray documents of unknown messages)."""
+    expected: int
+    """Messages that should be in the index (indexed, live, standard)."""
+    indexed: int
+    """Documents in the index for it."""
+    missing: int
+    """Messages with no document."""
+    extra: int
+    """Documents with no live message."""
+
+
+@dataclass(frozen=True)
+class SearchCheckResult:
+    """What check_index found (and repaired)."""
+
+    conversations: int
+    """Conversations compared."""
+    expected: int
+    """Messages that should be in the index."""
+    indexed: int
+    """Documents in the index."""
+    pending: int
+    """Messages waiting for the indexer (not counted as gaps)."""
+    missing: int
+    """Messages missing from the index."""
+    extra: int
+    """Documents whose message is gone, deleted or not searchable."""
+    gaps: list[ConversationGap] = field(default_factory=list)
+    """Conversations with a gap (up to report_limit)."""
+    repaired: bool = False
+    """Whether the gaps were queued for the indexer."""

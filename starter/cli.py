@@ -26,6 +26,9 @@ from missive.errors import InvalidInput, MessagingError, PermanentError
 from missive.schemas import MessageStatus, ReceiptResult, ReceiptStatus
 from missive.tokens import issue_token
 from missive.validation import require_client_message_id, require_uuid
+from starter import batch_cli
+from starter import keys as starter_keys
+from starter import search as starter_search
 from starter.client import (
     DEFAULT_TIMEOUT,
     MissiveClient,
@@ -70,6 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     body = send.add_mutually_exclusive_group(required=True)
     body.add_argument("--body", metavar="TEXT", help="the message text")
     body.add_argument("--body-file", metavar="PATH", help="read the text from a file ('-': stdin)")
+    send.add_argument(
+        "--e2e-header",
+        metavar="JSON",
+        help="e2e conversations: the key metadata (the body is then the base64 ciphertext)",
+    )
 
     for name, what in (("delivered", "received"), ("read", "read")):
         receipt = commands.add_parser(
@@ -91,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--ttl", type=int, metavar="SECONDS", help="lifetime (default GATEWAY_TOKEN_TTL_SECONDS)"
     )
+    starter_keys.add_parser(commands, common)
+    starter_search.add_parsers(commands, common)
+    batch_cli.add_parsers(commands, common)
     return parser
 
 
@@ -168,6 +179,8 @@ async def _send(args: argparse.Namespace, settings: Settings) -> None:
         "client_message_id": args.client_id,
         "body": body,
     }
+    if args.e2e_header is not None:
+        fields["e2e_header"] = _json_object(args.e2e_header, "--e2e-header")
     send_input(settings, **fields)  # a malformed request never waits on a connection
     async with await _connect(args, settings) as missive:
         sent = await missive.send(**fields)
@@ -211,12 +224,43 @@ async def _token(args: argparse.Namespace, settings: Settings) -> None:
     _print(args, {"user_id": user_id, "token": token, "expires_at": expires_at}, token)
 
 
+async def _keys(args: argparse.Namespace, settings: Settings) -> None:
+    # Rotations run as long as the data takes: wait for them (Ctrl-C leaves them running).
+    async with await _connect(args, settings) as missive:
+        result, text = await starter_keys.run(args, missive.temporal)
+    _print(args, result, text)
+
+
+async def _search(args: argparse.Namespace, settings: Settings) -> None:
+    if args.command == "search":
+        starter_search.query_from_args(args)  # a malformed query never waits on a connection
+    async with await _connect(args, settings) as missive:
+        result, text = await starter_search.run(args, missive.temporal, settings)
+    _print(args, result, text)
+
+
+def _json_object(raw: str, option: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        raise InvalidInput(f"{option} is not JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{option} must be a JSON object")
+    return value
+
+
 COMMANDS = {
     "send": _send,
     "delivered": _receipt,
     "read": _receipt,
     "status": _status,
     "token": _token,
+    "keys": _keys,
+    "search": _search,
+    "search-check": _search,
+    "search-rebuild": _search,
+    "batch": batch_cli.run_batch,
+    "retention": batch_cli.run_retention,
 }
 
 

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from temporalio.client import (
     Client,
@@ -30,6 +30,7 @@ from missive.constants import (
     message_workflow_id,
     receipt_workflow_id,
 )
+from missive.e2e import require_e2e_header
 from missive.errors import (
     InvalidInput,
     MessageNotVisible,
@@ -41,11 +42,14 @@ from missive.schemas import (
     ReceiptInput,
     ReceiptResult,
     ReceiptStatus,
+    SearchQuery,
+    SearchResult,
     SendMessageInput,
 )
 from missive.validation import require_body, require_client_message_id, require_seq, require_uuid
 from runtime.client import connect
 from runtime.messaging import apply_receipt, send_message, with_request_id
+from starter.search import search_messages
 from workflows.message_lifecycle import MessageLifecycleWorkflow
 
 DEFAULT_TIMEOUT = timedelta(seconds=30)
@@ -86,6 +90,7 @@ def send_input(
     sender_id: str,
     client_message_id: str,
     body: str,
+    e2e_header: dict[str, Any] | None = None,
 ) -> SendMessageInput:
     """Checks a send's shape and builds the lifecycle input (ids in canonical form).
 
@@ -96,6 +101,7 @@ def send_input(
     sender = require_uuid(sender_id, "sender_id")
     cmid = require_client_message_id(client_message_id)
     require_body(body, max_bytes=settings.max_body_bytes)
+    header = require_e2e_header(e2e_header) if e2e_header is not None else None
     return SendMessageInput(
         conversation_id=conversation,
         sender_id=sender,
@@ -104,6 +110,7 @@ def send_input(
         max_body_bytes=settings.max_body_bytes,
         lifecycle_window_seconds=settings.lifecycle_window_seconds,
         receipt_detail_max_recipients=settings.receipt_detail_max_recipients,
+        e2e_header=header,
     )
 
 
@@ -208,7 +215,13 @@ class MissiveClient:
         await self.close()
 
     async def send(
-        self, conversation_id: str, sender_id: str, client_message_id: str, body: str
+        self,
+        conversation_id: str,
+        sender_id: str,
+        client_message_id: str,
+        body: str,
+        *,
+        e2e_header: dict[str, Any] | None = None,
     ) -> SendResult:
         """Sends a message and waits until it is stored.
 
@@ -220,7 +233,10 @@ class MissiveClient:
             conversation_id: The conversation (UUID).
             sender_id: The sending user (UUID); must take part in the conversation.
             client_message_id: The sender's own id for this message (1-128 characters).
-            body: The text; it travels encrypted and is stored encrypted.
+            body: The text; it travels encrypted and is stored encrypted. In an
+                end-to-end encrypted conversation: the client's ciphertext, base64.
+            e2e_header: End-to-end encrypted conversations only (required there):
+                the key metadata, stored and relayed untouched.
 
         Raises:
             InvalidInput: a malformed field (nothing is started).
@@ -234,6 +250,7 @@ class MissiveClient:
             sender_id=sender_id,
             client_message_id=client_message_id,
             body=body,
+            e2e_header=e2e_header,
         )
         input = with_request_id(input)
         workflow_id = message_workflow_id(input.sender_id, input.client_message_id)
@@ -299,6 +316,20 @@ class MissiveClient:
         return await self._receipt(
             ReceiptStatus.READ, user_id, conversation_id, up_to_seq, message_id
         )
+
+    async def search(self, user_id: str, query: SearchQuery) -> SearchResult:
+        """Searches the messages of the conversations ``user_id`` takes part in.
+
+        A worker issues a short-lived Typesense key scoped to those conversations
+        (SearchKeyWorkflow); the query then goes to TYPESENSE_URL with that key.
+
+        Raises:
+            InvalidInput: an empty or too long query, a bad filter value or page.
+            NotAMember: a conversation filter the user does not take part in.
+            ProviderUnavailable: Temporal, the workers or Typesense did not answer.
+        """
+        async with self._answer_within(f"search by user {user_id}"):
+            return await search_messages(self.temporal, self._settings, user_id, query)
 
     async def status(self, sender_id: str, client_message_id: str) -> MessageStatus:
         """Where a message's lifecycle is, named by its sender's client_message_id.

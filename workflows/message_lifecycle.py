@@ -124,6 +124,7 @@ class MessageLifecycleWorkflow:
                     max_body_bytes=input.max_body_bytes,
                     receipt_detail_max_recipients=input.receipt_detail_max_recipients,
                     request_id=input.request_id,
+                    e2e_header=input.e2e_header,
                 ),
                 start_to_close_timeout=policies.DB_WRITE_TIMEOUT,
                 retry_policy=policies.DB_RETRY,

@@ -36,3 +36,104 @@ BROADCAST_DEADLINE = timedelta(minutes=15)
 # Local activities retried longer than this are scheduled with a durable timer
 # instead of in-process, so a long outage does not pin a workflow task.
 LOCAL_RETRY_THRESHOLD = timedelta(seconds=10)
+
+# --- key rotation ---
+
+# One activity run re-wraps or re-encrypts up to chunks_per_activity chunks of
+# 500 rows (a few hundred ms each): seconds when healthy. 10 minutes covers a
+# slow database; the heartbeat after each chunk notices a dead worker in 60 s.
+KEY_ROTATION_TIMEOUT = timedelta(minutes=10)
+KEY_ROTATION_HEARTBEAT = timedelta(seconds=60)
+
+# A rotation must finish, and every chunk is idempotent: retry a database
+# outage for as long as it lasts, backing off to a minute. A tampered body or
+# a missing key version is raised non-retryable and stops the rotation at once.
+KEY_ROTATION_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+)
+
+# The report is a few aggregate queries; an operator is waiting, so retry
+# briefly (five attempts over about half a minute) and then say it failed.
+KEY_REPORT_TIMEOUT = timedelta(seconds=60)
+KEY_REPORT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=5,
+)
+
+# --- batch and retention ---
+
+# A batch chunk is a few transactions of heartbeat_every items (a few hundred
+# ms each on a healthy database); 10 minutes only trips on a stuck database.
+# The heartbeat after every transaction lets a dead worker be noticed within
+# the heartbeat timeout (BatchInput.heartbeat_timeout_seconds, default 30 s).
+BATCH_CHUNK_TIMEOUT = timedelta(minutes=10)
+
+# Every chunk is idempotent and resumes from its cursor, so retry a database
+# outage as long as it lasts, backing off to 30 s. Bad items are recorded in
+# the report, never raised; a non-retryable error stops the batch at once.
+BATCH_CHUNK_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+)
+
+# A retention step loops over bounded transactions until nothing is left:
+# minutes for a large backlog. 2 hours caps a run stuck behind locks; the
+# heartbeat after each transaction (seconds apart) notices a dead worker in 60 s.
+RETENTION_STEP_TIMEOUT = timedelta(hours=2)
+RETENTION_HEARTBEAT = timedelta(seconds=60)
+
+# Cleanup can always wait for the next attempt: back off to 5 minutes, and
+# stop after 10 attempts (about half an hour); the next scheduled run resumes.
+RETENTION_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=5),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=5),
+    maximum_attempts=10,
+)
+
+# --- search ---
+# The indexer's activity runs for SEARCH_INDEXER_RUN_SECONDS and heartbeats after
+# every batch and at least every second while idle; 30 s without one means the
+# worker died, and Temporal starts it again elsewhere at once.
+SEARCH_INDEXER_RUN_SECONDS = 300.0
+SEARCH_INDEXER_TIMEOUT = timedelta(seconds=SEARCH_INDEXER_RUN_SECONDS + 120)
+SEARCH_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
+
+# Typesense down: the backlog waits in PostgreSQL, so retry forever, from 1 s up to
+# 10 s apart: a restart of Typesense is caught within ten seconds and a long
+# outage costs one attempt every ten seconds. Delivery never waits for this.
+SEARCH_INDEX_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+)
+
+# A rebuild step imports for up to SEARCH_REBUILD_STEP_SECONDS (one progress
+# update per step); a crash resumes from the heartbeated cursor.
+SEARCH_REBUILD_STEP_SECONDS = 20.0
+SEARCH_REBUILD_TIMEOUT = timedelta(minutes=5)
+
+# Issuing a search key is one indexed SELECT; the caller is waiting, so a few quick
+# tries and then an error it can show.
+SEARCH_KEY_TIMEOUT = timedelta(seconds=10)
+SEARCH_KEY_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=100),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=2),
+    maximum_attempts=5,
+)
+
+# The check reads every searchable id from PostgreSQL and the index: minutes for
+# millions of messages. An operator is waiting: three tries, then report.
+SEARCH_CHECK_TIMEOUT = timedelta(minutes=30)
+SEARCH_CHECK_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=3,
+)

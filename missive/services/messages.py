@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hmac
+import json
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -12,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from missive.constants import message_id_for
 from missive.crypto import MessageCipher, WrappedKey
+from missive.e2e import check_e2e_send
 from missive.errors import (
     ConversationNotFound,
     DuplicateClientMessageId,
@@ -24,6 +27,7 @@ from missive.validation import require_body, require_client_message_id, require_
 _LOOKUP = text(
     """
     SELECT c.key_version, k.master_key_version, k.wrapped_key,
+           c.encryption_mode::text AS encryption_mode,
            p.user_id IS NOT NULL AS is_member,
            m.id AS existing_id, m.seq AS existing_seq, m.created_at AS existing_created_at,
            m.conversation_id AS existing_conversation_id,
@@ -47,8 +51,9 @@ _INSERT = text(
         UPDATE conversations SET last_seq = last_seq + 1 WHERE id = :cid RETURNING last_seq
     ), msg AS (
         INSERT INTO messages (id, conversation_id, seq, sender_id, client_message_id,
-                              body_ciphertext, key_version)
-        SELECT :mid, :cid, next.last_seq, :sender, :cmid, :body, :kv FROM next
+                              body_ciphertext, key_version, e2e_header)
+        SELECT :mid, :cid, next.last_seq, :sender, :cmid, :body, :kv, CAST(:e2e AS jsonb)
+        FROM next
         RETURNING seq, created_at
     ), dl AS (
         INSERT INTO deliveries (message_id, recipient_id, conversation_id, seq, status, sent_at)
@@ -67,7 +72,7 @@ _INSERT = text(
 _LOAD = text(
     """
     SELECT m.conversation_id, m.seq, m.sender_id, m.client_message_id, m.body_ciphertext,
-           m.key_version, m.created_at, m.edited_at, m.deleted_at,
+           m.key_version, m.created_at, m.edited_at, m.deleted_at, m.e2e_header,
            k.master_key_version, k.wrapped_key
     FROM messages m
     JOIN conversation_keys k ON k.conversation_id = m.conversation_id AND k.version = m.key_version
@@ -89,6 +94,9 @@ class StoredMessage:
     created_at: datetime
     edited_at: datetime | None
     deleted_at: datetime | None
+    e2e_header: dict[str, Any] | None = None
+    """Set for end-to-end encrypted messages: ``body`` is then the client's
+    ciphertext (base64), relayed as sent; never index or preview it."""
 
 
 class MessageService:
@@ -142,6 +150,12 @@ class MessageService:
                 raise ConversationNotFound(f"conversation {cid} does not exist")
             if not row.is_member:
                 raise NotAMember(f"user {sender} is not a participant of conversation {cid}")
+            check_e2e_send(
+                conversation_id=cid,
+                encryption_mode=row.encryption_mode,
+                body=req.body,
+                e2e_header=req.e2e_header,
+            )
             if row.existing_id is not None:
                 return await self._resend(session, row, req, cid, sender, body)
             key = self._cipher.data_key(
@@ -160,6 +174,7 @@ class MessageService:
                         "cmid": cmid,
                         "body": ciphertext,
                         "kv": row.key_version,
+                        "e2e": None if req.e2e_header is None else json.dumps(req.e2e_header),
                     },
                 )
             ).one()
@@ -252,4 +267,5 @@ class MessageService:
             created_at=row.created_at,
             edited_at=row.edited_at,
             deleted_at=row.deleted_at,
+            e2e_header=row.e2e_header,
         )

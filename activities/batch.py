@@ -1,0 +1,51 @@
+"""Batch activities: one chunk of a batch per call, heartbeating its cursor."""
+
+from __future__ import annotations
+
+from temporalio import activity
+
+from activities.errors import translate_errors
+from missive.schemas import BatchChunkInput, BatchChunkResult
+from missive.services.batch import BatchService
+
+
+class BatchActivities:
+    """Thin activities over BatchService."""
+
+    def __init__(self, batches: BatchService):
+        self._batches = batches
+
+    @activity.defn
+    @translate_errors
+    async def process_batch_chunk(self, input: BatchChunkInput) -> BatchChunkResult:
+        """Stores items [from_item, to_item); resumes from the last heartbeated cursor.
+
+        Every transaction of ``heartbeat_every`` items commits its messages,
+        deliveries and item states together, then the next item number is
+        heartbeated. A retry after a crash starts at that cursor; items of the
+        range the crashed attempt committed after it are recognised by their
+        state and only announced again (events carry stable ``event_id``s).
+        """
+        details = activity.info().heartbeat_details
+        resume_from = int(details[0]) if details else None
+        if resume_from is not None:
+            activity.logger.info(
+                "batch %s: resuming chunk [%d, %d) at item %d",
+                input.batch_id,
+                input.from_item,
+                input.to_item,
+                resume_from,
+            )
+
+        async def progress(cursor: int) -> None:
+            activity.heartbeat(cursor)
+
+        return await self._batches.process_chunk(
+            input.batch_id,
+            input.from_item,
+            input.to_item,
+            max_body_bytes=input.max_body_bytes,
+            step=input.heartbeat_every,
+            resume_from=resume_from,
+            on_progress=progress,
+        )

@@ -1,0 +1,238 @@
+"""Batches and the retention Schedule on the Temporal dev server, with real PostgreSQL.
+
+Includes the kill test: ``python worker.py`` SIGKILLed mid-batch, restarted,
+every item stored exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+from temporalio.client import ScheduleOverlapPolicy
+from temporalio.testing import WorkflowEnvironment
+
+from missive.config import Settings
+from missive.errors import InvalidInput
+from missive.jobs import SEARCH_ATTRIBUTE_PROGRESS, SEARCH_ATTRIBUTE_STATUS, TASK_QUEUE_BATCH
+from missive.models import ConversationKind
+from missive.schemas import BatchStatus, RetentionResult
+from missive.services.directory import NewUser
+from runtime.jobs import RETENTION_CATCHUP_WINDOW, batch_worker, ensure_retention_schedule
+from runtime.wiring import Core
+from starter.batch import BatchClient, BatchOptions
+from tests.conftest import ROOT, process_env
+from tests.integration.test_batch_services import RecordingEmitter
+from workflows.batch import PROGRESS_KEY, STATUS_KEY
+
+pytestmark = pytest.mark.integration
+
+
+async def _count(core: Core, sql: str, **params: object) -> int:
+    async with core.engine.connect() as conn:
+        return int((await conn.execute(text(sql), params)).scalar_one())
+
+
+async def _group(core: Core, size: int = 3) -> tuple[list[str], str]:
+    users = [
+        await core.directory.create_user(NewUser(handle=f"u{uuid.uuid4().hex[:8]}"))
+        for _ in range(size)
+    ]
+    conv = await core.directory.create_conversation(kind=ConversationKind.GROUP, members=users)
+    return users, conv
+
+
+async def test_import_runs_to_the_end_with_progress_search_attributes_and_report(
+    settings: Settings, core: Core, dev_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> None:
+    (ana, _, _), conv = await _group(core)
+    lines = [
+        json.dumps({"conversation_id": conv, "sender_id": ana, "body": f"m{i}"}) for i in range(30)
+    ]
+    lines.insert(
+        4, json.dumps({"conversation_id": str(uuid.uuid4()), "sender_id": ana, "body": "?"})
+    )
+    lines.append(json.dumps({"conversation_id": conv, "sender_id": ana, "body": ""}))
+    path = tmp_path / "import.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    client = BatchClient(dev_env.client, settings, task_queue=task_queue)
+    emitter = RecordingEmitter()
+    async with client, batch_worker(settings, dev_env.client, core, emitter, task_queue=task_queue):
+        started = await client.start_import(
+            path, options=BatchOptions(chunk_size=7, failure_threshold=0.1)
+        )
+        result = await asyncio.wait_for(client.result(started.batch_id), 120)
+        progress = await client.progress(started.batch_id)
+        described = await client._handle(started.batch_id).describe()
+        report = await client.report(started.batch_id)
+        # The same file and id again: joins the finished batch, stages nothing twice.
+        again = await client.start_import(path, batch_id=started.batch_id)
+        other = tmp_path / "other.jsonl"
+        other.write_text(lines[0] + "\n")
+        with pytest.raises(InvalidInput, match="already exists with other content"):
+            await client.start_import(other, batch_id=started.batch_id)
+
+    assert (result.status, result.stored, result.failed, result.total) == (
+        BatchStatus.COMPLETED,
+        30,
+        2,
+        32,
+    )
+    assert (progress.processed, progress.chunks_done, progress.chunks_total) == (32, 5, 5)
+    assert progress.rate_per_second > 0
+    assert described.typed_search_attributes.get(PROGRESS_KEY) == 100
+    assert described.typed_search_attributes.get(STATUS_KEY) == "completed"
+    assert [(f.line_no, f.reason.split(":")[0]) for f in report.failures] == [
+        (5, "ConversationNotFound"),
+        (32, "InvalidInput"),
+    ]
+    assert again.staged is False and again.total == 32
+    assert await _count(core, "SELECT count(*) FROM messages") == 30
+    assert await _count(core, "SELECT count(*) FROM deliveries") == 60
+    assert len([e for e in emitter.events if e[0] == "message:new"]) == 30
+    # The Web UI can filter batches by the search attributes.
+    query = f"{SEARCH_ATTRIBUTE_STATUS} = 'completed' AND {SEARCH_ATTRIBUTE_PROGRESS} = 100"
+    found = [w.id async for w in dev_env.client.list_workflows(query)]
+    for _ in range(50):  # visibility is eventually consistent
+        if started.workflow_id in found:
+            break
+        await asyncio.sleep(0.2)
+        found = [w.id async for w in dev_env.client.list_workflows(query)]
+    assert started.workflow_id in found
+
+
+async def test_retention_schedule_is_idempotent_and_its_trigger_runs_the_cleanup(
+    settings: Settings, core: Core, dev_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    (ana, _, _), conv = await _group(core)
+    client = BatchClient(dev_env.client, settings, task_queue=task_queue)
+    await client.batches.stage_items(
+        "ret",
+        "import",  # type: ignore[arg-type]
+        [{"conversation_id": conv, "sender_id": ana, "body": f"old {i}"} for i in range(12)],
+    )
+    await client.batches.process_chunk("ret", 1, 13, max_body_bytes=100, step=100)
+    await client.set_policy(conv, retention_days=1)
+    async with core.engine.begin() as conn:
+        await conn.execute(text("UPDATE messages SET created_at = now() - interval '2 days'"))
+
+    schedule_id = f"retention-test-{uuid.uuid4().hex[:8]}"
+    assert await ensure_retention_schedule(
+        dev_env.client, settings, schedule_id=schedule_id, task_queue=task_queue
+    )
+    assert not await ensure_retention_schedule(
+        dev_env.client, settings, schedule_id=schedule_id, task_queue=task_queue
+    )
+    try:
+        async with (
+            client,
+            batch_worker(settings, dev_env.client, core, None, task_queue=task_queue),
+        ):
+            described = await client.describe_schedule(schedule_id)
+            policy = described.schedule.policy
+            assert policy.overlap is ScheduleOverlapPolicy.SKIP
+            assert policy.catchup_window == RETENTION_CATCHUP_WINDOW
+            # The server keeps the cron "17 3 * * *" as a calendar: next runs at 03:17 UTC.
+            next_runs = described.info.next_action_times
+            assert next_runs and all((t.hour, t.minute) == (3, 17) for t in next_runs)
+
+            await client.trigger_schedule(schedule_id)
+            for _ in range(300):
+                if await _count(core, "SELECT count(*) FROM archived_messages") == 12:
+                    break
+                await asyncio.sleep(0.2)
+            assert await _count(core, "SELECT count(*) FROM archived_messages") == 12
+            assert await _count(core, "SELECT count(*) FROM messages") == 0
+            assert await _count(core, "SELECT count(*) FROM deliveries") == 0
+            runs = (await client.describe_schedule(schedule_id)).info.recent_actions
+            assert len(runs) == 1
+            run = dev_env.client.get_workflow_handle(
+                getattr(runs[0].action, "workflow_id", ""), result_type=RetentionResult
+            )
+            outcome = await asyncio.wait_for(run.result(), 60)
+            assert (outcome.archived, outcome.archived_deliveries, outcome.purged) == (12, 24, 0)
+
+            await client.pause_schedule(schedule_id)
+            assert (await client.describe_schedule(schedule_id)).schedule.state.paused
+            await client.unpause_schedule(schedule_id)
+            assert not (await client.describe_schedule(schedule_id)).schedule.state.paused
+
+            restored = await client.restore(conv, hold=True)
+            assert (restored.messages, restored.deliveries, restored.legal_hold) == (12, 24, True)
+            assert await _count(core, "SELECT count(*) FROM messages") == 12
+    finally:
+        await dev_env.client.get_schedule_handle(schedule_id).delete()
+
+
+async def _worker_process(env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "worker.py",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def test_a_worker_killed_mid_batch_resumes_and_stores_every_item_exactly_once(
+    settings: Settings, core: Core, dev_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    (ana, _, _), conv = await _group(core)
+    total = 30_000
+    path = tmp_path / "big.jsonl"
+    with path.open("w") as handle:
+        for i in range(total):
+            handle.write(json.dumps({"conversation_id": conv, "sender_id": ana, "body": f"b{i}"}))
+            handle.write("\n")
+    env = process_env(
+        DATABASE_URL=str(settings.database_url),
+        TEMPORAL_ADDRESS=dev_env.client.service_client.config.target_host,
+        RETENTION_SCHEDULE_ON_START="false",
+        GRACEFUL_SHUTDOWN_SECONDS="1",
+    )
+    client = BatchClient(dev_env.client, settings, task_queue=TASK_QUEUE_BATCH)
+    async with client:
+        started = await client.start_import(
+            path,
+            options=BatchOptions(
+                chunk_size=2_000,
+                max_concurrent_chunks=2,
+                items_per_transaction=200,
+                heartbeat_timeout_seconds=3,
+            ),
+        )
+        first = await _worker_process(env)
+        try:
+            for _ in range(1200):
+                if await _count(core, "SELECT count(*) FROM messages") > 0:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            os.kill(first.pid, signal.SIGKILL)
+            await first.wait()
+        at_kill = await _count(core, "SELECT count(*) FROM messages")
+        assert 0 < at_kill < total, "the kill must land mid-batch"
+
+        second = await _worker_process(env)
+        try:
+            result = await asyncio.wait_for(client.result(started.batch_id), 240)
+        finally:
+            second.send_signal(signal.SIGTERM)
+            _, stderr = await asyncio.wait_for(second.communicate(), 60)
+    assert second.returncode == 0, stderr.decode()[-2000:]
+    assert (result.status, result.stored, result.failed) == (BatchStatus.COMPLETED, total, 0)
+    assert await _count(core, "SELECT count(*) FROM messages") == total
+    assert await _count(core, "SELECT count(DISTINCT seq) FROM messages") == total
+    assert await _count(core, "SELECT max(seq) FROM messages") == total
+    assert await _count(core, "SELECT last_seq FROM conversations WHERE id = :c", c=conv) == total
+    assert await _count(core, "SELECT count(*) FROM deliveries") == 2 * total
+    stored = await _count(core, "SELECT count(*) FROM batch_items WHERE state = 1")
+    assert stored == total
