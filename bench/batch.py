@@ -23,6 +23,7 @@ from pathlib import Path
 
 import asyncpg
 import psutil
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import text
 from temporalio.common import SearchAttributeKey
 from temporalio.testing import WorkflowEnvironment
@@ -72,7 +73,7 @@ async def _plain_writes(
 ) -> float:
     """The same writes as a batch chunk, with nothing around them: seconds taken."""
     pool = await asyncpg.create_pool(dsn, min_size=WINDOW, max_size=WINDOW)
-    keys: dict[str, tuple[object, int]] = {}
+    keys: dict[str, tuple[AESGCM, int]] = {}
     async with pool.acquire() as conn:
         for r in await conn.fetch(
             "SELECT c.id, c.key_version, k.master_key_version, k.wrapped_key FROM conversations c"
@@ -117,7 +118,7 @@ async def _plain_writes(
                 bodies.append(
                     cipher.encrypt_body(
                         key, conversation_id=cid, message_id=mid, body=body.encode()
-                    )  # type: ignore[arg-type]
+                    )
                 )
                 kvs.append(kv)
             await conn.execute(

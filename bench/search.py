@@ -177,7 +177,10 @@ async def run(messages: int, sends: int, rounds: int) -> None:
                     latencies.append(time.perf_counter() - started)
 
             # -- rebuild vs bulk import -------------------------------------------
-            docs = await _bulk_messages(core, conv, users[0], messages)
+            bulk = await core.directory.create_conversation(
+                kind=ConversationKind.GROUP, members=users
+            )
+            docs = await _bulk_messages(core, bulk, users[0], messages)
             while await _pending(core):  # noqa: ASYNC110 (the indexer drains the bulk insert)
                 await asyncio.sleep(0.2)
             total_docs = messages + sends + 10

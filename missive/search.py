@@ -610,26 +610,25 @@ class SearchService:
         deadline = time.monotonic() + max_seconds
         indexed = 0
         rows = await self._rebuild_rows(cursor, batch_size)
+        documents = [d for d in map(self._rebuild_document, rows) if d is not None]
         while rows:
-            documents = [d for d in map(self._rebuild_document, rows) if d is not None]
             last = rows[-1].id
-            more = len(rows) == batch_size
-            next_rows = (
-                asyncio.ensure_future(self._rebuild_rows(last, batch_size)) if more else None
+            # Typesense indexes this chunk while we read and decrypt the next one.
+            importing = asyncio.ensure_future(
+                self.typesense.import_documents(collection, documents)
             )
             try:
-                await self.typesense.import_documents(collection, documents)
+                await asyncio.sleep(0)  # let the import send its request first
+                rows = await self._rebuild_rows(last, batch_size) if len(rows) == batch_size else []
+                next_documents = [d for d in map(self._rebuild_document, rows) if d is not None]
+                await importing
             except BaseException:
-                if next_rows is not None:
-                    next_rows.cancel()
+                importing.cancel()
                 raise
             indexed += len(documents)
-            cursor = last
+            cursor, documents = last, next_documents
             heartbeat(RebuildFillResult(after_id=cursor, indexed=indexed, done=False))
-            if next_rows is None:
-                break
-            rows = await next_rows
-            if time.monotonic() > deadline and rows:
+            if rows and time.monotonic() > deadline:
                 return RebuildFillResult(after_id=cursor, indexed=indexed, done=False)
         return RebuildFillResult(after_id=cursor, indexed=indexed, done=True)
 

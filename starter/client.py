@@ -188,6 +188,16 @@ class MissiveClient:
         return missive_client
 
     @property
+    def settings(self) -> Settings:
+        """The settings the client was built with."""
+        return self._settings
+
+    @property
+    def call_timeout(self) -> timedelta:
+        """How long one call waits for an answer."""
+        return self._timeout
+
+    @property
     def temporal(self) -> Client:
         """The underlying Temporal client."""
         if self._client is None:

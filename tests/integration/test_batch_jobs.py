@@ -96,7 +96,11 @@ async def test_import_runs_to_the_end_with_progress_search_attributes_and_report
     assert again.staged is False and again.total == 32
     assert await _count(core, "SELECT count(*) FROM messages") == 30
     assert await _count(core, "SELECT count(*) FROM deliveries") == 60
-    assert len([e for e in emitter.events if e[0] == "message:new"]) == 30
+    # 30 messages to one conversation in chunks of 7: one compact event per chunk.
+    compact = [e[1] for e in emitter.events if e[0] == "messages:batch"]
+    assert [e["count"] for e in emitter.events if e[0] == "message:new"] == []
+    assert sum(e["count"] for e in compact) == 30
+    assert sorted((e["from_seq"], e["to_seq"]) for e in compact)[0][0] == 1
     # The Web UI can filter batches by the search attributes.
     query = f"{SEARCH_ATTRIBUTE_STATUS} = 'completed' AND {SEARCH_ATTRIBUTE_PROGRESS} = 100"
     found = [w.id async for w in dev_env.client.list_workflows(query)]

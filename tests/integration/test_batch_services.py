@@ -80,7 +80,7 @@ async def test_import_stores_messages_deliveries_and_a_report_and_reruns_change_
     source = scan_import_file(_write(tmp_path / "items.jsonl", lines))
     assert source.total == 12
     emitter = RecordingEmitter()
-    service = BatchService(core.engine, core.cipher, emitter)
+    service = BatchService(core.engine, core.cipher, emitter, live_events_per_conversation=20)
     assert await service.stage_file("b1", BatchKind.IMPORT, source) is True
     assert await service.stage_file("b1", BatchKind.IMPORT, source) is False  # same content
 
@@ -144,7 +144,7 @@ async def test_a_crashed_chunk_resumes_from_its_heartbeat_and_stores_each_item_o
 ) -> None:
     ana, _, _, group, _ = await _world(core)
     emitter = RecordingEmitter()
-    service = BatchService(core.engine, core.cipher, emitter)
+    service = BatchService(core.engine, core.cipher, emitter, live_events_per_conversation=20)
     items = [{"conversation_id": group, "sender_id": ana, "body": f"m{i}"} for i in range(50)]
     await service.stage_items("crash", BatchKind.IMPORT, items)
     activities = BatchActivities(service)
@@ -189,7 +189,7 @@ async def test_a_crashed_chunk_resumes_from_its_heartbeat_and_stores_each_item_o
 async def test_many_messages_to_one_conversation_get_one_compact_event(core: Core) -> None:
     ana, _, _, group, _ = await _world(core)
     emitter = RecordingEmitter()
-    service = BatchService(core.engine, core.cipher, emitter)
+    service = BatchService(core.engine, core.cipher, emitter, live_events_per_conversation=20)
     items = [{"conversation_id": group, "sender_id": ana, "body": f"h{i}"} for i in range(100)]
     await service.stage_items("hist", BatchKind.IMPORT, items)
     await service.process_chunk("hist", 1, 101, max_body_bytes=100, step=100)
