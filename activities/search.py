@@ -58,6 +58,8 @@ class SearchActivities:
             heartbeat=beat,
             stopping=activity.wait_for_worker_shutdown,
             max_seconds=self._run_seconds,
+            # A retry follows a failure (often Typesense down): check nothing was lost.
+            reconcile=activity.info().attempt > 1,
         )
 
     @activity.defn

@@ -492,6 +492,7 @@ class SearchService:
         heartbeat: Callable[[IndexerRunResult], None],
         stopping: Callable[[], Awaitable[None]],
         max_seconds: float,
+        reconcile: bool = False,
     ) -> IndexerRunResult:
         """Indexes until ``max_seconds`` pass or ``stopping`` completes.
 
@@ -499,10 +500,16 @@ class SearchService:
         ``missive_search`` (or IDLE_POLL_SECONDS), so a new message is searchable
         a few milliseconds after it is committed.
 
+        With ``reconcile`` (a retry after a failure: Typesense may have restarted
+        and lost acknowledged writes), it first compares document counts and, if the
+        index has fewer than PostgreSQL says were indexed, queues the gaps again.
+
         Raises:
             ProviderUnavailable: Typesense or PostgreSQL is unavailable.
         """
-        await self.ensure_index()
+        collection = await self.ensure_index()
+        if reconcile:
+            await self.reconcile(collection)
         total = IndexerRunResult()
         wake = asyncio.Event()
         deadline = time.monotonic() + max_seconds
@@ -537,6 +544,26 @@ class SearchService:
         finally:
             stop_task.cancel()
         return total
+
+    async def reconcile(self, collection: str) -> bool:
+        """Runs a repairing check when the index holds fewer documents than PostgreSQL
+        has marked indexed; returns whether it did."""
+        _, info = await self.typesense.request("GET", f"/collections/{quote(collection)}")
+        async with self._sessions() as session:
+            indexed = (
+                await session.execute(
+                    text("SELECT count(*) " + _SEARCHABLE + " AND m.indexed_at IS NOT NULL")
+                )
+            ).scalar_one()
+        if int(info.get("num_documents", 0)) >= int(indexed):
+            return False
+        checked = await self.check(repair=True, report_limit=0)
+        log.warning(
+            "search index had lost documents: %d queued again, %d stray removed",
+            checked.missing,
+            checked.extra,
+        )
+        return True
 
     @asynccontextmanager
     async def _listening(self, wake: asyncio.Event) -> AsyncIterator[None]:

@@ -69,6 +69,7 @@ class TypesenseServer:
     def __init__(self, data_dir: Path, port: int, api_key: str) -> None:
         self.data_dir, self.port, self.api_key = data_dir, port, api_key
         self.url = f"http://127.0.0.1:{port}"
+        self.peering_port = _free_port()  # the same on a restart: raft state names it
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -83,7 +84,7 @@ class TypesenseServer:
                 *("--data-dir", str(self.data_dir)),
                 *("--api-key", self.api_key),
                 *("--api-address", "127.0.0.1", "--api-port", str(self.port)),
-                *("--peering-port", str(_free_port())),
+                *("--peering-address", "127.0.0.1", "--peering-port", str(self.peering_port)),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -517,7 +518,12 @@ async def test_typesense_down_then_back_loses_nothing(
             assert await _pending(core) == 20
 
             await asyncio.to_thread(server.start)
-            await _until_found(search, ben, "outage", ["before the outage", *during])
+            try:
+                await _until_found(search, ben, "outage", ["before the outage", *during])
+            except AssertionError:
+                found = await _found(search, ben, "outage")
+                missing = sorted({"before the outage", *during} - set(found))
+                raise AssertionError(f"missing {missing}, pending {await _pending(core)}") from None
             assert await _pending(core) == 0
     finally:
         server.stop()
