@@ -428,6 +428,9 @@ async def start_temporal(
         # Batch progress for the Web UI's list and filters (see runtime/jobs.py).
         *("--search-attribute", "MissiveBatchProgress=Int"),
         *("--search-attribute", "MissiveBatchStatus=Keyword"),
+        # Set on lifecycle, receipt and batch starts (see runtime/search_attributes.py).
+        *("--search-attribute", "MissiveKind=Keyword"),
+        *("--search-attribute", "MissiveConversationId=Keyword"),
     ]
     if codec_token:
         argv += ["--ui-codec-endpoint", codec_endpoint(opts.codec_server_port, codec_token)]

@@ -18,12 +18,14 @@ from temporalio.worker import Worker
 from missive.broadcast import Emitter
 from missive.config import Settings
 from missive.constants import TASK_QUEUE_MESSAGES
+from missive.metrics import Metrics
 from missive.search import SearchService
 from runtime.client import connect
 from runtime.jobs import batch_worker, ensure_retention_schedule, ensure_search_attributes
 from runtime.keys import key_worker
 from runtime.process import run_process
 from runtime.search import open_search, search_worker, start_indexer
+from runtime.telemetry import open_telemetry
 from runtime.wiring import (
     WORKFLOWS,
     Core,
@@ -44,6 +46,7 @@ def build_workers(
     manager: Emitter,
     *,
     search: SearchService | None = None,
+    metrics: Metrics | None = None,
 ) -> list[Worker]:
     """One Temporal worker per task queue this process serves.
 
@@ -56,12 +59,12 @@ def build_workers(
             client,
             task_queue=TASK_QUEUE_MESSAGES,
             workflows=WORKFLOWS,
-            activities=activity_methods(message_activities(core, manager)),
+            activities=activity_methods(message_activities(core, manager, metrics=metrics)),
             workflow_runner=workflow_runner(settings),
             graceful_shutdown_timeout=shutdown,
         ),
         key_worker(settings, client, core),
-        batch_worker(settings, client, core, manager),
+        batch_worker(settings, client, core, manager, metrics=metrics),
         *([search_worker(settings, client, search)] if search is not None else []),
     ]
 
@@ -70,13 +73,24 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     """Runs the worker until ``stop`` is set (or SIGTERM / SIGINT), then drains."""
     stop = stop or asyncio.Event()
     async with AsyncExitStack() as stack:
+        telemetry = open_telemetry(
+            settings,
+            stack,
+            service="missive-worker",
+            sdk_metrics_port=settings.sdk_metrics_port,
+            metrics_port=settings.metrics_port,
+        )
         core = await open_core(settings, stack)
-        client = await connect(settings)
+        client = await connect(
+            settings, interceptors=telemetry.interceptors, runtime=telemetry.runtime
+        )
         manager = client_manager(settings, write_only=True)
         if hasattr(manager, "close"):
             stack.push_async_callback(manager.close)
         search = open_search(settings, core, stack)
-        workers = build_workers(settings, client, core, manager, search=search)
+        workers = build_workers(
+            settings, client, core, manager, search=search, metrics=telemetry.metrics
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from temporalio import activity
 
 from activities.errors import translate_errors
+from missive.metrics import Metrics
 from missive.schemas import BatchChunkInput, BatchChunkResult
 from missive.services.batch import BatchService
 
@@ -12,8 +13,9 @@ from missive.services.batch import BatchService
 class BatchActivities:
     """Thin activities over BatchService."""
 
-    def __init__(self, batches: BatchService):
+    def __init__(self, batches: BatchService, *, metrics: Metrics | None = None):
         self._batches = batches
+        self._metrics = metrics
 
     @activity.defn
     @translate_errors
@@ -40,7 +42,7 @@ class BatchActivities:
         async def progress(cursor: int) -> None:
             activity.heartbeat(cursor)
 
-        return await self._batches.process_chunk(
+        result = await self._batches.process_chunk(
             input.batch_id,
             input.from_item,
             input.to_item,
@@ -49,3 +51,6 @@ class BatchActivities:
             resume_from=resume_from,
             on_progress=progress,
         )
+        if self._metrics is not None:
+            self._metrics.batch_chunk(stored=result.stored, failed=result.failed)
+        return result

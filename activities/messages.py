@@ -8,7 +8,9 @@ from temporalio import activity
 
 from activities.errors import translate_errors
 from missive.broadcast import Broadcaster
+from missive.constants import EVENT_MESSAGE_NEW, EVENT_MESSAGE_RECEIPT
 from missive.errors import PermanentError
+from missive.metrics import Metrics
 from missive.schemas import (
     ApplyReceiptResult,
     BroadcastMessageInput,
@@ -33,11 +35,13 @@ class MessageActivities:
         broadcaster: Broadcaster,
         *,
         persist_listener: PersistListener | None = None,
+        metrics: Metrics | None = None,
     ):
         self._messages = messages
         self._receipts = receipts
         self._broadcaster = broadcaster
         self._persist_listener = persist_listener
+        self._metrics = metrics
 
     @activity.defn
     @translate_errors
@@ -46,9 +50,13 @@ class MessageActivities:
         try:
             result = await self._messages.persist(input)
         except PermanentError as err:
+            if self._metrics is not None:
+                self._metrics.refused("persist_message", err)
             if self._persist_listener is not None:
                 self._persist_listener(input, err)
             raise
+        if self._metrics is not None:
+            self._metrics.message_persisted(created=result.created)
         if self._persist_listener is not None:
             self._persist_listener(input, result)
         return result
@@ -58,12 +66,22 @@ class MessageActivities:
     async def broadcast_message(self, input: BroadcastMessageInput) -> None:
         """Emits message:new to the conversation's room (clients dedupe by event_id)."""
         await self._broadcaster.message_new(await self._messages.load(input.message_id))
+        if self._metrics is not None:
+            self._metrics.broadcast(EVENT_MESSAGE_NEW)
 
     @activity.defn
     @translate_errors
     async def apply_receipt(self, input: ReceiptInput) -> ApplyReceiptResult:
         """Moves the reader's deliveries forward up to the watermark; a rerun changes nothing."""
-        return await self._receipts.apply(input)
+        try:
+            result = await self._receipts.apply(input)
+        except PermanentError as err:
+            if self._metrics is not None:
+                self._metrics.refused("apply_receipt", err)
+            raise
+        if self._metrics is not None:
+            self._metrics.receipt_applied(str(input.status), moved=result.changed)
+        return result
 
     @activity.defn
     @translate_errors
@@ -74,3 +92,5 @@ class MessageActivities:
             recipient_id=input.user_id,
             changes=input.changes,
         )
+        if self._metrics is not None:
+            self._metrics.broadcast(EVENT_MESSAGE_RECEIPT, len(input.changes))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from temporalio import activity
 
 from activities.errors import translate_errors
+from missive.metrics import Metrics
 from missive.schemas import RetentionStepInput, RetentionStepResult
 from missive.services.retention import RetentionService
 
@@ -26,8 +27,9 @@ async def _heartbeat(done: RetentionStepResult) -> None:
 class RetentionActivities:
     """Thin activities over RetentionService."""
 
-    def __init__(self, retention: RetentionService):
+    def __init__(self, retention: RetentionService, *, metrics: Metrics | None = None):
         self._retention = retention
+        self._metrics = metrics
 
     @activity.defn
     @translate_errors
@@ -37,14 +39,20 @@ class RetentionActivities:
         Each transaction re-selects what is still expired, so a retry carries on
         where the crashed attempt stopped; the heartbeated totals carry the counts.
         """
-        return await self._retention.archive_expired(
+        result = await self._retention.archive_expired(
             input.now, chunk_size=input.chunk_size, on_progress=_heartbeat, start=_resumed()
         )
+        if self._metrics is not None:
+            self._metrics.cleanup("archived", result.messages)
+        return result
 
     @activity.defn
     @translate_errors
     async def purge_archived(self, input: RetentionStepInput) -> RetentionStepResult:
         """Deletes archived messages past the restore window, a bounded transaction at a time."""
-        return await self._retention.purge_archived(
+        result = await self._retention.purge_archived(
             input.now, chunk_size=input.chunk_size, on_progress=_heartbeat, start=_resumed()
         )
+        if self._metrics is not None:
+            self._metrics.cleanup("purged", result.messages)
+        return result

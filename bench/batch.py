@@ -37,6 +37,7 @@ from missive.models import ConversationKind
 from missive.schemas import RetentionInput
 from missive.services.directory import NewUser
 from runtime.client import data_converter
+from runtime.search_attributes import MISSIVE_SEARCH_ATTRIBUTE_KEYS
 from runtime.wiring import Core, open_core
 from starter.batch import BatchClient, BatchOptions
 from workflows.retention import RetentionWorkflow
@@ -193,6 +194,7 @@ async def main(items: int) -> None:
             search_attributes=[
                 SearchAttributeKey.for_int("MissiveBatchProgress"),
                 SearchAttributeKey.for_keyword("MissiveBatchStatus"),
+                *MISSIVE_SEARCH_ATTRIBUTE_KEYS,
             ],
         )
         stack.push_async_callback(env.shutdown)

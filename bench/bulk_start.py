@@ -27,6 +27,7 @@ from missive.config import Settings
 from missive.constants import TASK_QUEUE_MESSAGES, message_workflow_id
 from runtime.client import data_converter
 from runtime.messaging import LIFECYCLE_ID_REUSE, with_request_id
+from runtime.search_attributes import KIND_MESSAGE, MISSIVE_SEARCH_ATTRIBUTE_KEYS, start_attributes
 from starter import ops
 from starter.bulk import BulkSend, send_many
 from starter.client import MissiveClient, send_input
@@ -107,6 +108,10 @@ async def bench_starts(missive: MissiveClient, starts: int, concurrency: int) ->
                 task_queue=TASK_QUEUE_MESSAGES,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 id_reuse_policy=LIFECYCLE_ID_REUSE,
+                # The same start the library makes, search attributes included.
+                search_attributes=start_attributes(
+                    settings, KIND_MESSAGE, conversation_id=input.conversation_id
+                ),
             )
 
         bare_time += await _bounded(per_round, concurrency, bare)
@@ -166,6 +171,7 @@ async def main() -> None:
         dev_server_existing_path=binary,
         data_converter=data_converter(settings),
         dev_server_extra_args=["--log-level", "error"],
+        search_attributes=MISSIVE_SEARCH_ATTRIBUTE_KEYS,
     )
     try:
         missive = MissiveClient(env.client, settings, call_timeout=timedelta(seconds=60))

@@ -24,6 +24,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from missive.config import Settings
 from runtime.client import data_converter
+from runtime.search_attributes import MISSIVE_SEARCH_ATTRIBUTE_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,7 +115,9 @@ async def stack(*, codec: bool = True, workers: int = 1) -> AsyncIterator[Stack]
         }
         probe = Settings(**keys)  # type: ignore[arg-type]
         env = await WorkflowEnvironment.start_local(
-            dev_server_existing_path=_binary("temporal"), data_converter=data_converter(probe)
+            dev_server_existing_path=_binary("temporal"),
+            data_converter=data_converter(probe),
+            search_attributes=MISSIVE_SEARCH_ATTRIBUTE_KEYS,
         )
         exit_stack.push_async_callback(env.shutdown)
         port = free_port()

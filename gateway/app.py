@@ -34,6 +34,8 @@ from missive.errors import (
     PermanentError,
     ProviderUnavailable,
 )
+from missive.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from missive.metrics import Metrics
 from missive.schemas import (
     MessageAccepted,
     PersistMessageInput,
@@ -53,6 +55,8 @@ from missive.validation import (
 from runtime.client import connect
 from runtime.messaging import apply_receipt, send_message, with_request_id
 from runtime.search import open_search
+from runtime.search_attributes import KIND_MESSAGE, KIND_RECEIPT, start_attributes
+from runtime.telemetry import open_telemetry
 from runtime.wiring import (
     WORKFLOWS,
     Core,
@@ -73,6 +77,7 @@ down, and the client may resend then (the same client_message_id never makes a
 second message)."""
 
 HEALTH_PATH = "/healthz"
+METRICS_PATH = "/metrics"
 
 _TEMPORAL_DOWN = frozenset(
     {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED}
@@ -154,6 +159,8 @@ class Gateway:
         self._worker: Worker | None = None
         self._acks = LocalAcks()
         self._search: SearchService | None = None
+        self.metrics = Metrics()
+        """The project's metrics of this process, served at ``/metrics``."""
         self.sio.on("connect", self._on_connect)
         self.sio.on(EVENT_MESSAGE_SEND, self._guarded(EVENT_MESSAGE_SEND, self._send))
         self.sio.on(
@@ -186,7 +193,16 @@ class Gateway:
         try:
             core = await open_core(self.settings, stack)
             self._search = open_search(self.settings, core, stack)
-            client = await connect(self.settings)
+            telemetry = open_telemetry(
+                self.settings,
+                stack,
+                service="missive-gateway",
+                sdk_metrics_port=self.settings.gateway_sdk_metrics_port,
+                metrics=self.metrics,
+            )
+            client = await connect(
+                self.settings, interceptors=telemetry.interceptors, runtime=telemetry.runtime
+            )
             manager = self.sio.manager
             if hasattr(manager, "close"):
                 stack.push_async_callback(manager.close)
@@ -233,7 +249,9 @@ class Gateway:
             task_queue=TASK_QUEUE_MESSAGES,
             workflows=WORKFLOWS,
             activities=activity_methods(
-                message_activities(core, self.sio, persist_listener=self._acks)
+                message_activities(
+                    core, self.sio, persist_listener=self._acks, metrics=self.metrics
+                )
             ),
             graceful_shutdown_timeout=timedelta(seconds=self.settings.graceful_shutdown_seconds),
             workflow_runner=workflow_runner(self.settings),
@@ -351,7 +369,15 @@ class Gateway:
         _, client = self._services()
         local_ack = self._acks.expect(send.request_id)
         try:
-            accepted = await send_message(client, send, eager=True, local_ack=local_ack)
+            accepted = await send_message(
+                client,
+                send,
+                eager=True,
+                local_ack=local_ack,
+                search_attributes=start_attributes(
+                    self.settings, KIND_MESSAGE, conversation_id=conversation_id
+                ),
+            )
         finally:
             self._acks.forget(send.request_id)
         return {
@@ -394,33 +420,28 @@ class Gateway:
                 receipt_detail_max_recipients=self.settings.receipt_detail_max_recipients,
             ),
             eager=True,
+            search_attributes=start_attributes(
+                self.settings, KIND_RECEIPT, conversation_id=conversation_id
+            ),
         )
         return {"ok": True, "changed": result.changed, "up_to_seq": result.up_to_seq}
 
     # -- HTTP ---------------------------------------------------------------
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Every request that is not Socket.IO: ``GET /healthz``, else 404."""
+        """Every request that is not Socket.IO: ``GET /healthz``, ``GET /metrics``, else 404."""
         if scope["type"] != "http":
             await send({"type": "websocket.close", "code": 1000})
+            return
+        if scope["path"] == METRICS_PATH:
+            await _respond(send, 200, self.metrics.render(), METRICS_CONTENT_TYPE.encode())
             return
         if scope["path"] == HEALTH_PATH:
             healthy = self.healthy
             status, body = (200, {"status": "ok"}) if healthy else (503, {"status": "unavailable"})
         else:
             status, body = 404, {"status": "not found"}
-        payload = json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(payload)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": payload})
+        await _respond(send, status, json.dumps(body).encode(), b"application/json")
 
 
 class GatewayApp(socketio.ASGIApp):
@@ -481,6 +502,20 @@ def _library_logger(name: str) -> logging.Logger:
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.WARNING)
     return logger
+
+
+async def _respond(send: Send, status: int, payload: bytes, content_type: bytes) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", content_type),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
 
 
 def _error(type: str, message: str) -> Ack:

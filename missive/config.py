@@ -182,6 +182,32 @@ class Settings(BaseSettings):
     search_task_queue: str = "missive-search"
     """Task queue of the search indexer, rebuild, check and key workflows."""
 
+    # --- operations: metrics, tracing, search attributes ---
+    metrics_host: str = "127.0.0.1"
+    """Interface the worker's metrics endpoints and every SDK metrics endpoint bind to."""
+
+    metrics_port: int | None = Field(default=None, gt=0, lt=65_536)
+    """Port where ``worker.py`` serves the project's Prometheus metrics
+    (``/metrics``). Unset: off. The gateway serves its own on ``GATEWAY_PORT``."""
+
+    sdk_metrics_port: int | None = Field(default=None, gt=0, lt=65_536)
+    """Port where ``worker.py`` serves the Temporal SDK's Prometheus metrics
+    (task latencies, failures, slots). Unset: off."""
+
+    gateway_sdk_metrics_port: int | None = Field(default=None, gt=0, lt=65_536)
+    """Port where the gateway serves the Temporal SDK's Prometheus metrics; a
+    setting of its own so a worker and a gateway on one host do not collide. Unset: off."""
+
+    otel_exporter_otlp_endpoint: str | None = None
+    """OTLP/HTTP collector URL (``http://host:4318``): when set, the worker, the
+    gateway and the starter trace workflows and activities through the SDK's
+    OpenTelemetry interceptor (needs ``pip install -e '.[otel]'``). Unset: off."""
+
+    workflow_search_attributes: bool = True
+    """Set MissiveKind / MissiveConversationId on the workflows Missive starts.
+    They must be registered on the namespace (``dev.py`` and the tests do; on a
+    cluster see the README); switch off where they are not."""
+
     @field_validator("database_url")
     @classmethod
     def _asyncpg_driver(cls, value: str | None) -> str | None:

@@ -35,9 +35,11 @@ from missive.jobs import (
     SEARCH_ATTRIBUTE_STATUS,
     TASK_QUEUE_BATCH,
 )
+from missive.metrics import Metrics
 from missive.schemas import RetentionInput
 from missive.services.batch import BatchService, StoredMessagesSink
 from missive.services.retention import MessageIndexRemover, PurgeSink, RetentionService
+from runtime.search_attributes import MISSIVE_SEARCH_ATTRIBUTES
 from runtime.wiring import Core, workflow_runner
 from workflows.batch import BatchWorkflow
 from workflows.retention import RetentionWorkflow
@@ -57,6 +59,8 @@ database connection for seconds, so this stays well under the pool (10 + 10)."""
 BATCH_SEARCH_ATTRIBUTES = {
     SEARCH_ATTRIBUTE_PROGRESS: IndexedValueType.INDEXED_VALUE_TYPE_INT,
     SEARCH_ATTRIBUTE_STATUS: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+    # MissiveKind and MissiveConversationId, set on lifecycle, receipt and batch starts.
+    **MISSIVE_SEARCH_ATTRIBUTES,
 }
 
 
@@ -109,15 +113,16 @@ def batch_worker(
     emitter: Emitter | None,
     *,
     task_queue: str = TASK_QUEUE_BATCH,
+    metrics: Metrics | None = None,
 ) -> Worker:
-    """The worker for batches and retention runs."""
+    """The worker for batches and retention runs (``metrics`` counts items and rows)."""
     return Worker(
         client,
         task_queue=task_queue,
         workflows=JOB_WORKFLOWS,
         activities=job_activity_methods(
-            BatchActivities(batch_service(core, emitter)),
-            RetentionActivities(retention_service(core, settings)),
+            BatchActivities(batch_service(core, emitter), metrics=metrics),
+            RetentionActivities(retention_service(core, settings), metrics=metrics),
         ),
         workflow_runner=workflow_runner(settings),
         max_concurrent_activities=MAX_CONCURRENT_JOB_ACTIVITIES,
@@ -163,7 +168,8 @@ async def ensure_retention_schedule(
 
 
 async def ensure_search_attributes(client: Client) -> bool:
-    """Registers MissiveBatchProgress (Int) and MissiveBatchStatus (Keyword) if missing.
+    """Registers MissiveBatchProgress (Int), MissiveBatchStatus, MissiveKind and
+    MissiveConversationId (Keyword) if missing.
 
     Returns:
         True when both exist afterwards; False when the server refused to add

@@ -18,7 +18,11 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.common import (
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+    WorkflowIDReusePolicy,
+)
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -79,6 +83,7 @@ async def send_message(
     eager: bool = False,
     local_ack: Awaitable[MessageAccepted] | None = None,
     local_ack_grace: float = 0.5,
+    search_attributes: TypedSearchAttributes | None = None,
 ) -> MessageAccepted:
     """Starts or joins a message's lifecycle and returns its ack.
 
@@ -91,6 +96,7 @@ async def send_message(
             (the gateway's fast path); if it does not within ``local_ack_grace``
             seconds, the ack is asked of the workflow.
         local_ack_grace: See ``local_ack``.
+        search_attributes: Set on a new lifecycle (see runtime.search_attributes).
 
     Raises:
         PermanentError: the lifecycle refused the message (the subclass names why).
@@ -109,6 +115,7 @@ async def send_message(
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=LIFECYCLE_ID_REUSE,
             request_eager_start=eager,
+            search_attributes=search_attributes,
         )
     except WorkflowAlreadyStartedError as err:
         # An earlier send's lifecycle completed; it still knows the answer.
@@ -150,9 +157,15 @@ async def acceptance(handle: LifecycleHandle, check: AcceptInput) -> MessageAcce
 
 
 async def apply_receipt(
-    client: Client, input: ReceiptInput, *, eager: bool = False
+    client: Client,
+    input: ReceiptInput,
+    *,
+    eager: bool = False,
+    search_attributes: TypedSearchAttributes | None = None,
 ) -> ReceiptResult:
     """Runs the receipt workflow for one watermark and returns what changed.
+
+    ``search_attributes`` are set on a new receipt workflow.
 
     Raises:
         PermanentError: the receipt was refused (the subclass names why).
@@ -167,6 +180,7 @@ async def apply_receipt(
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
             request_eager_start=eager,
+            search_attributes=search_attributes,
         )
     except WorkflowFailureError as err:
         raise to_domain_error(err) from None

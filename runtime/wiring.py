@@ -21,6 +21,7 @@ from missive.config import Settings
 from missive.crypto import MessageCipher
 from missive.db import create_engine, describe, session_factory
 from missive.errors import ProviderUnavailable
+from missive.metrics import Metrics
 from missive.services.directory import DirectoryService
 from missive.services.messages import MessageService
 from missive.services.receipts import ReceiptService
@@ -89,11 +90,19 @@ def workflow_runner(settings: Settings) -> WorkflowRunner:
 
 
 def message_activities(
-    core: Core, emitter: Emitter, *, persist_listener: PersistListener | None = None
+    core: Core,
+    emitter: Emitter,
+    *,
+    persist_listener: PersistListener | None = None,
+    metrics: Metrics | None = None,
 ) -> MessageActivities:
     """The lifecycle's activities over this process's services and emitter."""
     return MessageActivities(
-        core.messages, core.receipts, Broadcaster(emitter), persist_listener=persist_listener
+        core.messages,
+        core.receipts,
+        Broadcaster(emitter),
+        persist_listener=persist_listener,
+        metrics=metrics,
     )
 
 

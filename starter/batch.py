@@ -55,6 +55,7 @@ from missive.validation import require_body, require_uuid
 from runtime.client import connect
 from runtime.jobs import ensure_retention_schedule, ensure_search_attributes
 from runtime.messaging import domain_error
+from runtime.search_attributes import KIND_BATCH, start_attributes
 from workflows.batch import BatchWorkflow
 
 T = TypeVar("T")
@@ -251,6 +252,9 @@ class BatchClient:
                     task_queue=self.task_queue,
                     id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                     id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                    search_attributes=(
+                        start_attributes(s, KIND_BATCH) if with_attributes else None
+                    ),
                 )
             )
         except WorkflowAlreadyStartedError:

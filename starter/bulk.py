@@ -18,6 +18,7 @@ from temporalio.service import RPCError
 from missive.constants import TASK_QUEUE_MESSAGES, message_workflow_id
 from missive.errors import InvalidInput, MessagingError, PermanentError, ProviderUnavailable
 from runtime.messaging import LIFECYCLE_ID_REUSE, with_request_id
+from runtime.search_attributes import KIND_MESSAGE, start_attributes
 from starter.client import MissiveClient, send_input
 from workflows.message_lifecycle import MessageLifecycleWorkflow
 
@@ -190,6 +191,9 @@ async def start_lifecycle(missive: MissiveClient, send: BulkSend) -> bool:
                 task_queue=TASK_QUEUE_MESSAGES,
                 id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
                 id_reuse_policy=LIFECYCLE_ID_REUSE,
+                search_attributes=start_attributes(
+                    missive.settings, KIND_MESSAGE, conversation_id=input.conversation_id
+                ),
             )
     except WorkflowAlreadyStartedError:
         return False

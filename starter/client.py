@@ -49,6 +49,8 @@ from missive.schemas import (
 from missive.validation import require_body, require_client_message_id, require_seq, require_uuid
 from runtime.client import connect
 from runtime.messaging import apply_receipt, send_message, with_request_id
+from runtime.search_attributes import KIND_MESSAGE, KIND_RECEIPT, start_attributes
+from runtime.telemetry import tracing_interceptors
 from starter.search import search_messages
 from workflows.message_lifecycle import MessageLifecycleWorkflow
 
@@ -183,7 +185,10 @@ class MissiveClient:
         Raises:
             ProviderUnavailable: Temporal did not answer (the message names the address).
         """
-        missive_client = cls(await connect(settings), settings, call_timeout=call_timeout)
+        temporal = await connect(
+            settings, interceptors=tracing_interceptors(settings, service="missive-starter")
+        )
+        missive_client = cls(temporal, settings, call_timeout=call_timeout)
         missive_client._owns_client = True
         return missive_client
 
@@ -268,7 +273,13 @@ class MissiveClient:
             f"message {workflow_id} is queued and is stored once a worker runs; "
             "send it again with the same client_message_id for its ack"
         ):
-            accepted = await send_message(self.temporal, input)
+            accepted = await send_message(
+                self.temporal,
+                input,
+                search_attributes=start_attributes(
+                    self._settings, KIND_MESSAGE, conversation_id=input.conversation_id
+                ),
+            )
         return SendResult(
             message_id=accepted.message_id,
             conversation_id=accepted.conversation_id,
@@ -388,7 +399,13 @@ class MissiveClient:
             input.user_id, input.conversation_id, input.status.value, up_to
         )
         async with self._answer_within(f"receipt {workflow_id} is queued"):
-            return await apply_receipt(self.temporal, input)
+            return await apply_receipt(
+                self.temporal,
+                input,
+                search_attributes=start_attributes(
+                    self._settings, KIND_RECEIPT, conversation_id=input.conversation_id
+                ),
+            )
 
     async def _query_status(self, workflow_id: str) -> MessageStatus:
         handle = self.temporal.get_workflow_handle_for(MessageLifecycleWorkflow.run, workflow_id)

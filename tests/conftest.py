@@ -29,6 +29,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from missive.config import Settings
 from runtime.client import data_converter
+from runtime.search_attributes import MISSIVE_SEARCH_ATTRIBUTE_KEYS, add_search_attributes
 from runtime.wiring import Core, open_core
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,6 +156,9 @@ async def time_env() -> AsyncIterator[WorkflowEnvironment]:
         test_server_startup_timeout=SERVER_STARTUP,
         data_converter=data_converter(base_settings()),
     )
+    # Lifecycles and receipts set MissiveKind / MissiveConversationId: this server
+    # refuses attributes it does not know, and registers them like a cluster does.
+    await add_search_attributes(env.client)
     yield env
     await env.shutdown()
 
@@ -170,6 +174,7 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
             "--dynamic-config-value",
             "frontend.enableUpdateWorkflowExecution=true",
         ],
+        search_attributes=MISSIVE_SEARCH_ATTRIBUTE_KEYS,
     )
     yield env
     await env.shutdown()

@@ -1,0 +1,139 @@
+"""The project's own Prometheus metrics: one registry per process, built once and passed in."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+"""The Content-Type of the text exposition format ``render`` returns."""
+
+
+class Metrics:
+    """Missive's counters and gauges over one ``CollectorRegistry``.
+
+    Built once per process (the worker, the gateway) and handed to the
+    activity classes; tests build their own. Counters count completed activity
+    attempts: a retried activity that had already committed counts again, as a
+    duplicate where the domain says so (a persist retried after its commit
+    reports ``duplicate``). Names follow Prometheus conventions; each counter is
+    exposed with a ``_total`` suffix.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        """Where every metric below is registered; serve it with ``render``."""
+        r = self.registry
+        self.messages_persisted = Counter(
+            "missive_messages_persisted",
+            "Messages the persist activity stored (created) or found stored (duplicate).",
+            ["outcome"],
+            registry=r,
+        )
+        """Labels: outcome = created | duplicate."""
+        self.broadcasts = Counter(
+            "missive_broadcasts",
+            "Socket.IO events emitted by activities, by event name.",
+            ["event"],
+            registry=r,
+        )
+        """Labels: event = message:new | message:receipt | messages:batch."""
+        self.receipts_applied = Counter(
+            "missive_receipts_applied",
+            "Receipt watermarks applied, by status.",
+            ["status"],
+            registry=r,
+        )
+        """Labels: status = delivered | read."""
+        self.deliveries_moved = Counter(
+            "missive_deliveries_moved",
+            "Delivery rows a receipt moved forward, by status.",
+            ["status"],
+            registry=r,
+        )
+        """Labels: status = delivered | read."""
+        self.refusals = Counter(
+            "missive_refusals",
+            "Permanent refusals raised by activities, by activity and error type.",
+            ["activity", "error"],
+            registry=r,
+        )
+        """Labels: activity (the activity name), error (e.g. NotAMember)."""
+        self.notifications = Counter(
+            "missive_notifications",
+            "Notifications sent, by channel and outcome.",
+            ["channel", "outcome"],
+            registry=r,
+        )
+        """Seam for the notification capability: channel = email | sms | push,
+        outcome = sent | failed | skipped."""
+        self.batch_items = Counter(
+            "missive_batch_items",
+            "Batch items processed by completed chunk activities, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        """Labels: outcome = stored | failed."""
+        self.cleanup_rows = Counter(
+            "missive_cleanup_rows",
+            "Messages the retention cleanup archived or purged.",
+            ["step"],
+            registry=r,
+        )
+        """Labels: step = archived | purged."""
+        self.index_pending = Gauge(
+            "missive_index_pending_messages",
+            "Messages waiting for the search indexer.",
+            registry=r,
+        )
+        """Seam for the search indexer: set after each pass (see observe_index_lag)."""
+        self.index_lag_seconds = Gauge(
+            "missive_index_lag_seconds",
+            "Age of the oldest message waiting for the search indexer (0 when none).",
+            registry=r,
+        )
+        """Seam for the search indexer: set after each pass (see observe_index_lag)."""
+
+    def message_persisted(self, *, created: bool) -> None:
+        """Counts one persist outcome."""
+        self.messages_persisted.labels(outcome="created" if created else "duplicate").inc()
+
+    def broadcast(self, event: str, count: int = 1) -> None:
+        """Counts ``count`` emitted events named ``event``."""
+        if count > 0:
+            self.broadcasts.labels(event=event).inc(count)
+
+    def receipt_applied(self, status: str, *, moved: int) -> None:
+        """Counts one applied receipt and the deliveries it moved."""
+        self.receipts_applied.labels(status=status).inc()
+        if moved > 0:
+            self.deliveries_moved.labels(status=status).inc(moved)
+
+    def refused(self, activity: str, error: BaseException) -> None:
+        """Counts one permanent refusal, labelled with the error's class name."""
+        self.refusals.labels(activity=activity, error=type(error).__name__).inc()
+
+    def notification(self, channel: str, outcome: str) -> None:
+        """Counts one notification attempt's outcome."""
+        self.notifications.labels(channel=channel, outcome=outcome).inc()
+
+    def batch_chunk(self, *, stored: int, failed: int) -> None:
+        """Counts the items of one completed chunk."""
+        if stored > 0:
+            self.batch_items.labels(outcome="stored").inc(stored)
+        if failed > 0:
+            self.batch_items.labels(outcome="failed").inc(failed)
+
+    def cleanup(self, step: str, rows: int) -> None:
+        """Counts the messages one retention step archived or purged."""
+        if rows > 0:
+            self.cleanup_rows.labels(step=step).inc(rows)
+
+    def observe_index_lag(self, *, pending: int, oldest_age_seconds: float) -> None:
+        """Sets the index-lag gauges from one look at the indexer's backlog."""
+        self.index_pending.set(pending)
+        self.index_lag_seconds.set(oldest_age_seconds if pending > 0 else 0.0)
+
+    def render(self) -> bytes:
+        """The registry in Prometheus' text exposition format."""
+        return generate_latest(self.registry)
