@@ -271,8 +271,10 @@ async def test_tracing_interceptor_records_a_lifecycle_and_its_activities(
         "RunActivity:broadcast_message",
     ):
         assert expected in names, sorted(names)
-    # One trace from the start to the activities.
-    assert len({span.context.trace_id for span in spans if "Workflow" in span.name}) == 1
+    # The start, the run and its activities are one trace.
+    [start] = [span for span in spans if span.name == "StartWorkflow:MessageLifecycleWorkflow"]
+    lifecycle = [span for span in spans if span.name.endswith((":persist_message", "Workflow"))]
+    assert {span.context.trace_id for span in lifecycle} == {start.context.trace_id}
     assert sent.seq == 1
     assert metrics.messages_persisted.labels(outcome="created")._value.get() == 1
 
