@@ -65,7 +65,7 @@ def build_workers(
         ),
         key_worker(settings, client, core),
         batch_worker(settings, client, core, manager, metrics=metrics),
-        *([search_worker(settings, client, search)] if search is not None else []),
+        *([search_worker(settings, client, search, metrics=metrics)] if search is not None else []),
     ]
 
 

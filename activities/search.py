@@ -10,6 +10,7 @@ from dataclasses import asdict
 from temporalio import activity
 
 from activities.errors import translate_errors
+from missive.metrics import Metrics
 from missive.schemas import (
     IndexerRunResult,
     RebuildBeginInput,
@@ -38,10 +39,14 @@ class SearchActivities:
         *,
         indexer_run_seconds: float = 300.0,
         rebuild_step_seconds: float = REBUILD_STEP_SECONDS,
+        metrics: Metrics | None = None,
+        lag_every_seconds: float = 5.0,
     ) -> None:
         self._search = search
         self._run_seconds = indexer_run_seconds
         self._step_seconds = rebuild_step_seconds
+        self._metrics = metrics
+        self._lag_every = lag_every_seconds
 
     @activity.defn
     @translate_errors
@@ -54,13 +59,37 @@ class SearchActivities:
         def beat(progress: IndexerRunResult) -> None:
             activity.heartbeat(asdict(progress))
 
-        return await self._search.run_indexer(
-            heartbeat=beat,
-            stopping=activity.wait_for_worker_shutdown,
-            max_seconds=self._run_seconds,
-            # A retry follows a failure (often Typesense down): check nothing was lost.
-            reconcile=activity.info().attempt > 1,
-        )
+        async with self._observing_lag():
+            return await self._search.run_indexer(
+                heartbeat=beat,
+                stopping=activity.wait_for_worker_shutdown,
+                max_seconds=self._run_seconds,
+                # A retry follows a failure (often Typesense down): check nothing was lost.
+                reconcile=activity.info().attempt > 1,
+            )
+
+    @asynccontextmanager
+    async def _observing_lag(self) -> AsyncIterator[None]:
+        """Feeds the index-lag gauges every few seconds while the indexer runs."""
+        metrics = self._metrics
+        if metrics is None:
+            yield
+            return
+
+        async def observe() -> None:
+            while True:
+                try:
+                    pending, age = await self._search.backlog()
+                    metrics.observe_index_lag(pending=pending, oldest_age_seconds=age)
+                except Exception as err:  # a gauge must never stop the indexer
+                    activity.logger.warning("index lag not observed: %s", type(err).__name__)
+                await asyncio.sleep(self._lag_every)
+
+        task = asyncio.create_task(observe())
+        try:
+            yield
+        finally:
+            task.cancel()
 
     @activity.defn
     @translate_errors

@@ -47,6 +47,7 @@ def user_room(user_id: str) -> str:
     """The Socket.IO room of one user's connections (all devices)."""
     return f"user:{user_id}"
 
+
 # --- key rotation ---
 TASK_QUEUE_MAINTENANCE = "missive-maintenance"
 """Key rotations and reports: long, heartbeating, kept off the messages hot path."""

@@ -309,7 +309,5 @@ class SearchDeletion(Base):
     processed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
-        Index(
-            "ix_search_deletions_pending", "deleted_at", postgresql_where="processed_at IS NULL"
-        ),
+        Index("ix_search_deletions_pending", "deleted_at", postgresql_where="processed_at IS NULL"),
     )

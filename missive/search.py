@@ -442,6 +442,20 @@ class SearchService:
             log.error("message %s cannot be indexed: %s", row.id, type(err).__name__)
             return _Doc(row.id, row.version, None, delete=False)
 
+    async def backlog(self) -> tuple[int, float]:
+        """How many messages wait for the indexer, and the oldest one's age in seconds."""
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT count(*) AS pending,"
+                        " COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0) AS age"
+                        " FROM messages WHERE indexed_at IS NULL"
+                    )
+                )
+            ).one()
+        return int(row.pending), float(row.age)
+
     async def index_pending(self, *, limit: int | None = None) -> IndexerRunResult:
         """Indexes one batch of pending messages and tombstones.
 

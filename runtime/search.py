@@ -15,6 +15,7 @@ from missive.config import Settings
 from missive.constants import search_indexer_workflow_id
 from missive.db import session_factory
 from missive.errors import InvalidInput
+from missive.metrics import Metrics
 from missive.schemas import SearchIndexerInput
 from missive.search import SearchService, TypesenseClient
 from runtime.wiring import Core, workflow_runner
@@ -54,18 +55,21 @@ def open_search(settings: Settings, core: Core, stack: AsyncExitStack) -> Search
     )
 
 
-def search_activities(search: SearchService) -> SearchActivities:
+def search_activities(search: SearchService, *, metrics: Metrics | None = None) -> SearchActivities:
     """The search activities with the run lengths from workflows/policies.py."""
     return SearchActivities(
         search,
         indexer_run_seconds=policies.SEARCH_INDEXER_RUN_SECONDS,
         rebuild_step_seconds=policies.SEARCH_REBUILD_STEP_SECONDS,
+        metrics=metrics,
     )
 
 
-def search_worker(settings: Settings, client: Client, search: SearchService) -> Worker:
+def search_worker(
+    settings: Settings, client: Client, search: SearchService, *, metrics: Metrics | None = None
+) -> Worker:
     """The worker of the search task queue (indexer, rebuild, check, keys)."""
-    acts = search_activities(search)
+    acts = search_activities(search, metrics=metrics)
     return Worker(
         client,
         task_queue=settings.search_task_queue,

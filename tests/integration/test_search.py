@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ import socketio
 import uvicorn
 from sqlalchemy import text
 from temporalio.client import WorkflowHandle
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from gateway import create_app
@@ -35,6 +37,7 @@ from missive.constants import (
 )
 from missive.crypto import WrappedKey
 from missive.errors import InvalidInput, NotAMember
+from missive.metrics import Metrics
 from missive.models import ConversationKind, EncryptionMode
 from missive.schemas import PersistMessageInput, RebuildInput, SearchQuery
 from missive.search import (
@@ -164,7 +167,8 @@ async def _running_search(
     )
 
     async def terminate() -> None:
-        await handle.terminate("test over")
+        with contextlib.suppress(RPCError):  # a test may have stopped it already
+            await handle.terminate("test over")
 
     stack.push_async_callback(terminate)  # after the worker stopped (exit runs LIFO)
     await stack.enter_async_context(search_worker(settings, env.client, service))
@@ -648,3 +652,33 @@ async def test_gateway_message_search_acks_results_or_errors(search: Search) -> 
         server.should_exit = True
         await asyncio.wait_for(task, WAIT)
         sock.close()
+
+
+async def test_index_lag_gauges_follow_the_backlog(search: Search) -> None:
+    core = search.core
+    ana, ben = await _people(core, "ana", "ben")
+    conv = await _group(core, ana, ben)
+    await _send(core, conv, ana, "metrics please")
+    await _until_found(search, ben, "metrics", ["metrics please"])
+
+    metrics = Metrics()
+    async with asyncio.timeout(30):  # found first, marked indexed a moment later
+        while (backlog := await search.service.backlog())[0]:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+    pending, age = backlog
+    metrics.observe_index_lag(pending=pending, oldest_age_seconds=age)
+    assert (pending, age) == (0, 0.0)
+    assert b"missive_index_pending_messages 0.0" in metrics.render()
+
+    # With the indexer stopped, a pending message counts, with its age.
+    await search.indexer.terminate("measure a backlog")
+    async with core.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "UPDATE messages SET indexed_at = NULL, created_at = now() - interval '90 seconds'"
+            )
+        )
+    pending, age = await search.service.backlog()
+    metrics.observe_index_lag(pending=pending, oldest_age_seconds=age)
+    assert pending == 1 and age >= 90
+    assert b"missive_index_pending_messages 1.0" in metrics.render()
