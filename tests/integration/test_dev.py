@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import socket
 import stat
 import sys
+import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,10 +167,23 @@ def demo_ids(output: str) -> str:
     return match.group(1)
 
 
+@pytest.fixture
+def data_root() -> Iterator[Path]:
+    """A data folder the embedded PostgreSQL's own system user can reach.
+
+    pytest's tmp_path lives under a root-only folder (mode 700), which a
+    PostgreSQL started as another user cannot traverse.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="missive-dev-test-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 async def test_dev_demo_runs_end_to_end_and_stops_cleanly(
-    tmp_path: Path, dev_env: dict[str, str]
+    data_root: Path, dev_env: dict[str, str]
 ) -> None:
-    data_dir = tmp_path / "data"
+    data_dir = data_root / "data"
     ports = {"temporal": free_port(), "ui": free_port()}
     run = await run_dev(data_dir, dev_env, ports)
     output = run.output
@@ -200,9 +215,9 @@ async def test_dev_demo_runs_end_to_end_and_stops_cleanly(
 
 
 async def test_dev_keeps_keys_users_and_workflows_across_a_restart(
-    tmp_path: Path, dev_env: dict[str, str]
+    data_root: Path, dev_env: dict[str, str]
 ) -> None:
-    data_dir = tmp_path / "data"
+    data_dir = data_root / "data"
     ports = {"temporal": free_port(), "ui": free_port()}
     first = await run_dev(data_dir, dev_env, ports)
     assert first.code == 0, first.output
