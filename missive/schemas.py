@@ -29,7 +29,6 @@ class LifecyclePhase(StrEnum):
     FOLLOWING_RECEIPTS = "following_receipts"
     ALL_READ = "all_read"
     WINDOW_ELAPSED = "window_elapsed"
-    DUPLICATE = "duplicate"
 
 
 @dataclass(frozen=True)
