@@ -302,7 +302,7 @@ class MessageLifecycleResult:
     seq: int
     """Sequence number."""
     phase: LifecyclePhase
-    """all_read, window_elapsed or duplicate."""
+    """all_read or window_elapsed."""
     recipient_count: int
     """Recipients in all."""
     delivered_count: int
