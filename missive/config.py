@@ -208,6 +208,50 @@ class Settings(BaseSettings):
     They must be registered on the namespace (``dev.py`` and the tests do; on a
     cluster see the README); switch off where they are not."""
 
+    # --- notifications ---
+    fcm_project_id: str = "missive-dev"
+    """Firebase project id that pushes are sent for."""
+
+    fcm_credentials_file: Path | None = None
+    """Google service-account JSON file for FCM. Unset: pushes go to the local
+    FCM sink (FCM_ENDPOINT's default), never to Google."""
+
+    fcm_endpoint: str | None = None
+    """Base URL of the FCM HTTP v1 API. Unset: https://fcm.googleapis.com when
+    FCM_CREDENTIALS_FILE is set, else the dev FCM sink http://127.0.0.1:8791."""
+
+    smtp_host: str | None = None
+    """SMTP server for notification emails. Unset: the dev SMTP sink at
+    127.0.0.1:8025 (and ``starter health`` does not check SMTP)."""
+
+    smtp_port: int = Field(default=25, gt=0, lt=65536)
+    """Port of SMTP_HOST (ignored while SMTP_HOST is unset)."""
+
+    smtp_username: str | None = None
+    """SMTP login; unset: no AUTH."""
+
+    smtp_password: str | None = None
+    """SMTP password."""
+
+    smtp_starttls: bool = False
+    """Upgrade the SMTP connection with STARTTLS (the server must offer it)."""
+
+    email_from: str = "Missive <notifications@missive.localhost>"
+    """From header of notification emails; its domain is also the Message-ID's."""
+
+    twilio_account_sid: str = "ACmissivedev"
+    """Twilio account SID (any value for the dev sink)."""
+
+    twilio_auth_token: str = ""
+    """Twilio auth token. Unset: SMS go to the local Twilio sink, never to Twilio."""
+
+    twilio_from: str = "+15005550006"
+    """Sending number (E.164) or messaging service SID (MG...)."""
+
+    twilio_base_url: str | None = None
+    """Base URL of the Twilio REST API. Unset: https://api.twilio.com when
+    TWILIO_AUTH_TOKEN is set, else the dev Twilio sink http://127.0.0.1:8792."""
+
     @field_validator("database_url")
     @classmethod
     def _asyncpg_driver(cls, value: str | None) -> str | None:

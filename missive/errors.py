@@ -52,6 +52,12 @@ class InvalidToken(PermanentError):
     """A gateway token is missing, forged, malformed or expired."""
 
 
+class InvalidRecipient(PermanentError):
+    """A notification's recipient cannot be reached at that address: a push token
+    the provider no longer knows, a malformed or refused email address, an
+    invalid phone number. The message names the channel, the recipient and why."""
+
+
 class TransientError(MessagingError):
     """A dependency is unavailable for now; retrying later may succeed."""
 

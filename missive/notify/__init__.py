@@ -1,0 +1,1 @@
+"""Notification channels: push (FCM), email (SMTP) and SMS (Twilio) senders, and local sinks."""
