@@ -22,13 +22,8 @@ from dataclasses import dataclass, field
 
 import socketio
 
-from bench.harness import Stack, percentile, stack
-from bench.send_latency import Receiver, _connect
+from bench.harness import Receiver, Stack, chat_room, percentile, stack
 from missive.crypto import MessageCipher
-from missive.models import ConversationKind
-from missive.services.directory import NewUser
-from missive.tokens import issue_token
-from runtime.wiring import open_core
 
 
 @dataclass
@@ -84,23 +79,10 @@ class Side:
 
 
 async def _side(name: str, s: Stack, exit_stack: AsyncExitStack) -> Side:
-    core = await open_core(s.settings, exit_stack, pool_size=2)
-    senders = [await core.directory.create_user(NewUser(handle=f"s{i}")) for i in range(4)]
-    reader = await core.directory.create_user(NewUser(handle="reader"))
-    conversation = await core.directory.create_conversation(
-        kind=ConversationKind.GROUP, members=[*senders, reader]
-    )
-    receiver = Receiver()
-    await receiver.sio.connect(
-        s.gateway_url,
-        auth={"token": issue_token(s.settings.gateway_secret, reader, ttl_seconds=3600)},
-        transports=["websocket"],
-    )
-    exit_stack.push_async_callback(receiver.sio.disconnect)
-    clients = [await _connect(s, u, exit_stack) for u in senders]
-    side = Side(name, s, conversation, clients, receiver)
+    room = await chat_room(s, exit_stack)
+    side = Side(name, s, room.conversation, room.clients, room.receiver)
     for i in range(20):  # warm up: connections, prepared statements, sticky queues
-        await side.send(clients[0], f"warm-{i}")
+        await side.send(room.clients[0], f"warm-{i}")
     return side
 
 

@@ -17,14 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
+import socketio
 from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import make_url
 from temporalio.testing import WorkflowEnvironment
 
 from missive.config import Settings
+from missive.models import ConversationKind
+from missive.services.directory import NewUser
+from missive.tokens import issue_token
 from runtime.client import data_converter
 from runtime.search_attributes import MISSIVE_SEARCH_ATTRIBUTE_KEYS
+from runtime.wiring import open_core
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -170,3 +175,60 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered)) - 1))
     return ordered[index]
+
+
+class Receiver:
+    """A connected client that timestamps each message:new by client_message_id."""
+
+    def __init__(self) -> None:
+        self.sio = socketio.AsyncClient()
+        self.arrived: dict[str, float] = {}
+        self.waiters: dict[str, asyncio.Future[float]] = {}
+        self.sio.on("message:new", self._on_new)
+
+    async def _on_new(self, data: dict[str, object]) -> None:
+        now = time.perf_counter()
+        cmid = str(data["client_message_id"])
+        self.arrived.setdefault(cmid, now)
+        waiter = self.waiters.pop(cmid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(now)
+
+
+async def connect_client(s: Stack, user: str, stack: AsyncExitStack) -> socketio.AsyncClient:
+    client = socketio.AsyncClient()
+    await client.connect(
+        s.gateway_url,
+        auth={"token": issue_token(s.settings.gateway_secret, user, ttl_seconds=3600)},
+        transports=["websocket"],
+    )
+    stack.push_async_callback(client.disconnect)
+    return client
+
+
+@dataclass
+class ChatRoom:
+    """A group of four senders and one reading client, all connected to the gateway."""
+
+    conversation: str
+    clients: list[socketio.AsyncClient]
+    receiver: Receiver
+
+
+async def chat_room(s: Stack, exit_stack: AsyncExitStack) -> ChatRoom:
+    """Creates the users and the group, connects every client (closed by ``exit_stack``)."""
+    core = await open_core(s.settings, exit_stack, pool_size=2)
+    senders = [await core.directory.create_user(NewUser(handle=f"s{i}")) for i in range(4)]
+    reader = await core.directory.create_user(NewUser(handle="reader"))
+    conversation = await core.directory.create_conversation(
+        kind=ConversationKind.GROUP, members=[*senders, reader]
+    )
+    receiver = Receiver()
+    await receiver.sio.connect(
+        s.gateway_url,
+        auth={"token": issue_token(s.settings.gateway_secret, reader, ttl_seconds=3600)},
+        transports=["websocket"],
+    )
+    exit_stack.push_async_callback(receiver.sio.disconnect)
+    clients = [await connect_client(s, u, exit_stack) for u in senders]
+    return ChatRoom(conversation, clients, receiver)

@@ -24,11 +24,7 @@ import socketio
 from temporalio.worker import Worker
 
 from bench.baseline_workflows import BareWorkflow, LocalActivityWorkflow, noop
-from bench.harness import Stack, percentile, stack
-from missive.models import ConversationKind
-from missive.services.directory import NewUser
-from missive.tokens import issue_token
-from runtime.wiring import open_core
+from bench.harness import Stack, chat_room, percentile, stack
 
 
 async def _floor_latency(s: Stack, n: int) -> list[float]:
@@ -82,52 +78,11 @@ async def _floor_throughput(s: Stack, seconds: float, concurrency: int) -> float
     return done / elapsed
 
 
-class Receiver:
-    """A connected client that timestamps each message:new by client_message_id."""
-
-    def __init__(self) -> None:
-        self.sio = socketio.AsyncClient()
-        self.arrived: dict[str, float] = {}
-        self.waiters: dict[str, asyncio.Future[float]] = {}
-        self.sio.on("message:new", self._on_new)
-
-    async def _on_new(self, data: dict[str, object]) -> None:
-        now = time.perf_counter()
-        cmid = str(data["client_message_id"])
-        self.arrived.setdefault(cmid, now)
-        waiter = self.waiters.pop(cmid, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(now)
-
-
-async def _connect(s: Stack, user: str, stack: AsyncExitStack) -> socketio.AsyncClient:
-    client = socketio.AsyncClient()
-    await client.connect(
-        s.gateway_url,
-        auth={"token": issue_token(s.settings.gateway_secret, user, ttl_seconds=3600)},
-        transports=["websocket"],
-    )
-    stack.push_async_callback(client.disconnect)
-    return client
-
-
 async def run(sends: int, seconds: float, concurrency: int, rounds: int) -> None:
     """Runs both measurements and prints the table and the ratios."""
     async with stack() as s, AsyncExitStack() as exit_stack:
-        core = await open_core(s.settings, exit_stack, pool_size=2)
-        senders = [await core.directory.create_user(NewUser(handle=f"s{i}")) for i in range(4)]
-        reader = await core.directory.create_user(NewUser(handle="reader"))
-        conv = await core.directory.create_conversation(
-            kind=ConversationKind.GROUP, members=[*senders, reader]
-        )
-        receiver = Receiver()
-        await receiver.sio.connect(
-            s.gateway_url,
-            auth={"token": issue_token(s.settings.gateway_secret, reader, ttl_seconds=3600)},
-            transports=["websocket"],
-        )
-        exit_stack.push_async_callback(receiver.sio.disconnect)
-        clients = [await _connect(s, u, exit_stack) for u in senders]
+        room = await chat_room(s, exit_stack)
+        conv, receiver, clients = room.conversation, room.receiver, room.clients
 
         async def send(client: socketio.AsyncClient, cmid: str) -> dict[str, object]:
             ack = await client.call(

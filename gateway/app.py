@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -535,7 +536,6 @@ def _log_worker_end(task: asyncio.Task[None]) -> None:
 
 async def _stop_worker(worker: Worker, task: asyncio.Task[None]) -> None:
     await worker.shutdown()
-    try:
+    # A worker that died was logged by _log_worker_end; stopping need not raise it again.
+    with contextlib.suppress(Exception):
         await task
-    except Exception:
-        pass  # already logged by _log_worker_end

@@ -9,6 +9,7 @@ another body by the send's fingerprint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import Awaitable
 
@@ -124,10 +125,10 @@ async def send_message(
         )
         return await acceptance(closed, check)
     if local_ack is not None:
-        try:
+        # Nothing within the grace: the workflow task ran elsewhere, or this was a
+        # resend that joined a running lifecycle. Then the workflow is asked.
+        with contextlib.suppress(TimeoutError):
             return await asyncio.wait_for(asyncio.shield(local_ack), local_ack_grace)
-        except TimeoutError:
-            pass  # the workflow task ran elsewhere, or this was a resend: ask it
     return await request_ack(handle, check)
 
 
