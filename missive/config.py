@@ -252,6 +252,47 @@ class Settings(BaseSettings):
     """Base URL of the Twilio REST API. Unset: https://api.twilio.com when
     TWILIO_AUTH_TOKEN is set, else the dev Twilio sink http://127.0.0.1:8792."""
 
+    notify_enabled: bool = True
+    """Whether sends start a notification workflow for each new message."""
+
+    notify_grace_seconds: int = Field(default=60, ge=0)
+    """Push goes to a recipient whose delivery is still not "delivered" this long
+    after the message (in-app notifications are created at once)."""
+
+    notify_email_delay_seconds: int = Field(default=900, ge=0)
+    """An email digest goes to a recipient who has still not read the message
+    this long after it."""
+
+    notify_sms_delay_seconds: int = Field(default=3_600, ge=0)
+    """An SMS digest goes to a recipient who opted in to SMS and has still not
+    read the message this long after it."""
+
+    notify_digest_window_seconds: int = Field(default=300, ge=0)
+    """An email or SMS digest gathers a recipient's messages for this long after
+    the first one, then sends one notification for all still unread."""
+
+    notify_push_deadline_seconds: int = Field(default=600, gt=0)
+    """Push retries transient FCM failures this long, then falls back to email."""
+
+    notify_email_deadline_seconds: int = Field(default=1_800, gt=0)
+    """Email retries transient SMTP failures this long, then falls back to SMS."""
+
+    notify_sms_deadline_seconds: int = Field(default=1_800, gt=0)
+    """SMS retries transient Twilio failures this long, then gives up (recorded)."""
+
+    notify_push_per_second: float = Field(default=500.0, gt=0)
+    """Most FCM messages per second this deployment sends (the account's quota)."""
+
+    notify_email_per_second: float = Field(default=20.0, gt=0)
+    """Most emails per second handed to the SMTP server."""
+
+    notify_sms_per_second: float = Field(default=1.0, gt=0)
+    """Most SMS per second (Twilio allows 1/s per long-code number by default)."""
+
+    notify_push_batch_size: int = Field(default=100, gt=0, le=1_000)
+    """Pushes per send activity; the push queue runs at most
+    NOTIFY_PUSH_PER_SECOND / NOTIFY_PUSH_BATCH_SIZE activities per second."""
+
     @field_validator("database_url")
     @classmethod
     def _asyncpg_driver(cls, value: str | None) -> str | None:

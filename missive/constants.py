@@ -83,3 +83,29 @@ def search_indexer_workflow_id(alias: str) -> str:
 def search_rebuild_workflow_id(alias: str) -> str:
     """The rebuild of an index alias: one at a time."""
     return f"{SEARCH_REBUILD_WORKFLOW_PREFIX}-{alias}"
+
+
+# --- notifications ---
+TASK_QUEUE_NOTIFY = "missive-notify"
+"""Notification workflows and their database activities (plan, dispatch, digests)."""
+
+TASK_QUEUE_PUSH = "missive-notify-push"
+TASK_QUEUE_EMAIL = "missive-notify-email"
+TASK_QUEUE_SMS = "missive-notify-sms"
+"""One task queue per provider, each capped at the provider account's rate
+(``max_task_queue_activities_per_second``), so a burst never exceeds it."""
+
+NOTIFY_MESSAGE_WORKFLOW_PREFIX = "notify-message"
+NOTIFY_DIGEST_WORKFLOW_PREFIX = "notify-digest"
+EVENT_NOTIFICATION_NEW = "notification:new"
+EVENT_NOTIFICATION_UNREAD = "notification:unread"
+
+
+def notify_message_workflow_id(message_id: str) -> str:
+    """The one notification workflow of a message."""
+    return f"{NOTIFY_MESSAGE_WORKFLOW_PREFIX}-{message_id}"
+
+
+def notify_digest_workflow_id(channel: str, user_id: str) -> str:
+    """The digest gathering one recipient's notifications on one channel."""
+    return f"{NOTIFY_DIGEST_WORKFLOW_PREFIX}-{channel}-{user_id}"
