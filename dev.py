@@ -42,6 +42,14 @@ from missive.constants import (
 )
 from missive.errors import MessagingError
 from missive.models import Conversation, ConversationKind, User
+from missive.notify.endpoints import (
+    DEV_FCM_SINK_URL,
+    DEV_SMTP_SINK,
+    DEV_TWILIO_SINK_URL,
+    fcm_endpoint,
+    smtp_server,
+    twilio_base_url,
+)
 from missive.services.directory import NewUser
 from missive.tokens import issue_token
 from runtime.embedded_search import start_embedded_typesense
@@ -347,6 +355,8 @@ class Running:
     """Where generated keys live, when they were not in the environment."""
     embedded_postgres: bool = False
     """Whether dev.py started PostgreSQL (DATABASE_URL was unset)."""
+    sinks: list[str] = field(default_factory=list)
+    """Banner lines of the local notification sinks started here."""
 
     @property
     def stop_order(self) -> list[str]:
@@ -491,7 +501,9 @@ async def start_stack(opts: Options, stack: AsyncExitStack, stop: asyncio.Event)
             raise DevError(str(err)) from None
         env["TYPESENSE_URL"], env["TYPESENSE_API_KEY"] = url, key
         say(f"Typesense is up at {url} (data in {opts.data_dir / 'typesense'})")
+    sinks = await start_notify_sinks(opts, base, stack)
     running = Running(
+        sinks=sinks,
         settings=Settings(
             database_url=database_url,
             temporal_address=address,
@@ -519,6 +531,107 @@ async def start_stack(opts: Options, stack: AsyncExitStack, stop: asyncio.Event)
     return running
 
 
+# --- notification sinks -----------------------------------------------------------------
+
+
+KEEP_RECEIVED = 1_000
+"""Pushes / SMS a dev sink keeps in memory (GET /sink/messages lists them)."""
+
+
+def _say_received(sink: Any, describe: Callable[[dict[str, Any]], str]) -> Any:
+    """aiohttp middleware: one line per message the sink accepted."""
+    from aiohttp import web
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+        before = len(sink.received)
+        response = await handler(request)
+        if len(sink.received) > before:
+            say(describe(sink.received[-1]))
+            del sink.received[:-KEEP_RECEIVED]
+        return response
+
+    return middleware
+
+
+def _push_line(got: dict[str, Any]) -> str:
+    message = got.get("message", {})
+    token = str(message.get("token", ""))[:12]
+    shown = message.get("notification", {}).get("title") or f"data {message.get('data', {})}"
+    return f"push sink <- {token}...: {shown}"
+
+
+def _sms_line(got: dict[str, Any]) -> str:
+    return f"sms sink <- {got.get('to')}: {got.get('body')}"
+
+
+class MailSink:
+    """aiosmtpd handler: writes each email to ``<folder>/<n>.eml`` and says one line."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        """Where the .eml files go."""
+        folder.mkdir(parents=True, exist_ok=True)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        """Records one accepted email."""
+        from email import message_from_bytes, policy
+
+        raw = envelope.original_content or b""
+        mail = message_from_bytes(raw, policy=policy.default)
+        path = self.folder / f"{uuid.uuid4().hex[:12]}.eml"
+        path.write_bytes(raw)
+        say(f"mail sink <- {', '.join(envelope.rcpt_tos)}: {mail['Subject']!r} ({path})")
+        return "250 Message accepted"
+
+
+async def start_notify_sinks(opts: Options, base: Settings, stack: AsyncExitStack) -> list[str]:
+    """The local FCM, Twilio and SMTP sinks, each unless its provider is configured.
+
+    A port already taken is reported and left alone (another dev.py's sink, most
+    likely). Returns the banner lines of the sinks started.
+    """
+    if not base.notify_enabled:
+        return []
+    from missive.notify.sinks import FcmSink, TwilioSink, serve
+
+    lines: list[str] = []
+    for name, url, configured, sink, describe in (
+        ("FCM sink", DEV_FCM_SINK_URL, fcm_endpoint(base), FcmSink(), _push_line),
+        ("Twilio sink", DEV_TWILIO_SINK_URL, twilio_base_url(base), TwilioSink(), _sms_line),
+    ):
+        if configured != url:
+            continue
+        port = int(url.rsplit(":", 1)[1])
+        if not port_free("127.0.0.1", port):
+            say(f"port {port} is in use: assuming a {name} already listens there")
+            continue
+        app = sink.app()
+        app.middlewares.append(_say_received(sink, describe))
+        runner, _ = await serve(app, host="127.0.0.1", port=port)
+        stack.push_async_callback(runner.cleanup)
+        lines.append(f"  {name:<16} {url}/sink/messages (what it received)")
+    host, port = DEV_SMTP_SINK
+    if smtp_server(base) == DEV_SMTP_SINK:
+        if not port_free(host, port):
+            say(f"port {port} is in use: assuming an SMTP sink already listens there")
+            return lines
+        try:
+            from aiosmtpd.smtp import SMTP
+        except ImportError:
+            say("aiosmtpd is not installed: no SMTP sink (pip install aiosmtpd, or set SMTP_HOST)")
+            return lines
+        folder = opts.data_dir / "mail"
+        handler = MailSink(folder)
+        server = await asyncio.get_running_loop().create_server(
+            lambda: SMTP(handler, hostname="missive-dev-sink"), host, port
+        )
+        stack.push_async_callback(server.wait_closed)
+        stack.callback(server.close)
+        lines.append(f"  SMTP sink        {host}:{port} (each email saved in {folder})")
+    return lines
+
+
 def banner(running: Running) -> None:
     """Where everything is, and how to get a token."""
     lines = [
@@ -531,6 +644,7 @@ def banner(running: Running) -> None:
         " (Bearer CODEC_SERVER_TOKEN; the Web UI decodes through it)",
         "  A token          python -m starter token <user id>",
     ]
+    lines.extend(running.sinks)
     if running.keys_file:
         lines.append(
             f"  Keys             {running.keys_file} (load it first: set -a; . {running.keys_file};"

@@ -19,10 +19,12 @@ from missive.broadcast import Emitter
 from missive.config import Settings
 from missive.constants import TASK_QUEUE_MESSAGES
 from missive.metrics import Metrics
+from missive.notify.dispatch import ChannelSenders
 from missive.search import SearchService
 from runtime.client import connect
 from runtime.jobs import batch_worker, ensure_retention_schedule, ensure_search_attributes
 from runtime.keys import key_worker
+from runtime.notify import notify_workers, open_notify
 from runtime.process import run_process
 from runtime.search import open_search, search_worker, start_indexer
 from runtime.telemetry import open_telemetry
@@ -46,6 +48,7 @@ def build_workers(
     manager: Emitter,
     *,
     search: SearchService | None = None,
+    notify: ChannelSenders | None = None,
     metrics: Metrics | None = None,
 ) -> list[Worker]:
     """One Temporal worker per task queue this process serves.
@@ -66,6 +69,11 @@ def build_workers(
         key_worker(settings, client, core),
         batch_worker(settings, client, core, manager, metrics=metrics),
         *([search_worker(settings, client, search, metrics=metrics)] if search is not None else []),
+        *(
+            notify_workers(settings, client, core, manager, notify, metrics=metrics)
+            if notify is not None
+            else []
+        ),
     ]
 
 
@@ -88,8 +96,19 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         if hasattr(manager, "close"):
             stack.push_async_callback(manager.close)
         search = open_search(settings, core, stack)
+        notify = (
+            open_notify(settings, core, stack, metrics=telemetry.metrics)
+            if settings.notify_enabled
+            else None
+        )
         workers = build_workers(
-            settings, client, core, manager, search=search, metrics=telemetry.metrics
+            settings,
+            client,
+            core,
+            manager,
+            search=search,
+            notify=notify,
+            metrics=telemetry.metrics,
         )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

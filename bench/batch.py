@@ -3,8 +3,10 @@
 Run by hand: ``python -m bench.batch [--items N]``. Prints messages/s of a
 batch (staging included) and of a plain asyncpg script (same encryption, same
 statements, same transaction size and concurrency), rows/s of the retention
-cleanup and of a plain batched DELETE, and the worker's peak memory for a
-batch of N/10 and of N items.
+cleanup and of a plain batched DELETE (each cleanup phase starts after a VACUUM
+ANALYZE and a CHECKPOINT, so none pays for the previous one's dead rows), and the
+worker's peak memory for a batch of N/10 and of N items. On DATABASE_URL's server
+the run's database is dropped at the end.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import asyncpg
 import psutil
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 from temporalio.common import SearchAttributeKey
 from temporalio.testing import WorkflowEnvironment
 
@@ -160,6 +163,38 @@ async def _plain_writes(
     return elapsed
 
 
+async def _drop_database(database_url: str) -> None:
+    """Drops the run's database (millions of rows) from a server that outlives the run."""
+    url = make_url(database_url)
+    admin = make_url(os.environ["DATABASE_URL"].replace("+asyncpg", ""))
+    conn = await asyncpg.connect(
+        host=url.query.get("host") or url.host,
+        port=url.port,
+        user=url.username or "postgres",
+        password=url.password,
+        database=admin.database or "postgres",
+    )
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def _settle(dsn: str) -> None:
+    """Starts a timed cleanup phase from the same state as the others.
+
+    Backdating every message rewrites every row just before the cleanups, and each
+    phase leaves dead rows behind: without this, autovacuum and the checkpoint
+    they trigger run during whichever phase comes next, on this 2-core machine.
+    """
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("VACUUM ANALYZE")
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
 async def _run_batch(
     client: BatchClient, path: Path, worker: psutil.Process
 ) -> tuple[float, int, float]:
@@ -186,6 +221,8 @@ async def _run_batch(
 async def main(items: int) -> None:
     async with AsyncExitStack() as stack:
         database_url = await _database()
+        if os.environ.get("DATABASE_URL"):
+            stack.push_async_callback(_drop_database, database_url)
         keys = {"master_keys": f"1:{_key()}", "codec_keys": f"1:{_key()}"}
         probe = Settings(**keys)  # type: ignore[arg-type]
         env = await WorkflowEnvironment.start_local(
@@ -259,6 +296,7 @@ async def main(items: int) -> None:
                     {"c": missive_convs},
                 )
             ).scalar_one()
+        await _settle(dsn)
         began = time.perf_counter()
         retention = await env.client.execute_workflow(
             RetentionWorkflow.run,
@@ -269,6 +307,7 @@ async def main(items: int) -> None:
         archive_s = time.perf_counter() - began
         assert retention.archived == rows, (retention, rows)
 
+        await _settle(dsn)
         conn = await asyncpg.connect(dsn)
         began = time.perf_counter()
         deleted = 0
@@ -291,6 +330,7 @@ async def main(items: int) -> None:
         from runtime.jobs import retention_service
 
         purge_service = retention_service(core, settings)
+        await _settle(dsn)
         began = time.perf_counter()
         purged = await purge_service.purge_archived(
             datetime.now(UTC).replace(year=datetime.now(UTC).year + 1)

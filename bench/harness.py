@@ -109,8 +109,13 @@ async def _wait_port(port: int, proc: asyncio.subprocess.Process, what: str) -> 
 
 
 @asynccontextmanager
-async def stack(*, codec: bool = True, workers: int = 1) -> AsyncIterator[Stack]:
-    """Starts PostgreSQL, the dev server, ``workers`` worker.py processes and a gateway."""
+async def stack(
+    *, codec: bool = True, workers: int = 1, env: dict[str, str] | None = None
+) -> AsyncIterator[Stack]:
+    """Starts PostgreSQL, the dev server, ``workers`` worker.py processes and a gateway.
+
+    ``env`` adds settings (environment variables) for the worker and gateway processes.
+    """
     async with AsyncExitStack() as exit_stack:
         database_url = await _database()
         keys = {
@@ -119,16 +124,16 @@ async def stack(*, codec: bool = True, workers: int = 1) -> AsyncIterator[Stack]
             "gateway_secret": _key(),
         }
         probe = Settings(**keys)  # type: ignore[arg-type]
-        env = await WorkflowEnvironment.start_local(
+        temporal = await WorkflowEnvironment.start_local(
             dev_server_existing_path=_binary("temporal"),
             data_converter=data_converter(probe),
             search_attributes=MISSIVE_SEARCH_ATTRIBUTE_KEYS,
         )
-        exit_stack.push_async_callback(env.shutdown)
+        exit_stack.push_async_callback(temporal.shutdown)
         port = free_port()
         settings = Settings(
             database_url=database_url,
-            temporal_address=env.client.service_client.config.target_host,
+            temporal_address=temporal.client.service_client.config.target_host,
             gateway_port=port,
             **keys,  # type: ignore[arg-type]
         )
@@ -141,6 +146,7 @@ async def stack(*, codec: bool = True, workers: int = 1) -> AsyncIterator[Stack]
             "GATEWAY_SECRET": keys["gateway_secret"],
             "GATEWAY_PORT": str(port),
             "LOG_LEVEL": "WARNING",
+            **(env or {}),
         }
         procs: list[asyncio.subprocess.Process] = []
 
@@ -167,7 +173,7 @@ async def stack(*, codec: bool = True, workers: int = 1) -> AsyncIterator[Stack]
             await spawn("worker.py")
         gateway = await spawn("-m", "gateway")
         await _wait_port(port, gateway, "gateway")
-        yield Stack(settings=settings, env=env, gateway_url=f"http://127.0.0.1:{port}")
+        yield Stack(settings=settings, env=temporal, gateway_url=f"http://127.0.0.1:{port}")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -37,6 +37,7 @@ from missive.errors import (
 )
 from missive.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from missive.metrics import Metrics
+from missive.notify.options import notify_options
 from missive.schemas import (
     MessageAccepted,
     PersistMessageInput,
@@ -355,6 +356,7 @@ class Gateway:
         assert isinstance(body, str)  # require_body checked it
         raw_header = payload.get("e2e_header")
         e2e_header = require_e2e_header(raw_header) if raw_header is not None else None
+        mentions = _require_mentions(payload.get("mentions"))
         send = with_request_id(
             SendMessageInput(
                 conversation_id=conversation_id,
@@ -365,6 +367,8 @@ class Gateway:
                 lifecycle_window_seconds=self.settings.lifecycle_window_seconds,
                 receipt_detail_max_recipients=self.settings.receipt_detail_max_recipients,
                 e2e_header=e2e_header,
+                mentions=mentions,
+                notify=notify_options(self.settings) if self.settings.notify_enabled else None,
             )
         )
         _, client = self._services()
@@ -419,6 +423,7 @@ class Gateway:
                 message_id=message_id,
                 lifecycle_window_seconds=self.settings.lifecycle_window_seconds,
                 receipt_detail_max_recipients=self.settings.receipt_detail_max_recipients,
+                notify=notify_options(self.settings) if self.settings.notify_enabled else None,
             ),
             eager=True,
             search_attributes=start_attributes(
@@ -527,6 +532,21 @@ def _require_object(data: object) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInput(f"the payload must be an object, got {type(data).__name__}")
     return data
+
+
+MAX_MENTIONS = 256
+"""Most user ids one message may mention."""
+
+
+def _require_mentions(value: object) -> list[str]:
+    """The ``mentions`` of a send: absent, or a list of user ids (deduplicated)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidInput("mentions must be a list of user ids (strings)")
+    if len(value) > MAX_MENTIONS:
+        raise InvalidInput(f"mentions names {len(value)} users; at most {MAX_MENTIONS}")
+    return list(dict.fromkeys(require_uuid(item, "mentions[]") for item in value))
 
 
 def _log_worker_end(task: asyncio.Task[None]) -> None:

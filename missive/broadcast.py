@@ -7,6 +7,8 @@ from typing import Any, Protocol
 from missive.constants import (
     EVENT_MESSAGE_NEW,
     EVENT_MESSAGE_RECEIPT,
+    EVENT_NOTIFICATION_NEW,
+    EVENT_NOTIFICATION_UNREAD,
     conversation_room,
     user_room,
 )
@@ -81,4 +83,34 @@ def receipt_event(conversation_id: str, recipient_id: str, change: ReceiptChange
         "delivered_count": change.delivered_count,
         "read_count": change.read_count,
         "recipient_count": change.recipient_count,
+    }
+
+
+def notification_new_event(
+    *,
+    notification_id: str,
+    conversation_id: str,
+    message_id: str,
+    title: str,
+    unread_count: int,
+) -> dict[str, Any]:
+    """The ``notification:new`` payload, sent to the recipient's user room (no message text)."""
+    return {
+        "event_id": f"{EVENT_NOTIFICATION_NEW}:{notification_id}",
+        "notification_id": notification_id,
+        "conversation_id": conversation_id,
+        "message_id": message_id,
+        "title": title,
+        "unread_count": unread_count,
+    }
+
+
+def notification_unread_event(
+    *, user_id: str, conversation_id: str, up_to_seq: int, unread_count: int
+) -> dict[str, Any]:
+    """The ``notification:unread`` payload: the reader's new unread count after a read."""
+    return {
+        "event_id": f"{EVENT_NOTIFICATION_UNREAD}:{user_id}:{conversation_id}:{up_to_seq}",
+        "conversation_id": conversation_id,
+        "unread_count": unread_count,
     }

@@ -61,12 +61,12 @@ class Metrics:
         """Labels: activity (the activity name), error (e.g. NotAMember)."""
         self.notifications = Counter(
             "missive_notifications",
-            "Notifications sent, by channel and outcome.",
+            "Notification outcomes by channel.",
             ["channel", "outcome"],
             registry=r,
         )
-        """Seam for the notification capability: channel = email | sms | push,
-        outcome = sent | failed | skipped."""
+        """Labels: channel = in_app | push | email | sms; outcome = sent | failed |
+        skipped | cancelled | retry | cleared | fell_back."""
         self.batch_items = Counter(
             "missive_batch_items",
             "Batch items processed by completed chunk activities, by outcome.",

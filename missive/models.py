@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import datetime
+from datetime import datetime, time
 
 from sqlalchemy import (
     BigInteger,
@@ -20,9 +20,11 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    Time,
     UniqueConstraint,
     false,
     func,
+    true,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -272,13 +274,19 @@ class BatchItem(Base):
 
 
 class ArchivedMessage(Base):
-    """An expired message (with its deliveries as JSON), restorable until purged."""
+    """An expired message, restorable until purged (its deliveries are not archived:
+    a restore rebuilds them from the participants' watermarks).
+
+    Keyed by (conversation_id, seq), which a restore looks up and archiving inserts
+    in order (a sequence number is never reused in a conversation); archived_at
+    grows with insertion order, so the purge finds old rows through a BRIN index.
+    """
 
     __tablename__ = "archived_messages"
 
-    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
-    conversation_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
-    seq: Mapped[int] = mapped_column(BigInteger)
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    conversation_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     sender_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
     client_message_id: Mapped[str] = mapped_column(String(128))
     body_ciphertext: Mapped[bytes] = mapped_column(LargeBinary)
@@ -286,13 +294,11 @@ class ArchivedMessage(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     edited_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    deliveries: Mapped[list[dict[str, object]]] = mapped_column(JSONB, server_default="[]")
     extra: Mapped[dict[str, object]] = mapped_column(JSONB, server_default="{}")
     archived_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
-        Index("ix_archived_messages_archived_at", "archived_at"),
-        Index("ix_archived_messages_conversation", "conversation_id", "seq"),
+        Index("ix_archived_messages_archived_at", "archived_at", postgresql_using="brin"),
     )
 
 
@@ -311,3 +317,141 @@ class SearchDeletion(Base):
     __table_args__ = (
         Index("ix_search_deletions_pending", "deleted_at", postgresql_where="processed_at IS NULL"),
     )
+
+
+# --- notifications ---
+
+NOTIFICATION_CHANNELS = ("in_app", "push", "email", "sms")
+"""Values of notifications.channel (missive.schemas.Channel)."""
+
+NOTIFICATION_STATUSES = (
+    "pending",
+    "queued",
+    "sending",
+    "sent",
+    "digested",
+    "cancelled",
+    "skipped",
+    "failed",
+    "fell_back",
+)
+"""Values of notifications.status (missive.schemas.NotificationStatus)."""
+
+
+def _one_of(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Notification(Base):
+    """One notification a recipient may get on one channel: the intent, then its outcome.
+
+    Written before anything is sent; (recipient_id, channel, dedupe_key) is unique and
+    the id is a UUID5 of the three, so every step of the pipeline is idempotent.
+    """
+
+    __tablename__ = "notifications"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    recipient_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    channel: Mapped[str] = mapped_column(String(8))
+    dedupe_key: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(12))
+    # No foreign key: retention may purge a message while its log rows age out later.
+    message_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    conversation_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    seq: Mapped[int | None] = mapped_column(BigInteger)
+    mention: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    due_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    reason: Mapped[str | None] = mapped_column(Text)
+    provider_ref: Mapped[str | None] = mapped_column(Text)
+    # Item rows: the digest row they were folded into. A fallback of a digest row:
+    # that digest's id, so its items are found the same way.
+    digest_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    source_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    item_count: Mapped[int] = mapped_column(Integer, server_default="1")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    read_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cleared_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        UniqueConstraint(
+            "recipient_id", "channel", "dedupe_key", name="uq_notifications_recipient_channel_key"
+        ),
+        CheckConstraint(_one_of("status", NOTIFICATION_STATUSES), name="notification_status_known"),
+        CheckConstraint(
+            _one_of("channel", NOTIFICATION_CHANNELS), name="notification_channel_known"
+        ),
+        Index(
+            "ix_notifications_due",
+            "message_id",
+            "due_at",
+            postgresql_where="status = 'pending'",
+        ),
+        Index(
+            "ix_notifications_open",
+            "recipient_id",
+            "conversation_id",
+            "seq",
+            postgresql_where="status IN ('pending', 'queued', 'sent')",
+        ),
+        Index(
+            "ix_notifications_unread",
+            "recipient_id",
+            postgresql_where="channel = 'in_app' AND read_at IS NULL AND status = 'sent'",
+        ),
+        Index(
+            "ix_notifications_message",
+            "message_id",
+            postgresql_where="message_id IS NOT NULL",
+        ),
+        Index(
+            "ix_notifications_digest",
+            "digest_id",
+            postgresql_where="digest_id IS NOT NULL",
+        ),
+    )
+
+
+class NotificationPreference(Base):
+    """A user's notification preferences; no row means the defaults."""
+
+    __tablename__ = "notification_preferences"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    in_app: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    push: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    email: Mapped[bool] = mapped_column(Boolean, server_default=true())
+    sms: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    mentions_only: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    quiet_start: Mapped[time | None] = mapped_column(Time)
+    quiet_end: Mapped[time | None] = mapped_column(Time)
+    quiet_mentions: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("(quiet_start IS NULL) = (quiet_end IS NULL)", name="quiet_hours_complete"),
+    )
+
+
+class ConversationNotificationPreference(Base):
+    """One user's overrides for one conversation; NULL inherits the user's choice."""
+
+    __tablename__ = "conversation_notification_preferences"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    conversation_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("conversations.id", ondelete="CASCADE"), primary_key=True
+    )
+    muted: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    mentions_only: Mapped[bool | None] = mapped_column(Boolean)
+    in_app: Mapped[bool | None] = mapped_column(Boolean)
+    push: Mapped[bool | None] = mapped_column(Boolean)
+    email: Mapped[bool | None] = mapped_column(Boolean)
+    sms: Mapped[bool | None] = mapped_column(Boolean)

@@ -180,6 +180,9 @@ class ReceiptInput:
     """Messages older than this have no running lifecycle to tell."""
     receipt_detail_max_recipients: int = 32
     """Lifecycles of messages with more recipients hear only of milestones."""
+    notify: NotifyOptions | None = None
+    """Notification settings (as for a send); set, the receipt also settles the reader's
+    notifications (cancels what is no longer needed, clears pushes already shown)."""
 
 
 @dataclass(frozen=True)
@@ -522,9 +525,12 @@ class RetentionStepResult:
     messages: int
     """Messages archived (or purged)."""
     deliveries: int = 0
-    """Delivery rows archived with them (archive step only)."""
+    """Always 0 since deliveries are no longer archived (revision 0006: the restore
+    rebuilds them from the watermarks); kept for results already recorded."""
     transactions: int = 0
     """Transactions it took."""
+    notifications: int = 0
+    """Notification rows deleted with the purged messages (purge step only)."""
 
 
 @dataclass(frozen=True)
@@ -536,7 +542,10 @@ class RetentionResult:
     purged: int
     """Archived messages deleted for good (past the restore window)."""
     archived_deliveries: int = 0
-    """Delivery rows archived with them."""
+    """Always 0 since deliveries are no longer archived (revision 0006); kept for
+    results already recorded."""
+    purged_notifications: int = 0
+    """Notification rows deleted with the purged messages."""
 
 
 @dataclass(frozen=True)
@@ -1159,6 +1168,8 @@ class NotifyMessageResult:
     """Permanent failures, recorded."""
     fell_back: int = 0
     """Moved to the next channel after a channel stayed down."""
+    fallback_sent: int = 0
+    """Sent by email / SMS at once as a push's fallback (no digest window)."""
 
 
 @dataclass(frozen=True)
@@ -1294,6 +1305,10 @@ class FallBackResult:
     """Rows with no further channel, recorded as failed."""
     fell_back: int = 0
     """Rows moved on."""
+    sms_notification_ids: list[str] = field(default_factory=list)
+    """When ``channel`` is email: new SMS rows, queued, for recipients who take no
+    email but do take SMS (a push fallback skips straight to SMS for them); send
+    them with send_sms as well."""
 
 
 @dataclass(frozen=True)

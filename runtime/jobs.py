@@ -87,7 +87,8 @@ def retention_service(
     ``index`` is the search seam: with the search capability's triggers a
     deleted message is tombstoned for the indexer in the same transaction, so
     it stays None; another index backend plugs its delete-by-ids in here.
-    ``purge_sinks`` is where notifications drop what refers to purged messages.
+    The purge deletes the ``notifications`` rows of purged messages itself;
+    ``purge_sinks`` is for anything else that refers to them.
     """
     return RetentionService(
         core.engine,

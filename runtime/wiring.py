@@ -16,12 +16,14 @@ from temporalio.worker import UnsandboxedWorkflowRunner, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.messages import MessageActivities, PersistListener
+from activities.notify import NotifyActivities
 from missive.broadcast import Broadcaster, Emitter
 from missive.config import Settings
 from missive.crypto import MessageCipher
 from missive.db import create_engine, describe, session_factory
 from missive.errors import ProviderUnavailable
 from missive.metrics import Metrics
+from missive.notify.log import NotificationLog
 from missive.services.directory import DirectoryService
 from missive.services.messages import MessageService
 from missive.services.receipts import ReceiptService
@@ -41,6 +43,7 @@ class Core:
     messages: MessageService
     receipts: ReceiptService
     directory: DirectoryService
+    notifications: NotificationLog
 
 
 async def open_core(settings: Settings, stack: AsyncExitStack, *, pool_size: int = 10) -> Core:
@@ -66,6 +69,7 @@ async def open_core(settings: Settings, stack: AsyncExitStack, *, pool_size: int
         messages=MessageService(sessions, cipher),
         receipts=ReceiptService(sessions),
         directory=DirectoryService(sessions, cipher),
+        notifications=NotificationLog(sessions),
     )
 
 
@@ -89,28 +93,42 @@ def workflow_runner(settings: Settings) -> WorkflowRunner:
     return UnsandboxedWorkflowRunner()
 
 
+@dataclass
+class MessageQueueActivities:
+    """The activity objects of the messages task queue."""
+
+    messages: MessageActivities
+    """The lifecycle's and the receipts' activities."""
+    notify: NotifyActivities
+    """For settle_notifications, which receipts run as a local activity."""
+
+
 def message_activities(
     core: Core,
     emitter: Emitter,
     *,
     persist_listener: PersistListener | None = None,
     metrics: Metrics | None = None,
-) -> MessageActivities:
-    """The lifecycle's activities over this process's services and emitter."""
-    return MessageActivities(
-        core.messages,
-        core.receipts,
-        Broadcaster(emitter),
-        persist_listener=persist_listener,
-        metrics=metrics,
+) -> MessageQueueActivities:
+    """The lifecycle's and receipts' activities over this process's services and emitter."""
+    return MessageQueueActivities(
+        messages=MessageActivities(
+            core.messages,
+            core.receipts,
+            Broadcaster(emitter),
+            persist_listener=persist_listener,
+            metrics=metrics,
+        ),
+        notify=NotifyActivities(core.notifications, emitter=emitter, metrics=metrics),
     )
 
 
-def activity_methods(acts: MessageActivities) -> list[Callable[..., Any]]:
-    """The bound activity methods a worker registers."""
+def activity_methods(acts: MessageQueueActivities) -> list[Callable[..., Any]]:
+    """The bound activity methods a messages-queue worker registers."""
     return [
-        acts.persist_message,
-        acts.broadcast_message,
-        acts.apply_receipt,
-        acts.broadcast_receipts,
+        acts.messages.persist_message,
+        acts.messages.broadcast_message,
+        acts.messages.apply_receipt,
+        acts.messages.broadcast_receipts,
+        acts.notify.settle_notifications,
     ]

@@ -49,6 +49,7 @@ from missive.services.batch import (
     new_batch_id,
     require_batch_id,
     scan_import_file,
+    user_announcement_items,
 )
 from missive.services.retention import RetentionService
 from missive.validation import require_body, require_uuid
@@ -168,8 +169,12 @@ class BatchClient:
         """Checks a JSON-lines file, stages it (COPY) and starts its workflow.
 
         Each line is ``{"conversation_id", "sender_id", "body"}`` with an optional
-        ``client_message_id``. Restarting with the same id and file joins the
-        running batch (or reports the finished one) instead of staging twice.
+        ``client_message_id`` and ``created_at`` (ISO-8601 with a UTC offset, not
+        in the future: the message's own time, for an import of history);
+        ``recipient_id`` instead of ``conversation_id`` sends to the direct
+        conversation of sender and recipient (found or created). Restarting with
+        the same id and file joins the running batch (or reports the finished
+        one) instead of staging twice. Bad values are report entries.
 
         Raises:
             InvalidInput: unreadable or empty file, malformed lines (named by line
@@ -203,6 +208,38 @@ class BatchClient:
         if not targets:
             raise InvalidInput("the announcement names no conversations")
         items = announcement_items(sender, body, dict.fromkeys(targets))
+        staged = await self._db(self.batches.stage_items(bid, BatchKind.ANNOUNCEMENT, items))
+        return await self._start(bid, BatchKind.ANNOUNCEMENT, len(items), staged, options)
+
+    async def start_user_announcement(
+        self,
+        sender_id: str,
+        body: str,
+        user_ids: Sequence[str],
+        *,
+        batch_id: str | None = None,
+        options: BatchOptions = BatchOptions(),
+    ) -> BatchStarted:
+        """One message from ``sender_id`` to each user, in their direct conversation.
+
+        Each user's direct conversation with the sender is found or, when there
+        is none, created (in bulk, while the batch runs). Repeated ids count once;
+        the sender, if listed, is left out (nobody has a direct conversation with
+        themself). Unknown users are report entries.
+
+        Raises:
+            InvalidInput: no users (besides the sender), a malformed id, an empty or
+                oversize body.
+        """
+        bid = require_batch_id(batch_id) if batch_id else new_batch_id()
+        self._check_options(options)
+        sender = require_uuid(sender_id, "sender_id")
+        require_body(body, max_bytes=self._settings.max_body_bytes)
+        targets = [require_uuid(u, "user_id") for u in user_ids]
+        targets = [u for u in dict.fromkeys(targets) if u != sender]
+        if not targets:
+            raise InvalidInput("the announcement names no users (other than its sender)")
+        items = user_announcement_items(sender, body, targets)
         staged = await self._db(self.batches.stage_items(bid, BatchKind.ANNOUNCEMENT, items))
         return await self._start(bid, BatchKind.ANNOUNCEMENT, len(items), staged, options)
 

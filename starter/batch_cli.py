@@ -47,15 +47,23 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     run_options(start)
 
     announce = sub.add_parser(
-        "announce", parents=[common], help="send one message to many conversations"
+        "announce",
+        parents=[common],
+        help="send one message to many conversations, or to many users directly",
     )
     announce.add_argument("--sender", required=True, metavar="U", help="sending user id")
     announce.add_argument("--body", required=True, metavar="TEXT", help="the message text")
-    announce.add_argument(
+    targets = announce.add_mutually_exclusive_group(required=True)
+    targets.add_argument(
         "--conversations-file",
-        required=True,
         metavar="PATH",
         help="conversation ids, one per line ('-': stdin)",
+    )
+    targets.add_argument(
+        "--users-file",
+        metavar="PATH",
+        help="user ids, one per line ('-': stdin): each gets the message in their direct "
+        "conversation with the sender (created if there is none)",
     )
     run_options(announce)
 
@@ -114,11 +122,19 @@ async def run_batch(args: argparse.Namespace, settings: Settings) -> None:
                 started = await client.start_import(
                     Path(args.file), batch_id=args.batch_id, options=options
                 )
+            elif args.users_file is not None:
+                started = await client.start_user_announcement(
+                    args.sender,
+                    args.body,
+                    _read_ids(args.users_file, "--users-file"),
+                    batch_id=args.batch_id,
+                    options=options,
+                )
             else:
                 started = await client.start_announcement(
                     args.sender,
                     args.body,
-                    _read_ids(args.conversations_file),
+                    _read_ids(args.conversations_file, "--conversations-file"),
                     batch_id=args.batch_id,
                     options=options,
                 )
@@ -266,11 +282,11 @@ def _started_id(action: object) -> str:
     return str(getattr(action, "workflow_id", ""))
 
 
-def _read_ids(path: str) -> list[str]:
+def _read_ids(path: str, option: str) -> list[str]:
     try:
         text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise InvalidInput(f"--conversations-file {path}: {err}") from None
+        raise InvalidInput(f"{option} {path}: {err}") from None
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

@@ -6,10 +6,13 @@ import dataclasses
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
+from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.messages import MessageActivities
+    from missive.constants import notify_message_workflow_id
     from missive.errors import DuplicateClientMessageId, InvalidInput
     from missive.schemas import (
         Acceptance,
@@ -19,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
         MessageAccepted,
         MessageLifecycleResult,
         MessageStatus,
+        NotifyMessageInput,
         PersistMessageInput,
         PersistMessageResult,
         ReceiptsChanged,
@@ -34,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows import policies
     from workflows.failures import reraise_refusal
+    from workflows.notify_message import NotifyMessageWorkflow
 
 
 @workflow.defn
@@ -85,6 +90,10 @@ class MessageLifecycleWorkflow:
         )
 
         await self._broadcast(persisted.message_id)
+        if input.notify is not None and persisted.created and persisted.recipient_count > 0:
+            # Runs started before notifications existed never start the child on replay.
+            if workflow.patched("notify-after-broadcast"):
+                await self._notify(input, persisted)
 
         self._status.phase = LifecyclePhase.FOLLOWING_RECEIPTS
         try:
@@ -147,6 +156,32 @@ class MessageLifecycleWorkflow:
             # The message is stored and clients catch up from history; a live
             # event this late is not worth failing the lifecycle for.
             workflow.logger.warning("message:new broadcast gave up", extra={"id": message_id})
+
+    async def _notify(self, input: SendMessageInput, persisted: PersistMessageResult) -> None:
+        """Starts the message's notifications as an abandoned child (they outlive this)."""
+        assert input.notify is not None
+        try:
+            await workflow.start_child_workflow(
+                NotifyMessageWorkflow.run,
+                NotifyMessageInput(
+                    message_id=persisted.message_id,
+                    conversation_id=persisted.conversation_id,
+                    sender_id=input.sender_id,
+                    seq=persisted.seq,
+                    created_at=persisted.created_at,
+                    mentions=list(input.mentions),
+                    options=input.notify,
+                ),
+                id=notify_message_workflow_id(persisted.message_id),
+                task_queue=input.notify.task_queue,
+                parent_close_policy=ParentClosePolicy.ABANDON,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            )
+        except WorkflowAlreadyStartedError:
+            # Already planned by an earlier run (a reset): the log has its agenda.
+            workflow.logger.info(
+                "notifications already started", extra={"id": persisted.message_id}
+            )
 
     def _reject(self, err: ApplicationError) -> None:
         self._rejection = err

@@ -137,3 +137,59 @@ SEARCH_CHECK_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=10),
     maximum_attempts=3,
 )
+
+# --- notifications ---
+
+# plan_notifications, dispatch_due, fall_back, prepare_digest and settle_notifications are
+# a few bulk statements on the local database (a 2,000-member group is one INSERT ...
+# SELECT); dispatch_due also emits one in-app event per recipient. Milliseconds to a
+# second when healthy; 30 s only trips on a stuck connection or lock.
+NOTIFY_DB_TIMEOUT = timedelta(seconds=30)
+
+# Like DB_RETRY: every step is idempotent (unique (recipient, channel, dedupe_key), status
+# only moves forward), so a database outage is retried for as long as it lasts.
+NOTIFY_DB_RETRY = DB_RETRY
+
+# A receipt's settling (cancel the reader's pending notifications, read the in-app ones)
+# saves work and clears the bell, but the receipt does not depend on it: dispatch and the
+# senders re-check read / delivered before sending anyway. The reader is waiting for the
+# receipt's ack, so a few quick tries (about 10 s in all), then the receipt goes on.
+# Bounded by attempts, not by a schedule_to_close: with SDK 1.35 a local activity's
+# schedule_to_close did not stop retries done inside the worker.
+SETTLE_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=4),
+    maximum_attempts=6,
+)
+
+# One provider call per device / address, sent concurrently, with the client's own
+# timeout (10-20 s): 30 s covers a slow but answering provider.
+PROVIDER_CALL_TIMEOUT = timedelta(seconds=30)
+
+# A provider outage (5xx, no answer) or a 429 (whose Retry-After overrides the interval):
+# back off like Synapse's pushers, 1 s doubling to an hour. No maximum attempts: the
+# channel's deadline (NotifyOptions.push/email/sms_deadline_seconds, the activity's
+# schedule_to_close) ends the retries, and the rows fall back to the next channel.
+# Only the rows not yet sent go out again (the send claims them first).
+PROVIDER_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(hours=1),
+)
+
+# Clearing a push already shown (a data message after the reader read it) is cosmetic,
+# and the reader's receipt ack waits for it: a few quick tries within 20 s, then give up
+# (the notification goes when the user opens the conversation).
+CLEAR_PUSH_TIMEOUT = timedelta(seconds=10)
+CLEAR_PUSH_DEADLINE = timedelta(seconds=20)
+
+# queue_digests signal-with-starts one digest workflow per (channel, recipient): a few
+# Temporal RPCs. 30 s covers a slow frontend. Temporal is where the workflow runs, so an
+# outage is waited out, backing off to 30 s; signals are deduplicated by the digest.
+QUEUE_DIGESTS_TIMEOUT = timedelta(seconds=30)
+QUEUE_DIGESTS_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+)

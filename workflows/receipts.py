@@ -9,6 +9,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.messages import MessageActivities
+    from activities.notify import ChannelActivities, NotifyActivities
     from missive.constants import message_workflow_id
     from missive.schemas import (
         ApplyReceiptResult,
@@ -17,6 +18,9 @@ with workflow.unsafe.imports_passed_through():
         ReceiptResult,
         ReceiptsChanged,
         ReceiptStatus,
+        SendNotificationsInput,
+        SettleNotificationsInput,
+        SettleNotificationsResult,
     )
     from workflows import policies
     from workflows.failures import reraise_refusal
@@ -59,10 +63,53 @@ class ReceiptWorkflow:
         to_tell = [
             c for c in applied.changes if _lifecycle_reacts(c, input.receipt_detail_max_recipients)
         ]
-        told = await asyncio.gather(*(self._tell(applied, c, input) for c in to_tell))
+        told, _ = await asyncio.gather(
+            asyncio.gather(*(self._tell(applied, c, input) for c in to_tell)),
+            self._settle(applied, input),
+        )
         return ReceiptResult(
             changed=applied.changed, up_to_seq=applied.up_to_seq, notified_lifecycles=sum(told)
         )
+
+    async def _settle(self, applied: ApplyReceiptResult, input: ReceiptInput) -> None:
+        """Settles the reader's notifications up to the watermark (beside telling lifecycles).
+
+        Cancels what the receipt made unnecessary, reads the in-app ones, and clears
+        pushes already shown on the reader's devices. The receipt does not depend on
+        it: a failure is logged and the receipt goes on (sends re-check anyway).
+        """
+        if input.notify is None or not workflow.patched("settle-notifications"):
+            return
+        try:
+            settled: SettleNotificationsResult = await workflow.execute_local_activity_method(
+                NotifyActivities.settle_notifications,
+                SettleNotificationsInput(
+                    user_id=applied.user_id,
+                    conversation_id=applied.conversation_id,
+                    up_to_seq=applied.up_to_seq,
+                    status=applied.status,
+                    now=workflow.now(),
+                ),
+                start_to_close_timeout=policies.DB_WRITE_TIMEOUT,
+                retry_policy=policies.SETTLE_RETRY,
+                local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
+            )
+        except (ActivityError, ApplicationError) as err:
+            # A local activity's refusal arrives as the ApplicationError itself.
+            workflow.logger.warning("settle_notifications gave up: %s", err)
+            return
+        if settled.clear_push_ids:
+            try:
+                await workflow.execute_activity_method(
+                    ChannelActivities.clear_pushes,
+                    SendNotificationsInput(notification_ids=settled.clear_push_ids),
+                    task_queue=input.notify.push_task_queue,
+                    start_to_close_timeout=policies.CLEAR_PUSH_TIMEOUT,
+                    schedule_to_close_timeout=policies.CLEAR_PUSH_DEADLINE,
+                    retry_policy=policies.PROVIDER_RETRY,
+                )
+            except ActivityError as err:
+                workflow.logger.warning("clear_pushes gave up: %s", err.cause or err)
 
     async def _tell(
         self, applied: ApplyReceiptResult, change: ReceiptChange, input: ReceiptInput

@@ -39,5 +39,5 @@ class RetentionWorkflow:
         return RetentionResult(
             archived=archived.messages,
             purged=purged.messages,
-            archived_deliveries=archived.deliveries,
+            purged_notifications=purged.notifications,
         )

@@ -10,7 +10,8 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from missive.broadcast import Broadcaster, Emitter
 from missive.constants import conversation_room, message_id_for
 from missive.crypto import MessageCipher, WrappedKey
+from missive.e2e import E2E
 from missive.errors import InvalidInput, PermanentError
 from missive.jobs import EVENT_MESSAGES_BATCH, batch_client_message_id
 from missive.schemas import BatchChunkResult, BatchFailure, BatchKind, BatchReport
@@ -36,6 +38,8 @@ compact ``messages:batch`` event tells clients to catch up. Each live event is
 a publish round trip: per-message events for an import cost half its speed."""
 
 _EMIT_CONCURRENCY = 16
+_DIRECT_NAMESPACE = uuid.UUID("5b0c51a4-3b7e-4e36-9d67-4f1f0c1f2d8e")
+"""Of direct_conversation_id; fixed, so later batches derive the same ids."""
 _MAX_LISTED_BAD_LINES = 10
 _BATCH_ID = re.compile(r"^[A-Za-z0-9_-]{1,48}$")
 
@@ -138,14 +142,57 @@ def announcement_items(
     ]
 
 
+def user_announcement_items(
+    sender_id: str, body: str, user_ids: Iterable[str]
+) -> list[dict[str, str]]:
+    """The items of an announcement to users: the same body from one sender to each
+    user, in their direct conversation (found or created when the item is stored)."""
+    return [{"recipient_id": uid, "sender_id": sender_id, "body": body} for uid in user_ids]
+
+
+def direct_conversation_id(user_a: str, user_b: str) -> str:
+    """The id a batch gives the direct conversation of two users it creates.
+
+    Derived from the pair (in either order), so concurrent chunks, retries and
+    other batches that create the same pair's conversation create one.
+    """
+    first, second = sorted((user_a, user_b))
+    return str(uuid.uuid5(_DIRECT_NAMESPACE, f"direct:{first}:{second}"))
+
+
+def parse_created_at(value: object, *, now: datetime) -> datetime:
+    """An item's own ``created_at``: ISO-8601 with a UTC offset, not in the future.
+
+    Raises:
+        InvalidInput: naming created_at and what is wrong with it.
+    """
+    if not isinstance(value, str):
+        raise InvalidInput(f"created_at must be an ISO-8601 string, got {type(value).__name__}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidInput(f"created_at {value[:64]!r} is not an ISO-8601 date and time") from None
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise InvalidInput(f"created_at {value[:64]!r} has no UTC offset (add Z or +hh:mm)")
+    parsed = parsed.astimezone(UTC)
+    if parsed > now:
+        raise InvalidInput(f"created_at {value[:64]!r} is in the future")
+    return parsed
+
+
 @dataclass(frozen=True)
 class _Item:
     item_no: int
     mid: str
     cid: str
+    """The conversation; empty while a recipient's direct conversation is resolved."""
     sender: str
     cmid: str
     body: bytes
+    recipient: str | None = None
+    """The user whose direct conversation with the sender the item goes to."""
+    created_at: datetime | None = None
+    """The item's own creation time (an import of history); None: now."""
 
 
 class BatchService:
@@ -334,18 +381,22 @@ class BatchService:
     ) -> list[StoredMessage]:
         failures: dict[int, str] = {}
         items: list[_Item] = []
+        now = datetime.now(UTC)
         for row in rows:
             try:
-                items.append(_parse_item(batch_id, row, max_body_bytes))
+                items.append(_parse_item(batch_id, row, max_body_bytes, now=now))
             except PermanentError as err:
                 failures[row["item_no"]] = f"{err.type}: {err}"
+        if any(i.recipient is not None for i in items):
+            items = await self._direct_conversations(conn, items, failures)
         conv_ids = sorted({i.cid for i in items})
         # Lock the touched conversations in id order: concurrent chunks and sends
         # take their sequence numbers without deadlocking.
         convs = {
             str(r["id"]): r
             for r in await conn.fetch(
-                "SELECT c.id, c.key_version, k.master_key_version, k.wrapped_key"
+                "SELECT c.id, c.key_version, c.encryption_mode::text AS encryption_mode,"
+                "       k.master_key_version, k.wrapped_key"
                 " FROM conversations c JOIN conversation_keys k"
                 "   ON k.conversation_id = c.id AND k.version = c.key_version"
                 " WHERE c.id = ANY($1::uuid[]) ORDER BY c.id FOR UPDATE OF c",
@@ -374,6 +425,11 @@ class BatchService:
             if item.cid not in convs:
                 failures[item.item_no] = (
                     f"ConversationNotFound: conversation {item.cid} does not exist"
+                )
+            elif convs[item.cid]["encryption_mode"] == E2E:
+                failures[item.item_no] = (
+                    f"InvalidInput: conversation {item.cid} is end-to-end encrypted; a batch "
+                    "stores text the server encrypts and cannot post there"
                 )
             elif (item.cid, item.sender) not in members:
                 failures[item.item_no] = (
@@ -417,6 +473,71 @@ class BatchService:
             mids,
         )
         return stored
+
+    async def _direct_conversations(
+        self, conn: asyncpg.Connection, items: list[_Item], failures: dict[int, str]
+    ) -> list[_Item]:
+        """Gives each item addressed to a recipient its direct conversation with the
+        sender: found (a standard one before an end-to-end one, then the oldest) or
+        created, with its data key and both participants, in bulk.
+
+        Created conversations get ids derived from the pair, and every insert is
+        ``ON CONFLICT DO NOTHING``: a retry, a concurrent chunk or another batch
+        creating the same pair's conversation end up with the same one. Items
+        whose sender or recipient does not exist go to ``failures``.
+        """
+        pairs = sorted({(i.sender, i.recipient) for i in items if i.recipient is not None})
+        people = sorted({user for pair in pairs for user in pair})
+        users = {
+            str(r["id"])
+            for r in await conn.fetch("SELECT id FROM users WHERE id = ANY($1::uuid[])", people)
+        }
+        known = [p for p in pairs if p[0] in users and p[1] in users]
+        found = {
+            (str(r["sender"]), str(r["recipient"])): str(r["id"])
+            for r in await conn.fetch(_FIND_DIRECT, [p[0] for p in known], [p[1] for p in known])
+        }
+        created = {direct_conversation_id(a, b): tuple(sorted((a, b))) for a, b in known}
+        created = {cid: pair for cid, pair in created.items() if not _found(found, pair)}
+        if created:
+            ids = sorted(created)
+            keys = [self._cipher.new_data_key(cid, 1) for cid in ids]
+            # Ids in order: concurrent creators wait on each other without deadlocking.
+            await conn.execute(
+                "INSERT INTO conversations (id, kind)"
+                " SELECT id, 'direct' FROM unnest($1::uuid[]) AS x(id) ORDER BY id"
+                " ON CONFLICT (id) DO NOTHING",
+                ids,
+            )
+            await conn.execute(
+                "INSERT INTO conversation_keys (conversation_id, version, master_key_version,"
+                "                               wrapped_key)"
+                " SELECT x.id, 1, x.master, x.wrapped"
+                " FROM unnest($1::uuid[], $2::int4[], $3::bytea[]) AS x(id, master, wrapped)"
+                " ON CONFLICT DO NOTHING",
+                ids,
+                [k.master_key_version for k in keys],
+                [k.wrapped for k in keys],
+            )
+            await conn.execute(
+                "INSERT INTO participants (conversation_id, user_id)"
+                " SELECT * FROM unnest($1::uuid[], $2::uuid[]) ON CONFLICT DO NOTHING",
+                [cid for cid in ids for _ in range(2)],
+                [user for cid in ids for user in created[cid]],
+            )
+        resolved: list[_Item] = []
+        for item in items:
+            if item.recipient is None:
+                resolved.append(item)
+            elif item.sender not in users:
+                failures[item.item_no] = f"UserNotFound: user {item.sender} does not exist"
+            elif item.recipient not in users:
+                failures[item.item_no] = f"UserNotFound: user {item.recipient} does not exist"
+            else:
+                pair = (item.sender, item.recipient)
+                cid = found.get(pair) or direct_conversation_id(*pair)
+                resolved.append(replace(item, cid=cid))
+        return resolved
 
     async def _insert(
         self,
@@ -462,9 +583,12 @@ class BatchService:
             str(r["id"]): r["created_at"]
             for r in await conn.fetch(
                 "INSERT INTO messages (id, conversation_id, seq, sender_id, client_message_id,"
-                "                      body_ciphertext, key_version)"
-                " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::uuid[],"
-                "                      $5::text[], $6::bytea[], $7::int4[])"
+                "                      body_ciphertext, key_version, created_at)"
+                " SELECT x.id, x.cid, x.seq, x.sender, x.cmid, x.body, x.kv,"
+                "        COALESCE(x.created_at, now())"
+                " FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::uuid[], $5::text[],"
+                "             $6::bytea[], $7::int4[], $8::timestamptz[])"
+                "   AS x(id, cid, seq, sender, cmid, body, kv, created_at)"
                 " ON CONFLICT DO NOTHING RETURNING id, created_at",
                 [i.mid for i in items],
                 [i.cid for i in items],
@@ -473,20 +597,23 @@ class BatchService:
                 [i.cmid for i in items],
                 bodies,
                 versions,
+                [i.created_at for i in items],
             )
         }
+        # A delivery was sent when its message was created (an imported one then too).
         await conn.execute(
             "INSERT INTO deliveries (message_id, recipient_id, conversation_id, seq, status,"
             "                        sent_at)"
-            " SELECT m.id, p.user_id, m.cid, m.seq, 0, now()"
-            " FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::uuid[])"
-            "   AS m(id, cid, seq, sender)"
+            " SELECT m.id, p.user_id, m.cid, m.seq, 0, m.created_at"
+            " FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::uuid[], $5::timestamptz[])"
+            "   AS m(id, cid, seq, sender, created_at)"
             " JOIN participants p ON p.conversation_id = m.cid AND p.user_id <> m.sender"
             " ON CONFLICT DO NOTHING",
             [i.mid for i in items if i.mid in inserted],
             [i.cid for i in items if i.mid in inserted],
             [s for i, s in zip(items, seqs, strict=True) if i.mid in inserted],
             [i.sender for i in items if i.mid in inserted],
+            [inserted[i.mid] for i in items if i.mid in inserted],
         )
         return [
             StoredMessage(
@@ -623,24 +750,62 @@ class BatchService:
         return None if row is None else (row["kind"], row["total"])
 
 
+_FIND_DIRECT = """
+SELECT DISTINCT ON (x.sender, x.recipient) x.sender, x.recipient, c.id
+FROM unnest($1::uuid[], $2::uuid[]) AS x(sender, recipient)
+JOIN participants pr ON pr.user_id = x.recipient
+JOIN conversations c ON c.id = pr.conversation_id AND c.kind = 'direct'
+JOIN participants ps ON ps.conversation_id = c.id AND ps.user_id = x.sender
+WHERE (SELECT count(*) FROM participants o WHERE o.conversation_id = c.id) = 2
+ORDER BY x.sender, x.recipient, c.encryption_mode = 'e2e', c.created_at, c.id
+"""
+"""The direct conversation of each (sender, recipient) pair that has one."""
+
+
+def _found(found: dict[tuple[str, str], str], pair: tuple[str, ...]) -> bool:
+    a, b = pair
+    return (a, b) in found or (b, a) in found
+
+
 def _bind(fn: Callable[..., Awaitable[None]], *args: Any) -> Callable[[], Awaitable[None]]:
     return lambda: fn(*args)
 
 
-def _parse_item(batch_id: str, row: asyncpg.Record, max_body_bytes: int) -> _Item:
+_ITEM_FIELDS = {
+    "conversation_id",
+    "recipient_id",
+    "sender_id",
+    "body",
+    "client_message_id",
+    "created_at",
+}
+
+
+def _parse_item(batch_id: str, row: asyncpg.Record, max_body_bytes: int, *, now: datetime) -> _Item:
     raw = row["payload"]
     payload = json.loads(raw) if isinstance(raw, str) else raw
     if not isinstance(payload, dict):
         raise InvalidInput("item is not a JSON object")
-    unknown = set(payload) - {"conversation_id", "sender_id", "body", "client_message_id"}
+    unknown = set(payload) - _ITEM_FIELDS
     if unknown:
         raise InvalidInput(f"unknown field(s): {', '.join(sorted(unknown))}")
-    for name in ("conversation_id", "sender_id", "body"):
+    if "conversation_id" in payload and "recipient_id" in payload:
+        raise InvalidInput("give conversation_id or recipient_id, not both")
+    if "conversation_id" not in payload and "recipient_id" not in payload:
+        raise InvalidInput("conversation_id (or recipient_id) is missing")
+    for name in ("sender_id", "body"):
         if name not in payload:
             raise InvalidInput(f"{name} is missing")
-    cid = require_uuid(payload["conversation_id"], "conversation_id")
     sender = require_uuid(payload["sender_id"], "sender_id")
+    cid, recipient = "", None
+    if "recipient_id" in payload:
+        recipient = require_uuid(payload["recipient_id"], "recipient_id")
+        if recipient == sender:
+            raise InvalidInput(f"recipient_id {recipient} is the sender")
+    else:
+        cid = require_uuid(payload["conversation_id"], "conversation_id")
     body = require_body(payload["body"], max_bytes=max_body_bytes)
+    created_at = payload.get("created_at")
     cmid = require_client_message_id(
         payload.get("client_message_id") or batch_client_message_id(batch_id, row["item_no"])
     )
@@ -651,6 +816,8 @@ def _parse_item(batch_id: str, row: asyncpg.Record, max_body_bytes: int) -> _Ite
         sender=sender,
         cmid=cmid,
         body=body,
+        recipient=recipient,
+        created_at=None if created_at is None else parse_created_at(created_at, now=now),
     )
 
 

@@ -30,55 +30,55 @@ class MessageIndexRemover(Protocol):
 
 
 class PurgeSink(Protocol):
-    """The notification seam: told of messages purged for good, to drop what
-    refers to them (notification records, push receipts). Called inside the
-    purge transaction before it commits; must be idempotent."""
+    """Told of messages purged for good, to drop what else refers to them (the
+    purge itself deletes their ``notifications`` rows). Called inside the purge
+    transaction before it commits; must be idempotent."""
 
     async def messages_purged(self, message_ids: Sequence[str]) -> None:
         """Deletes whatever refers to these (now purged) messages."""
 
 
 _ARCHIVE_TEMPLATE = """
-WITH victims AS (
-    SELECT v.id
-    FROM conversations c
-    CROSS JOIN LATERAL (
-        SELECT m.id FROM messages m
-        WHERE m.conversation_id = c.id
-          AND m.created_at < $1::timestamptz
-                             - make_interval(days => COALESCE(c.retention_days, $2::int))
-        ORDER BY m.created_at
+WITH moved AS (
+    DELETE FROM messages m
+    WHERE m.id = ANY(ARRAY(
+        SELECT v.id
+        FROM conversations c
+        CROSS JOIN LATERAL (
+            SELECT e.id FROM messages e
+            WHERE e.conversation_id = c.id
+              AND e.created_at < $1::timestamptz
+                                 - make_interval(days => COALESCE(c.retention_days, $2::int))
+            ORDER BY e.created_at
+            LIMIT $3
+        ) v
+        WHERE NOT c.legal_hold AND COALESCE(c.retention_days, $2::int) IS NOT NULL
         LIMIT $3
-    ) v
-    WHERE NOT c.legal_hold AND COALESCE(c.retention_days, $2::int) IS NOT NULL
-    LIMIT $3
-), dels AS (
-    DELETE FROM deliveries d USING victims v WHERE d.message_id = v.id
-    RETURNING d.message_id, d.recipient_id, d.status, d.sent_at, d.delivered_at, d.read_at
-), dagg AS (
-    SELECT message_id, count(*) AS n,
-           jsonb_agg(jsonb_build_object('recipient_id', recipient_id, 'status', status,
-                                        'sent_at', sent_at, 'delivered_at', delivered_at,
-                                        'read_at', read_at)) AS deliveries
-    FROM dels GROUP BY message_id
-), moved AS (
-    DELETE FROM messages m USING victims v WHERE m.id = v.id
-    RETURNING m.*
+    ))
+    RETURNING m.id, m.conversation_id, m.seq, m.sender_id, m.client_message_id,
+              m.body_ciphertext, m.key_version, m.created_at, m.edited_at, m.deleted_at{others}
 ), archived AS (
     INSERT INTO archived_messages (id, conversation_id, seq, sender_id, client_message_id,
                                    body_ciphertext, key_version, created_at, edited_at,
-                                   deleted_at, deliveries, extra, archived_at)
+                                   deleted_at, extra, archived_at)
     SELECT mv.id, mv.conversation_id, mv.seq, mv.sender_id, mv.client_message_id,
            mv.body_ciphertext, mv.key_version, mv.created_at, mv.edited_at, mv.deleted_at,
-           COALESCE(dagg.deliveries, '[]'::jsonb), {extra}, $1::timestamptz
-    FROM moved mv LEFT JOIN dagg ON dagg.message_id = mv.id
-    ON CONFLICT (id) DO NOTHING
+           {extra}, $1::timestamptz
+    FROM moved mv
     RETURNING id
 )
-SELECT (SELECT array_agg(id::text) FROM archived) AS ids,
-       (SELECT count(*) FROM moved) AS moved,
-       (SELECT COALESCE(sum(n), 0)::int8 FROM dagg) AS deliveries
+SELECT array_agg(id::text) FROM archived
 """
+"""Moves up to $3 messages expired at $1 ($2: the default retention days), each row
+read once (``DELETE ... RETURNING`` feeding ``INSERT``).
+
+Costs about what a plain ``DELETE`` of the same rows does: the victims go to the
+delete as an array (one index lookup each; a join with a CTE let the planner hash
+whole tables every transaction), deliveries are left to the foreign key's cascade
+(not archived: a restore rebuilds them from the watermarks), and the archive's
+only B-tree is its (conversation_id, seq) key, inserted in order. The insert is
+plain: a conflict would mean a message archived twice, better an error than a
+row silently dropped."""
 
 _KNOWN_COLUMNS = [
     "id",
@@ -94,6 +94,9 @@ _KNOWN_COLUMNS = [
 ]
 """Columns archived_messages has as its own; any other column of messages goes to extra."""
 
+_NOT_KEPT = ["indexed_at"]
+"""Columns of messages not archived: a restored message is indexed again (NULL)."""
+
 _OTHER_COLUMNS = """
 SELECT column_name FROM information_schema.columns
 WHERE table_schema = current_schema() AND table_name = 'messages'
@@ -106,27 +109,41 @@ def _archive_statement(other_columns: list[str]) -> str:
     """The archive statement, keeping ``other_columns`` of messages in ``extra``.
 
     Naming the columns (read from the catalogue once) rather than ``to_jsonb(row)``
-    keeps the body's bytes out of JSON: about the cost of the whole statement.
+    keeps the body's bytes out of JSON; ``extra`` is built only for a row that
+    has one of them set (an end-to-end encrypted message's header).
     """
     if not other_columns:
-        return _ARCHIVE_TEMPLATE.format(extra="'{}'::jsonb")
-    pairs = ", ".join(f"'{c}', mv.\"{c}\"" for c in other_columns)
-    return _ARCHIVE_TEMPLATE.format(extra=f"jsonb_build_object({pairs})")
+        return _ARCHIVE_TEMPLATE.format(others="", extra="'{}'::jsonb")
+    quoted = [f'"{c}"' for c in other_columns]
+    others = "".join(f", m.{q}" for q in quoted)
+    all_null = " AND ".join(f"mv.{q} IS NULL" for q in quoted)
+    pairs = ", ".join(f"'{c}', mv.{q}" for c, q in zip(other_columns, quoted, strict=True))
+    extra = f"CASE WHEN {all_null} THEN '{{}}'::jsonb ELSE jsonb_build_object({pairs}) END"
+    return _ARCHIVE_TEMPLATE.format(others=others, extra=extra)
 
 
 _PURGE = """
 WITH gone AS (
     DELETE FROM archived_messages
-    WHERE id IN (
-        SELECT id FROM archived_messages
+    WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM archived_messages
         WHERE archived_at < $1::timestamptz - make_interval(days => $2::int)
-        ORDER BY archived_at
         LIMIT $3
-    )
+    ))
     RETURNING id
+), notes AS (
+    DELETE FROM notifications n WHERE n.message_id = ANY(ARRAY(SELECT id FROM gone))
+    RETURNING 1
 )
-SELECT array_agg(id::text) FROM gone
+SELECT (SELECT array_agg(id::text) FROM gone) AS ids,
+       (SELECT count(*) FROM notes) AS notifications
 """
+"""Deletes for good up to $3 messages archived more than $2 days before $1, with the
+notification rows that refer to them.
+
+Old rows are found through the BRIN index on archived_at (archiving appends in
+time order) and deleted by their physical address: no B-tree on archived_at to
+keep up while archiving."""
 
 _RESTORE = """
 WITH back AS (
@@ -139,22 +156,21 @@ WITH back AS (
     INSERT INTO messages
     SELECT (jsonb_populate_record(
         NULL::messages,
-        (to_jsonb(b) - 'deliveries' - 'extra' - 'archived_at') || b.extra
-        || '{"indexed_at": null}'::jsonb
+        (to_jsonb(b) - 'extra' - 'archived_at') || b.extra || '{"indexed_at": null}'::jsonb
     )).*
     FROM back b
     ON CONFLICT DO NOTHING
-    RETURNING id
+    RETURNING id, conversation_id, seq, sender_id, created_at
 ), dl AS (
-    INSERT INTO deliveries (message_id, recipient_id, conversation_id, seq, status, sent_at,
-                            delivered_at, read_at)
-    SELECT b.id, u.id, b.conversation_id, b.seq, (d->>'status')::smallint,
-           (d->>'sent_at')::timestamptz, (d->>'delivered_at')::timestamptz,
-           (d->>'read_at')::timestamptz
-    FROM back b
-    CROSS JOIN LATERAL jsonb_array_elements(b.deliveries) d
-    JOIN users u ON u.id = (d->>'recipient_id')::uuid
-    WHERE b.id IN (SELECT id FROM msgs)
+    -- Deliveries are rebuilt for the conversation's participants other than the
+    -- sender, with the status their watermarks give (receipts move deliveries and
+    -- watermarks together); when it was delivered or read is not kept.
+    INSERT INTO deliveries (message_id, recipient_id, conversation_id, seq, status, sent_at)
+    SELECT m.id, p.user_id, m.conversation_id, m.seq,
+           CASE WHEN p.read_seq >= m.seq THEN 2 WHEN p.delivered_seq >= m.seq THEN 1 ELSE 0 END,
+           m.created_at
+    FROM msgs m
+    JOIN participants p ON p.conversation_id = m.conversation_id AND p.user_id <> m.sender_id
     ON CONFLICT DO NOTHING
     RETURNING 1
 )
@@ -197,7 +213,10 @@ class RetentionService:
 
     async def _archive_statement(self, conn: asyncpg.Connection) -> str:
         if self._archive_sql is None:
-            others = [r["column_name"] for r in await conn.fetch(_OTHER_COLUMNS, _KNOWN_COLUMNS)]
+            others = [
+                r["column_name"]
+                for r in await conn.fetch(_OTHER_COLUMNS, _KNOWN_COLUMNS + _NOT_KEPT)
+            ]
             self._archive_sql = _archive_statement(others)
         return self._archive_sql
 
@@ -215,7 +234,7 @@ class RetentionService:
         on_progress: Callable[[RetentionStepResult], Awaitable[None]] | None = None,
         start: RetentionStepResult | None = None,
     ) -> RetentionStepResult:
-        """Moves every message expired at ``now`` (and its deliveries) to the archive.
+        """Moves every message expired at ``now`` to the archive (its deliveries are dropped).
 
         One transaction per ``chunk_size`` messages; after each, the totals go
         to ``on_progress``. ``start`` continues the totals of an earlier attempt.
@@ -225,16 +244,13 @@ class RetentionService:
         while True:
             async with self._conn() as conn, conn.transaction():
                 statement = await self._archive_statement(conn)
-                row = await conn.fetchrow(statement, now, self.default_days, size)
-                ids = row["ids"] or []
+                ids = await conn.fetchval(statement, now, self.default_days, size) or []
                 if ids and self._index is not None:
                     await self._index.delete_messages(ids)
-            if not row["moved"]:
+            if not ids:
                 return done
             done = RetentionStepResult(
-                messages=done.messages + int(row["moved"]),
-                deliveries=done.deliveries + int(row["deliveries"]),
-                transactions=done.transactions + 1,
+                messages=done.messages + len(ids), transactions=done.transactions + 1
             )
             if on_progress is not None:
                 await on_progress(done)
@@ -247,19 +263,26 @@ class RetentionService:
         on_progress: Callable[[RetentionStepResult], Awaitable[None]] | None = None,
         start: RetentionStepResult | None = None,
     ) -> RetentionStepResult:
-        """Deletes for good archived messages older than the restore window at ``now``."""
+        """Deletes for good archived messages older than the restore window at ``now``.
+
+        Each transaction of ``chunk_size`` messages also deletes their
+        notification rows (and tells the purge sinks).
+        """
         size = chunk_size or self.chunk_size
         done = start or RetentionStepResult(messages=0)
         while True:
             async with self._conn() as conn, conn.transaction():
-                ids = await conn.fetchval(_PURGE, now, self.restore_window_days, size) or []
+                row = await conn.fetchrow(_PURGE, now, self.restore_window_days, size)
+                ids = row["ids"] or []
                 for sink in self._purge_sinks:
                     if ids:
                         await sink.messages_purged(ids)
             if not ids:
                 return done
             done = RetentionStepResult(
-                messages=done.messages + len(ids), transactions=done.transactions + 1
+                messages=done.messages + len(ids),
+                transactions=done.transactions + 1,
+                notifications=done.notifications + int(row["notifications"]),
             )
             if on_progress is not None:
                 await on_progress(done)
@@ -270,7 +293,10 @@ class RetentionService:
         """Brings a conversation's archived messages back, within the restore window.
 
         With ``hold`` the conversation is put on legal hold in the same
-        transaction, so the next cleanup does not archive them again.
+        transaction, so the next cleanup does not archive them again. Their
+        deliveries are rebuilt for the conversation's current participants
+        (other than the sender), with the status each one's delivered / read
+        watermark gives; the times of delivery and reading are not kept.
 
         Raises:
             InvalidInput: a malformed id, nothing archived, or only messages

@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -161,7 +162,7 @@ async def test_retention_schedule_is_idempotent_and_its_trigger_runs_the_cleanup
                 getattr(runs[0].action, "workflow_id", ""), result_type=RetentionResult
             )
             outcome = await asyncio.wait_for(run.result(), 60)
-            assert (outcome.archived, outcome.archived_deliveries, outcome.purged) == (12, 24, 0)
+            assert (outcome.archived, outcome.purged) == (12, 0)
 
             await client.pause_schedule(schedule_id)
             assert (await client.describe_schedule(schedule_id)).schedule.state.paused
@@ -240,3 +241,125 @@ async def test_a_worker_killed_mid_batch_resumes_and_stores_every_item_exactly_o
     assert await _count(core, "SELECT count(*) FROM deliveries") == 2 * total
     stored = await _count(core, "SELECT count(*) FROM batch_items WHERE state = 1")
     assert stored == total
+
+
+async def _cli(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "starter",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_cli_announces_to_users_in_their_direct_conversations(
+    settings: Settings, core: Core, dev_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    (ana, ben, cy), _ = await _group(core)
+    dee = await core.directory.create_user(NewUser(handle=f"u{uuid.uuid4().hex[:8]}"))
+    existing = await core.directory.create_conversation(
+        kind=ConversationKind.DIRECT, members=[ana, ben]
+    )
+    unknown = str(uuid.uuid4())
+    users = tmp_path / "users.txt"
+    # The sender and a repeated id are left out; the unknown user is a report entry.
+    users.write_text("\n".join([ben, cy, ana, dee, cy, unknown, ""]) + "\n")
+    env = process_env(
+        DATABASE_URL=str(settings.database_url),
+        TEMPORAL_ADDRESS=dev_env.client.service_client.config.target_host,
+    )
+    client = BatchClient(dev_env.client, settings, task_queue=TASK_QUEUE_BATCH)
+    async with (
+        client,
+        batch_worker(settings, dev_env.client, core, None, task_queue=TASK_QUEUE_BATCH),
+    ):
+        code, out, err = await _cli(
+            "batch", "announce", "--sender", ana, "--body", "office closed friday",
+            "--users-file", str(users), "--failure-threshold", "0.5", "--json",
+            env=env,
+        )  # fmt: skip
+        assert code == 0, err
+        started = json.loads(out)
+        assert started["total"] == 4
+        result = await asyncio.wait_for(client.result(started["batch_id"]), 120)
+        code, out, err = await _cli("batch", "report", started["batch_id"], "--json", env=env)
+        assert code == 0, err
+        report = json.loads(out)
+        code, _, err = await _cli(
+            "batch", "announce", "--sender", ana, "--body", "x", "--users-file", str(users),
+            "--conversations-file", str(users), env=env,
+        )  # fmt: skip
+        assert code == 2 and "not allowed with argument" in err
+
+    assert (result.status, result.stored, result.failed) == (BatchStatus.COMPLETED, 3, 1)
+    assert [f["reason"] for f in report["failures"]] == [
+        f"UserNotFound: user {unknown} does not exist"
+    ]
+    conversations = {
+        user: await _count(
+            core,
+            "SELECT count(*) FROM conversations c JOIN participants a"
+            " ON a.conversation_id = c.id AND a.user_id = :ana JOIN participants u"
+            " ON u.conversation_id = c.id AND u.user_id = :u WHERE c.kind = 'direct'",
+            ana=ana,
+            u=user,
+        )
+        for user in (ben, cy, dee)
+    }
+    assert conversations == {ben: 1, cy: 1, dee: 1}
+    assert (
+        await _count(core, "SELECT count(*) FROM messages WHERE conversation_id = :c", c=existing)
+        == 1
+    )
+    sql = (
+        "SELECT count(*) FROM messages m JOIN conversations c ON c.id = m.conversation_id"
+        " WHERE c.kind = 'direct' AND m.sender_id = :ana"
+    )
+    assert await _count(core, sql, ana=ana) == 3
+    assert await _count(core, "SELECT count(*) FROM deliveries") == 3
+
+
+async def test_import_with_created_at_through_the_batch_client(
+    settings: Settings, core: Core, dev_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> None:
+    (ana, _, _), conv = await _group(core)
+    lines = [
+        {
+            "conversation_id": conv,
+            "sender_id": ana,
+            "body": "then",
+            "created_at": "2024-02-29T23:59:59-05:00",
+        },
+        {
+            "conversation_id": conv,
+            "sender_id": ana,
+            "body": "bad",
+            "created_at": "2024-02-30T00:00:00Z",
+        },
+        {"conversation_id": conv, "sender_id": ana, "body": "now"},
+    ]
+    path = tmp_path / "history.jsonl"
+    path.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    client = BatchClient(dev_env.client, settings, task_queue=task_queue)
+    async with client, batch_worker(settings, dev_env.client, core, None, task_queue=task_queue):
+        started = await client.start_import(path, options=BatchOptions(failure_threshold=0.5))
+        result = await asyncio.wait_for(client.result(started.batch_id), 120)
+        report = await client.report(started.batch_id)
+    assert (result.stored, result.failed) == (2, 1)
+    assert [(f.line_no, f.reason) for f in report.failures] == [
+        (2, "InvalidInput: created_at '2024-02-30T00:00:00Z' is not an ISO-8601 date and time")
+    ]
+    first = await _count(
+        core,
+        "SELECT extract(epoch FROM created_at)::int8 FROM messages WHERE conversation_id = :c"
+        " AND seq = 1",
+        c=conv,
+    )
+    assert first == int(datetime(2024, 3, 1, 4, 59, 59, tzinfo=UTC).timestamp())

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from temporalio import activity
@@ -50,7 +52,7 @@ class FakeMessages:
     receipt_results: list[ApplyReceiptResult] = field(default_factory=list)
     receipt_broadcasts: int = 0
 
-    def activities(self) -> list[object]:
+    def activities(self) -> list[Callable[..., Any]]:
         @activity.defn(name="persist_message")
         async def persist_message(input: PersistMessageInput) -> PersistMessageResult:
             if self.refuse_with:

@@ -1,0 +1,107 @@
+"""Wiring of notifications: the channel senders and one worker per notification task queue."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
+from datetime import timedelta
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.notify import ChannelActivities, NotifyActivities
+from missive.broadcast import Emitter
+from missive.config import Settings
+from missive.constants import TASK_QUEUE_EMAIL, TASK_QUEUE_NOTIFY, TASK_QUEUE_PUSH, TASK_QUEUE_SMS
+from missive.metrics import Metrics
+from missive.notify.dispatch import ChannelSenders
+from missive.notify.mail import EmailSender
+from missive.notify.push import PushSender
+from missive.notify.sms import SmsSender
+from runtime.wiring import Core, workflow_runner
+
+MAX_CONCURRENT_NOTIFY_ACTIVITIES = 16
+"""Planning / dispatch / digest activities one worker runs at once: each holds a
+database connection briefly, so this stays within the pool."""
+
+
+def open_notify(
+    settings: Settings, core: Core, stack: AsyncExitStack, *, metrics: Metrics | None = None
+) -> ChannelSenders:
+    """The push, email and SMS senders the settings describe (dev sinks without credentials).
+
+    Contacts nothing: a provider that is down fails its sends (retried, then the
+    channel falls back), never a process start.
+
+    Raises:
+        InvalidInput: a provider setting is malformed (credentials file, EMAIL_FROM,
+            TWILIO_FROM), named in the message.
+    """
+    push = PushSender.from_settings(settings)
+    email = EmailSender.from_settings(settings)
+    sms = SmsSender.from_settings(settings)
+    stack.push_async_callback(sms.close)
+    return ChannelSenders(
+        core.notifications, core.messages, push=push, email=email, sms=sms, metrics=metrics
+    )
+
+
+def notify_workers(
+    settings: Settings,
+    client: Client,
+    core: Core,
+    emitter: Emitter | None,
+    senders: ChannelSenders,
+    *,
+    metrics: Metrics | None = None,
+) -> list[Worker]:
+    """The notification workers: the workflows' queue and one rate-capped queue per provider.
+
+    ``max_task_queue_activities_per_second`` is enforced by the Temporal server
+    across every worker polling the queue, so the provider's quota holds however
+    many worker processes run. A push activity sends up to NOTIFY_PUSH_BATCH_SIZE
+    rows, hence NOTIFY_PUSH_PER_SECOND / NOTIFY_PUSH_BATCH_SIZE activities a second.
+    """
+    from workflows.notify_digest import NotificationDigestWorkflow
+    from workflows.notify_message import NotifyMessageWorkflow
+
+    shutdown = timedelta(seconds=settings.graceful_shutdown_seconds)
+    notify = NotifyActivities(core.notifications, client=client, emitter=emitter, metrics=metrics)
+    channels = ChannelActivities(senders, metrics=metrics)
+
+    def provider_worker(
+        task_queue: str, activities: Sequence[Callable[..., Any]], per_second: float
+    ) -> Worker:
+        return Worker(
+            client,
+            task_queue=task_queue,
+            activities=activities,
+            max_task_queue_activities_per_second=per_second,
+            graceful_shutdown_timeout=shutdown,
+        )
+
+    return [
+        Worker(
+            client,
+            task_queue=TASK_QUEUE_NOTIFY,
+            workflows=[NotifyMessageWorkflow, NotificationDigestWorkflow],
+            activities=[
+                notify.plan_notifications,
+                notify.dispatch_due,
+                notify.fall_back,
+                notify.prepare_digest,
+                notify.queue_digests,
+            ],
+            workflow_runner=workflow_runner(settings),
+            max_concurrent_activities=MAX_CONCURRENT_NOTIFY_ACTIVITIES,
+            graceful_shutdown_timeout=shutdown,
+        ),
+        provider_worker(
+            TASK_QUEUE_PUSH,
+            [channels.send_push, channels.clear_pushes],
+            settings.notify_push_per_second / settings.notify_push_batch_size,
+        ),
+        provider_worker(TASK_QUEUE_EMAIL, [channels.send_email], settings.notify_email_per_second),
+        provider_worker(TASK_QUEUE_SMS, [channels.send_sms], settings.notify_sms_per_second),
+    ]

@@ -1,0 +1,829 @@
+"""ChannelSenders against real local providers: the FCM and Twilio sinks and an SMTP server.
+
+Rows are planned and dispatched through the notification log as the workflows do,
+then sent; the assertions are what a user or an operator would check: what reached
+the provider, the log rows, the devices table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack, suppress
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from typing import Any, cast
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy import text
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+
+from activities.notify import NotifyActivities
+from missive.constants import (
+    EVENT_NOTIFICATION_NEW,
+    EVENT_NOTIFICATION_UNREAD,
+    TASK_QUEUE_NOTIFY,
+    notify_digest_workflow_id,
+    notify_message_workflow_id,
+    user_room,
+)
+from missive.db import session_factory
+from missive.errors import InvalidInput, ProviderUnavailable, RateLimited
+from missive.metrics import Metrics
+from missive.models import ConversationKind, EncryptionMode
+from missive.notify.dispatch import ChannelSenders
+from missive.notify.mail import EmailSender, message_id
+from missive.notify.options import notify_options
+from missive.notify.preferences import PreferenceService
+from missive.notify.push import PushSender, _StaticSinkCredentials
+from missive.notify.sinks import Failure, FcmSink, TwilioSink, serve
+from missive.notify.sms import SmsSender
+from missive.schemas import (
+    Channel,
+    DigestItem,
+    DigestItems,
+    DispatchDueInput,
+    NotificationDigestInput,
+    NotificationPreferences,
+    NotificationStatus,
+    NotifyMessageInput,
+    NotifyOptions,
+    PersistMessageInput,
+    PlanNotificationsInput,
+    PrepareDigestInput,
+    QueueDigestsInput,
+    ReceiptStatus,
+    SettleNotificationsInput,
+)
+from runtime.notify import notify_workers, open_notify
+from runtime.wiring import Core
+from tests.conftest import base_settings
+
+pytestmark = pytest.mark.integration
+
+PROJECT = "missive-test"
+MAIL_DOMAIN = "missive.example"
+BEN_PHONE = "+14155550100"
+CY_PHONE = "+14155550101"
+OPTIONS = NotifyOptions()
+E2E_TIMEOUT = 60.0
+"""Seconds the end-to-end test waits for a workflow (time skips; this is wall time)."""
+LATER = timedelta(hours=2)
+"""Past every channel's delay (push 60 s, email 15 min, SMS 1 h)."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- providers ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def fcm() -> AsyncIterator[tuple[FcmSink, str]]:
+    sink = FcmSink()
+    runner, url = await serve(sink.app())
+    yield sink, url
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def twilio() -> AsyncIterator[tuple[TwilioSink, str]]:
+    sink = TwilioSink()
+    runner, url = await serve(sink.app())
+    yield sink, url
+    await runner.cleanup()
+
+
+class Inbox:
+    """aiosmtpd handler recording every accepted email."""
+
+    def __init__(self) -> None:
+        self.emails: list[tuple[Envelope, EmailMessage]] = []
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        self.emails.append((envelope, message_from_bytes(raw, policy=policy.default)))  # type: ignore[arg-type]
+        return "250 Message accepted"
+
+
+def start_smtp(inbox: Inbox, port: int) -> Controller:
+    controller = Controller(inbox, hostname="127.0.0.1", port=port)
+    controller.start()
+    return controller
+
+
+@pytest.fixture
+def smtp_port() -> int:
+    return free_port()
+
+
+@pytest.fixture
+def inbox(smtp_port: int) -> Iterator[Inbox]:
+    inbox = Inbox()
+    controller = start_smtp(inbox, smtp_port)
+    yield inbox
+    controller.stop()
+
+
+@dataclass
+class Senders:
+    senders: ChannelSenders
+    metrics: Metrics
+    sms: SmsSender
+
+
+@pytest.fixture
+async def channels(
+    core: Core, fcm: tuple[FcmSink, str], twilio: tuple[TwilioSink, str], smtp_port: int
+) -> AsyncIterator[Senders]:
+    """ChannelSenders over the sinks; the SMTP server is whatever listens on smtp_port."""
+    push = PushSender(project_id=PROJECT, credentials=_StaticSinkCredentials(), endpoint=fcm[1])
+    email = EmailSender(
+        host="127.0.0.1", port=smtp_port, sender=f"Missive <notify@{MAIL_DOMAIN}>", timeout=5
+    )
+    sms = SmsSender(
+        account_sid="ACtest", auth_token="secret", from_number="+15005550006", base_url=twilio[1]
+    )
+    metrics = Metrics()
+    senders = ChannelSenders(
+        core.notifications, core.messages, push=push, email=email, sms=sms, metrics=metrics
+    )
+    yield Senders(senders, metrics, sms)
+    await sms.close()
+
+
+def counted(metrics: Metrics, channel: str, outcome: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "missive_notifications_total", {"channel": channel, "outcome": outcome}
+    )
+    return value or 0.0
+
+
+# --- the world: ana writes to ben and cy ----------------------------------------------------
+
+
+@dataclass
+class World:
+    ana: str
+    ben: str
+    cy: str
+    ops: str
+    """A standard group titled "ops" of the three."""
+    prefs: PreferenceService
+
+
+@pytest.fixture
+async def world(core: Core) -> World:
+    from missive.services.directory import NewUser
+
+    ana = await core.directory.create_user(NewUser(handle="ana", display_name="Ana"))
+    ben = await core.directory.create_user(
+        NewUser(handle="ben", display_name="Ben", email="ben@example.com", phone=BEN_PHONE)
+    )
+    cy = await core.directory.create_user(
+        NewUser(handle="cy", display_name="Cy", email="cy@example.com", phone=CY_PHONE)
+    )
+    ops = await core.directory.create_conversation(
+        kind=ConversationKind.GROUP, members=[ana, ben, cy], title="ops", owner_id=ana
+    )
+    prefs = PreferenceService(session_factory(core.engine))
+    await prefs.register_device(ben, "android", "ben-phone-token")
+    await prefs.register_device(ben, "ios", "ben-tablet-token")
+    await prefs.register_device(cy, "android", "cy-only-token")
+    return World(ana, ben, cy, ops, prefs)
+
+
+@dataclass
+class Planned:
+    message_id: str
+    at: datetime
+    push: dict[str, str]
+    """recipient -> push row."""
+    digests: dict[tuple[Channel, str], str]
+    """(channel, recipient) -> digest row, prepared like NotificationDigestWorkflow does."""
+
+
+async def send_and_plan(
+    core: Core,
+    sender: str,
+    conversation_id: str,
+    body: str,
+    *,
+    cmid: str = "c-1",
+    e2e_header: dict[str, Any] | None = None,
+) -> Planned:
+    """Persists a message, plans it, dispatches everything due and prepares the digests."""
+    stored = await core.messages.persist(
+        PersistMessageInput(
+            conversation_id=conversation_id,
+            sender_id=sender,
+            client_message_id=cmid,
+            body=body,
+            e2e_header=e2e_header,
+        )
+    )
+    log = core.notifications
+    message = NotifyMessageInput(
+        message_id=stored.message_id,
+        conversation_id=conversation_id,
+        sender_id=sender,
+        seq=stored.seq,
+        created_at=stored.created_at,
+        options=OPTIONS,
+    )
+    await log.plan(PlanNotificationsInput(message=message, now=stored.created_at))
+    at = stored.created_at + LATER
+    due, _ = await log.dispatch_due(
+        DispatchDueInput(message_id=stored.message_id, options=OPTIONS, now=at)
+    )
+    rows = {row.id: row for row in await log.rows(message_id=stored.message_id)}
+    push = {str(rows[i].recipient_id): i for i in due.push}
+    digests: dict[tuple[Channel, str], str] = {}
+    for item in due.digests:
+        prepared = await log.prepare_digest(
+            PrepareDigestInput(
+                recipient_id=item.recipient_id,
+                channel=item.channel,
+                notification_ids=[item.notification_id],
+                now=at,
+            )
+        )
+        assert prepared.notification_id is not None, prepared
+        digests[(Channel(item.channel), item.recipient_id)] = prepared.notification_id
+    return Planned(stored.message_id, at, push, digests)
+
+
+async def row(core: Core, notification_id: str) -> Any:
+    async with core.engine.connect() as conn:
+        return (
+            await conn.execute(
+                text("SELECT * FROM notifications WHERE id = :id"), {"id": notification_id}
+            )
+        ).one()
+
+
+async def tokens_of(core: Core, user_id: str) -> set[str]:
+    async with core.engine.connect() as conn:
+        result = await conn.execute(
+            text("SELECT push_token FROM devices WHERE user_id = :u"), {"u": user_id}
+        )
+        return set(result.scalars())
+
+
+def pushes_to(sink: FcmSink, token: str) -> list[dict[str, Any]]:
+    return [m["message"] for m in sink.received if m["message"]["token"] == token]
+
+
+# --- push ---------------------------------------------------------------------------------
+
+
+async def test_push_reaches_fcm_with_collapse_key_and_data(
+    core: Core, world: World, channels: Senders, fcm: tuple[FcmSink, str]
+) -> None:
+    sink, _ = fcm
+    planned = await send_and_plan(core, world.ana, world.ops, "deploy   done")
+    ids = list(planned.push.values())
+    result = await channels.senders.send_push(ids)
+    assert (result.sent, result.failed, result.removed_tokens) == (2, 0, 0)
+
+    [phone] = pushes_to(sink, "ben-phone-token")
+    [tablet] = pushes_to(sink, "ben-tablet-token")
+    [cy] = pushes_to(sink, "cy-only-token")
+    ben_row = planned.push[world.ben]
+    assert phone["notification"] == {"title": "Ana in #ops", "body": "deploy done"}
+    assert phone["android"] == {"collapse_key": f"conv-{world.ops}"}
+    assert phone["apns"] == {"headers": {"apns-collapse-id": f"conv-{world.ops}"}}
+    assert phone["data"] == {
+        "type": "message",
+        "message_id": planned.message_id,
+        "conversation_id": world.ops,
+        "seq": "1",
+        "notification_id": ben_row,
+    }
+    assert tablet["data"] == phone["data"]
+    assert cy["data"]["notification_id"] == planned.push[world.cy]
+
+    stored = await row(core, ben_row)
+    assert stored.status == NotificationStatus.SENT
+    assert stored.provider_ref.startswith(f"projects/{PROJECT}/messages/")
+    assert stored.sent_at is not None and stored.attempts == 1
+    assert counted(channels.metrics, "push", "sent") == 2
+
+    # A retry of the activity (or a replay) sends nothing again.
+    again = await channels.senders.send_push(ids)
+    assert again.sent == 0
+    assert len(sink.received) == 3
+
+
+async def test_unregistered_token_deletes_the_device_and_other_devices_still_get_it(
+    core: Core, world: World, channels: Senders, fcm: tuple[FcmSink, str]
+) -> None:
+    sink, _ = fcm
+    sink.fail("ben-phone-token", Failure.INVALID_RECIPIENT)
+    sink.fail("cy-only-token", Failure.INVALID_ARGUMENT)
+    planned = await send_and_plan(core, world.ana, world.ops, "hello")
+    result = await channels.senders.send_push(list(planned.push.values()))
+
+    assert (result.sent, result.failed, result.removed_tokens) == (1, 1, 2)
+    assert [m["token"] for m in (m["message"] for m in sink.received)] == ["ben-tablet-token"]
+    assert await tokens_of(core, world.ben) == {"ben-tablet-token"}
+    assert await tokens_of(core, world.cy) == set()
+    assert (await row(core, planned.push[world.ben])).status == NotificationStatus.SENT
+    cy_row = await row(core, planned.push[world.cy])
+    assert cy_row.status == NotificationStatus.FAILED
+    assert "every push token" in cy_row.reason
+    assert counted(channels.metrics, "push", "failed") == 1
+
+
+async def test_rate_limit_raises_with_retry_after_and_only_the_unsent_row_goes_again(
+    core: Core, world: World, channels: Senders, fcm: tuple[FcmSink, str]
+) -> None:
+    sink, _ = fcm
+    sink.fail("cy-only-token", Failure.RATE_LIMITED, retry_after=7, times=1)
+    planned = await send_and_plan(core, world.ana, world.ops, "hello")
+    ids = list(planned.push.values())
+
+    with pytest.raises(RateLimited) as caught:
+        await channels.senders.send_push(ids)
+    assert caught.value.retry_after == 7
+    cy_row = await row(core, planned.push[world.cy])
+    assert cy_row.status == NotificationStatus.QUEUED
+    assert "rate limit" in cy_row.reason
+    assert (await row(core, planned.push[world.ben])).status == NotificationStatus.SENT
+    assert len(sink.received) == 2  # ben's two devices
+    assert counted(channels.metrics, "push", "retry") == 1
+
+    # The activity's retry: only cy's row goes out.
+    result = await channels.senders.send_push(ids)
+    assert result.sent == 1
+    assert [m["message"]["token"] for m in sink.received[2:]] == ["cy-only-token"]
+    cy_row = await row(core, planned.push[world.cy])
+    assert (cy_row.status, cy_row.attempts) == (NotificationStatus.SENT, 2)
+
+
+async def test_read_before_sending_cancels_the_push(
+    core: Core, world: World, channels: Senders, fcm: tuple[FcmSink, str]
+) -> None:
+    sink, _ = fcm
+    planned = await send_and_plan(core, world.ana, world.ops, "hello")
+    async with core.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE deliveries SET status = 2 WHERE message_id = :m AND recipient_id = :r"),
+            {"m": planned.message_id, "r": world.cy},
+        )
+    result = await channels.senders.send_push(list(planned.push.values()))
+    assert (result.sent, result.cancelled) == (1, 1)
+    assert pushes_to(sink, "cy-only-token") == []
+    assert (await row(core, planned.push[world.cy])).status == NotificationStatus.CANCELLED
+
+
+# --- e2e ----------------------------------------------------------------------------------
+
+
+async def test_e2e_push_and_email_carry_no_content(
+    core: Core,
+    world: World,
+    channels: Senders,
+    fcm: tuple[FcmSink, str],
+    inbox: Inbox,
+) -> None:
+    sink, _ = fcm
+    secret = await core.directory.create_conversation(
+        kind=ConversationKind.DIRECT,
+        members=[world.ana, world.ben],
+        encryption_mode=EncryptionMode.E2E,
+    )
+    ciphertext = base64.b64encode(os.urandom(48)).decode()
+    header = {"alg": "x25519-aes256gcm", "key_id": "ana-device-1", "wrapped": {"ben": "AAEC"}}
+    planned = await send_and_plan(core, world.ana, secret, ciphertext, e2e_header=header)
+
+    await channels.senders.send_push([planned.push[world.ben]])
+    for message in pushes_to(sink, "ben-phone-token") + pushes_to(sink, "ben-tablet-token"):
+        assert message["notification"] == {"title": "New message from Ana"}
+        assert ciphertext not in str(message)
+
+    await channels.senders.send_email([planned.digests[(Channel.EMAIL, world.ben)]])
+    [(_, mail)] = inbox.emails
+    raw = mail.as_string()
+    assert ciphertext not in raw and ciphertext[:20] not in raw
+    assert mail["Subject"] == "New message from Ana"
+    assert "Ana sent an end-to-end encrypted message" in mail.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+
+
+# --- email --------------------------------------------------------------------------------
+
+
+async def test_email_arrives_once_with_its_headers(
+    core: Core, world: World, channels: Senders, inbox: Inbox
+) -> None:
+    planned = await send_and_plan(core, world.ana, world.ops, "deploy <done> & dusted")
+    digest = planned.digests[(Channel.EMAIL, world.ben)]
+    result = await channels.senders.send_email([digest])
+    assert result.sent == 1
+
+    [(envelope, mail)] = inbox.emails
+    assert envelope.rcpt_tos == ["ben@example.com"]
+    assert mail["To"] == "Ben <ben@example.com>"
+    assert mail["From"] == f"Missive <notify@{MAIL_DOMAIN}>"
+    assert mail["Subject"] == "New message from Ana in #ops"
+    assert mail["Message-ID"] == message_id(digest, MAIL_DOMAIN)
+    plain = mail.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    html = mail.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    assert "Hi Ben," in plain and "Ana: deploy <done> & dusted" in plain
+    assert "deploy &lt;done&gt; &amp; dusted" in html and "<done>" not in html
+
+    stored = await row(core, digest)
+    assert (stored.status, stored.provider_ref) == (NotificationStatus.SENT, mail["Message-ID"])
+
+    # The same id again (an activity retry, a replay): nothing is sent.
+    again = await channels.senders.send_email([digest])
+    assert again.sent == 0
+    assert len(inbox.emails) == 1
+    assert counted(channels.metrics, "email", "sent") == 1
+
+
+async def test_smtp_down_then_back_delivers_exactly_one_email(
+    core: Core, world: World, channels: Senders, smtp_port: int
+) -> None:
+    planned = await send_and_plan(core, world.ana, world.ops, "hello")
+    digest = planned.digests[(Channel.EMAIL, world.ben)]
+
+    # Nothing listens on smtp_port yet.
+    with pytest.raises(ProviderUnavailable, match="1 of 1 email notifications not sent"):
+        await channels.senders.send_email([digest])
+    stored = await row(core, digest)
+    assert (stored.status, stored.sent_at) == (NotificationStatus.QUEUED, None)
+    assert "unreachable" in stored.reason
+
+    inbox = Inbox()
+    controller = start_smtp(inbox, smtp_port)
+    try:
+        result = await channels.senders.send_email([digest])
+        await channels.senders.send_email([digest])  # a late duplicate retry
+    finally:
+        controller.stop()
+    assert result.sent == 1
+    [(_, mail)] = inbox.emails
+    assert mail["Message-ID"] == message_id(digest, MAIL_DOMAIN)
+    stored = await row(core, digest)
+    assert (stored.status, stored.attempts) == (NotificationStatus.SENT, 2)
+
+
+# --- SMS ----------------------------------------------------------------------------------
+
+
+async def test_sms_reaches_twilio_and_an_invalid_number_is_recorded_failed(
+    core: Core, world: World, channels: Senders, twilio: tuple[TwilioSink, str]
+) -> None:
+    sink, _ = twilio
+    sink.fail(CY_PHONE, Failure.INVALID_RECIPIENT)
+    for user in (world.ben, world.cy):
+        await world.prefs.set_user(user, NotificationPreferences(sms=True))
+    planned = await send_and_plan(core, world.ana, world.ops, "deploy done")
+    ben = planned.digests[(Channel.SMS, world.ben)]
+    cy = planned.digests[(Channel.SMS, world.cy)]
+
+    result = await channels.senders.send_sms([ben, cy])
+    assert (result.sent, result.failed) == (1, 1)
+    [sms] = sink.received
+    assert (sms["to"], sms["body"]) == (BEN_PHONE, "Missive: Ana in #ops: deploy done")
+    stored = await row(core, ben)
+    assert (stored.status, stored.provider_ref) == (NotificationStatus.SENT, sms["sid"])
+    failed = await row(core, cy)
+    assert failed.status == NotificationStatus.FAILED
+    assert "21211" in failed.reason and CY_PHONE in failed.reason
+    assert counted(channels.metrics, "sms", "failed") == 1
+
+
+async def test_sms_rate_limit_queues_the_row_again(
+    core: Core, world: World, channels: Senders, twilio: tuple[TwilioSink, str]
+) -> None:
+    sink, _ = twilio
+    sink.fail(BEN_PHONE, Failure.RATE_LIMITED, retry_after=3, times=1)
+    await world.prefs.set_user(world.ben, NotificationPreferences(sms=True))
+    planned = await send_and_plan(core, world.ana, world.ops, "hi")
+    ben = planned.digests[(Channel.SMS, world.ben)]
+    with pytest.raises(RateLimited) as caught:
+        await channels.senders.send_sms([ben])
+    assert caught.value.retry_after == 3
+    assert (await row(core, ben)).status == NotificationStatus.QUEUED
+    assert (await channels.senders.send_sms([ben])).sent == 1
+    assert len(sink.received) == 1
+
+
+# --- clearing -----------------------------------------------------------------------------
+
+
+async def test_clear_pushes_sends_data_only_with_the_same_collapse_key(
+    core: Core, world: World, channels: Senders, fcm: tuple[FcmSink, str]
+) -> None:
+    sink, _ = fcm
+    planned = await send_and_plan(core, world.ana, world.ops, "hello")
+    await channels.senders.send_push([planned.push[world.ben]])
+    shown = len(sink.received)
+    result = await channels.senders.clear_pushes([planned.push[world.ben]])
+    assert result.sent == 1
+    clears = [m["message"] for m in sink.received[shown:]]
+    assert {m["token"] for m in clears} == {"ben-phone-token", "ben-tablet-token"}
+    for message in clears:
+        assert "notification" not in message
+        assert message["data"] == {"type": "clear", "conversation_id": world.ops, "up_to_seq": "1"}
+        assert message["android"] == {"collapse_key": f"conv-{world.ops}"}
+
+
+async def test_bad_ids_are_refused(channels: Senders) -> None:
+    with pytest.raises(InvalidInput, match="notification_ids"):
+        await channels.senders.send_push(["not-a-uuid"])
+    assert (await channels.senders.send_email([])).sent == 0
+
+
+# --- the activities -----------------------------------------------------------------------
+
+
+class Emitted:
+    """An Emitter that records what it is asked to emit."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any], str | None]] = []
+
+    async def emit(self, event: str, data: Any, *, room: str | None = None) -> None:
+        self.events.append((event, data, room))
+
+
+async def test_dispatch_due_emits_notification_new_without_message_text(
+    core: Core, world: World
+) -> None:
+    stored = await core.messages.persist(
+        PersistMessageInput(
+            conversation_id=world.ops, sender_id=world.ana, client_message_id="c-1", body="s3cret"
+        )
+    )
+    message = NotifyMessageInput(
+        message_id=stored.message_id,
+        conversation_id=world.ops,
+        sender_id=world.ana,
+        seq=stored.seq,
+        created_at=stored.created_at,
+        options=OPTIONS,
+    )
+    emitted = Emitted()
+    metrics = Metrics()
+    acts = NotifyActivities(core.notifications, emitter=emitted, metrics=metrics)
+    env = ActivityEnvironment()
+    await env.run(
+        acts.plan_notifications, PlanNotificationsInput(message=message, now=stored.created_at)
+    )
+    result = await env.run(
+        acts.dispatch_due,
+        DispatchDueInput(message_id=stored.message_id, options=OPTIONS, now=stored.created_at),
+    )
+    assert result.in_app == 2
+    rows = {
+        r.recipient_id: r.id
+        for r in await core.notifications.rows(message_id=stored.message_id)
+        if r.channel == Channel.IN_APP
+    }
+    assert sorted(emitted.events, key=lambda e: str(e[2])) == sorted(
+        [
+            (
+                EVENT_NOTIFICATION_NEW,
+                {
+                    "event_id": f"notification:new:{rows[user]}",
+                    "notification_id": rows[user],
+                    "conversation_id": world.ops,
+                    "message_id": stored.message_id,
+                    "title": "New message from Ana in #ops",
+                    "unread_count": 1,
+                },
+                user_room(user),
+            )
+            for user in (world.ben, world.cy)
+        ],
+        key=lambda e: str(e[2]),
+    )
+    assert "s3cret" not in str(emitted.events)
+    assert counted(metrics, "in_app", "sent") == 2
+
+    # A read settles the reader's in-app row and tells their other tabs the new count.
+    settled = await env.run(
+        acts.settle_notifications,
+        SettleNotificationsInput(
+            user_id=world.ben,
+            conversation_id=world.ops,
+            up_to_seq=stored.seq,
+            status=ReceiptStatus.READ,
+            now=stored.created_at + timedelta(seconds=5),
+        ),
+    )
+    assert settled.in_app_read == 1
+    assert emitted.events[-1] == (
+        EVENT_NOTIFICATION_UNREAD,
+        {
+            "event_id": f"notification:unread:{world.ben}:{world.ops}:{stored.seq}",
+            "conversation_id": world.ops,
+            "unread_count": 0,
+        },
+        user_room(world.ben),
+    )
+
+
+async def test_a_failed_emit_does_not_fail_dispatch(core: Core, world: World) -> None:
+    class Down:
+        async def emit(self, event: str, data: Any, *, room: str | None = None) -> None:
+            raise ConnectionError("pub/sub is down")
+
+    stored = await core.messages.persist(
+        PersistMessageInput(
+            conversation_id=world.ops, sender_id=world.ana, client_message_id="c-1", body="x"
+        )
+    )
+    message = NotifyMessageInput(
+        message_id=stored.message_id,
+        conversation_id=world.ops,
+        sender_id=world.ana,
+        seq=stored.seq,
+        created_at=stored.created_at,
+        options=OPTIONS,
+    )
+    acts = NotifyActivities(core.notifications, emitter=Down())
+    await acts.plan_notifications(PlanNotificationsInput(message=message, now=stored.created_at))
+    result = await ActivityEnvironment().run(
+        acts.dispatch_due,
+        DispatchDueInput(message_id=stored.message_id, options=OPTIONS, now=stored.created_at),
+    )
+    # The in-app rows are committed: the clients read the count when they (re)connect.
+    assert result.in_app == 2
+    assert await core.notifications.unread_count(world.ben) == 1
+
+
+async def test_queue_digests_signal_with_starts_one_digest_per_channel_and_recipient(
+    dev_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    ben, cy = str(uuid.uuid4()), str(uuid.uuid4())
+    options = NotifyOptions(
+        task_queue=task_queue
+    )  # nothing polls it: the runs wait, then are terminated
+    ids = [str(uuid.uuid4()) for _ in range(4)]
+    acts = NotifyActivities(cast(Any, None), client=dev_env.client)
+    env = ActivityEnvironment()
+    first = await env.run(
+        acts.queue_digests,
+        QueueDigestsInput(
+            items=[
+                DigestItem(ids[0], ben, Channel.EMAIL),
+                DigestItem(ids[1], ben, Channel.EMAIL),
+                DigestItem(ids[2], cy, Channel.SMS),
+            ],
+            options=options,
+        ),
+    )
+    again = await env.run(
+        acts.queue_digests,
+        QueueDigestsInput(items=[DigestItem(ids[3], ben, Channel.EMAIL)], options=options),
+    )
+    assert (first.signalled, again.signalled) == (2, 1)
+
+    converter = dev_env.client.data_converter
+    ben_digest = dev_env.client.get_workflow_handle(notify_digest_workflow_id("email", ben))
+    try:
+        history = await ben_digest.fetch_history()
+        started = [
+            e for e in history.events if e.HasField("workflow_execution_started_event_attributes")
+        ]
+        signals = [
+            e for e in history.events if e.HasField("workflow_execution_signaled_event_attributes")
+        ]
+        assert len(started) == 1
+        [start_input] = await converter.decode(
+            started[0].workflow_execution_started_event_attributes.input.payloads,
+            [NotificationDigestInput],
+        )
+        assert start_input == NotificationDigestInput(
+            recipient_id=ben, channel=Channel.EMAIL, options=options
+        )
+        assert started[0].workflow_execution_started_event_attributes.workflow_type.name == (
+            "NotificationDigestWorkflow"
+        )
+        got = []
+        for signal in signals:
+            attrs = signal.workflow_execution_signaled_event_attributes
+            assert attrs.signal_name == "add_items"
+            [items] = await converter.decode(attrs.input.payloads, [DigestItems])
+            got.append(items.notification_ids)
+        assert got == [[ids[0], ids[1]], [ids[3]]]
+        cy_digest = dev_env.client.get_workflow_handle(notify_digest_workflow_id("sms", cy))
+        assert (await cy_digest.describe()).status == WorkflowExecutionStatus.RUNNING
+    finally:
+        for handle in (
+            ben_digest,
+            dev_env.client.get_workflow_handle(notify_digest_workflow_id("sms", cy)),
+        ):
+            await handle.terminate("test over")
+
+
+async def test_queue_digests_refuses_a_channel_without_digests() -> None:
+    acts = NotifyActivities(cast(Any, None), client=cast(Any, None))
+    with pytest.raises(ApplicationError) as caught:
+        await ActivityEnvironment().run(
+            acts.queue_digests,
+            QueueDigestsInput(
+                items=[DigestItem(str(uuid.uuid4()), str(uuid.uuid4()), Channel.PUSH)],
+                options=OPTIONS,
+            ),
+        )
+    assert caught.value.type == "InvalidInput" and caught.value.non_retryable
+
+
+# --- the workers, end to end ----------------------------------------------------------------
+
+
+async def test_notify_workers_send_a_message_s_push_and_email_digest(
+    core: Core,
+    world: World,
+    fcm: tuple[FcmSink, str],
+    twilio: tuple[TwilioSink, str],
+    smtp_port: int,
+    inbox: Inbox,
+    time_env: WorkflowEnvironment,
+    database_url: str,
+) -> None:
+    """runtime.notify's workers run the real workflows and activities on their queues."""
+    from workflows.notify_digest import NotificationDigestWorkflow
+    from workflows.notify_message import NotifyMessageWorkflow
+
+    settings = base_settings(
+        database_url=database_url,
+        fcm_endpoint=fcm[1],
+        twilio_base_url=twilio[1],
+        smtp_host="127.0.0.1",
+        smtp_port=smtp_port,
+        email_from=f"Missive <notify@{MAIL_DOMAIN}>",
+    )
+    stored = await core.messages.persist(
+        PersistMessageInput(
+            conversation_id=world.ops,
+            sender_id=world.ana,
+            client_message_id="c-1",
+            body="deploy done",
+        )
+    )
+    client = time_env.client
+    async with AsyncExitStack() as stack:
+        senders = open_notify(settings, core, stack)
+        for worker in notify_workers(settings, client, core, Emitted(), senders):
+            await stack.enter_async_context(worker)
+        handle = await client.start_workflow(
+            NotifyMessageWorkflow.run,
+            NotifyMessageInput(
+                message_id=stored.message_id,
+                conversation_id=world.ops,
+                sender_id=world.ana,
+                seq=stored.seq,
+                created_at=stored.created_at,
+                options=notify_options(settings),
+            ),
+            id=notify_message_workflow_id(stored.message_id),
+            task_queue=TASK_QUEUE_NOTIFY,
+        )
+        digests = [
+            client.get_workflow_handle_for(
+                NotificationDigestWorkflow.run, notify_digest_workflow_id("email", user)
+            )
+            for user in (world.ben, world.cy)
+        ]
+        try:
+            result = await asyncio.wait_for(handle.result(), E2E_TIMEOUT)
+            for digest in digests:
+                assert (await asyncio.wait_for(digest.result(), E2E_TIMEOUT)).digests == 1
+        finally:
+            # Leave nothing running on the session's time-skipping server.
+            for running in [handle.id, *(d.id for d in digests)]:
+                with suppress(RPCError):
+                    await client.get_workflow_handle(running).terminate("test over")
+
+    assert result.pushed == 2 and result.in_app == 2
+    sink, _ = fcm
+    assert {m["message"]["token"] for m in sink.received} == {
+        "ben-phone-token",
+        "ben-tablet-token",
+        "cy-only-token",
+    }
+    assert sorted(envelope.rcpt_tos[0] for envelope, _ in inbox.emails) == [
+        "ben@example.com",
+        "cy@example.com",
+    ]
+    assert {mail["Subject"] for _, mail in inbox.emails} == {"New message from Ana in #ops"}

@@ -1,0 +1,818 @@
+"""The notification log and PreferenceService against a real PostgreSQL.
+
+Users, conversations and messages are created through the services; every step of
+the log runs with an explicit time (as the workflows pass theirs), and the
+assertions read the rows back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import text
+
+from missive.db import session_factory
+from missive.errors import ConversationNotFound, InvalidInput, NotAMember, UserNotFound
+from missive.models import ConversationKind
+from missive.notify.log import (
+    REASON_ALL_OFF,
+    REASON_DELIVERED,
+    REASON_NO_DEVICE,
+    REASON_NO_EMAIL,
+    REASON_NO_FALLBACK,
+    REASON_PREFERENCES,
+    REASON_READ,
+    NotificationLog,
+    NotificationRow,
+    Outcome,
+    notification_id,
+)
+from missive.notify.preferences import PreferenceService
+from missive.schemas import (
+    Channel,
+    ConversationPreferences,
+    DigestItem,
+    DispatchDueInput,
+    FallBackInput,
+    NotificationPreferences,
+    NotificationStatus,
+    NotifyMessageInput,
+    NotifyOptions,
+    PersistMessageInput,
+    PersistMessageResult,
+    PlanNotificationsInput,
+    PrepareDigestInput,
+    ReceiptInput,
+    ReceiptStatus,
+    SettleNotificationsInput,
+)
+from missive.services.directory import NewUser
+from runtime.wiring import Core
+
+pytestmark = pytest.mark.integration
+
+T0 = datetime(2026, 1, 10, 12, 0, tzinfo=UTC)
+"""When the test messages were sent (workflow time; 21:00 in Tokyo)."""
+OPTIONS = NotifyOptions()
+GRACE = timedelta(seconds=OPTIONS.grace_seconds)
+EMAIL_DELAY = timedelta(seconds=OPTIONS.email_delay_seconds)
+SMS_DELAY = timedelta(seconds=OPTIONS.sms_delay_seconds)
+TOKYO_MORNING = datetime(2026, 1, 10, 22, 0, tzinfo=UTC)
+"""07:00 in Tokyo, the end of a 21:00-07:00 quiet night that T0 falls in."""
+PENDING, QUEUED, SENDING, SENT = (
+    NotificationStatus.PENDING,
+    NotificationStatus.QUEUED,
+    NotificationStatus.SENDING,
+    NotificationStatus.SENT,
+)
+CANCELLED, SKIPPED, FAILED, DIGESTED = (
+    NotificationStatus.CANCELLED,
+    NotificationStatus.SKIPPED,
+    NotificationStatus.FAILED,
+    NotificationStatus.DIGESTED,
+)
+IN_APP, PUSH, EMAIL, SMS = Channel.IN_APP, Channel.PUSH, Channel.EMAIL, Channel.SMS
+
+
+@dataclass
+class World:
+    """The services, and the users and conversation a test creates."""
+
+    core: Core
+    log: NotificationLog
+    prefs: PreferenceService
+    users: dict[str, str] = field(default_factory=dict)
+    conversation: str = ""
+    sent: list[PersistMessageResult] = field(default_factory=list)
+
+    async def user(
+        self,
+        handle: str,
+        *,
+        device: bool = False,
+        prefs: NotificationPreferences | None = None,
+        **details: str,
+    ) -> str:
+        uid = await self.core.directory.create_user(NewUser(handle=handle, **details))
+        self.users[handle] = uid
+        if device:
+            await self.prefs.register_device(uid, "android", f"token-{handle}")
+        if prefs is not None:
+            await self.prefs.set_user(uid, prefs)
+        return uid
+
+    async def group(self, title: str = "ops") -> str:
+        self.conversation = await self.core.directory.create_conversation(
+            kind=ConversationKind.GROUP, members=list(self.users.values()), title=title
+        )
+        return self.conversation
+
+    async def send(self, sender: str = "ana", body: str = "hello") -> PersistMessageResult:
+        sent = await self.core.messages.persist(
+            PersistMessageInput(self.conversation, self.users[sender], f"c-{len(self.sent)}", body)
+        )
+        self.sent.append(sent)
+        return sent
+
+    def plan_input(
+        self,
+        sent: PersistMessageResult,
+        *,
+        sender: str = "ana",
+        mentions: tuple[str, ...] = (),
+        created_at: datetime = T0,
+        now: datetime | None = None,
+    ) -> PlanNotificationsInput:
+        return PlanNotificationsInput(
+            NotifyMessageInput(
+                message_id=sent.message_id,
+                conversation_id=sent.conversation_id,
+                sender_id=self.users[sender],
+                seq=sent.seq,
+                created_at=created_at,
+                mentions=[self.users[m] for m in mentions],
+                options=OPTIONS,
+            ),
+            now=now or created_at,
+        )
+
+    async def dispatch(self, sent: PersistMessageResult, now: datetime):  # type: ignore[no-untyped-def]
+        return await self.log.dispatch_due(DispatchDueInput(sent.message_id, OPTIONS, now))
+
+    async def receipt(self, handle: str, status: ReceiptStatus, up_to_seq: int) -> None:
+        await self.core.receipts.apply(
+            ReceiptInput(self.users[handle], self.conversation, status, up_to_seq=up_to_seq)
+        )
+
+    def handle(self, user_id: str) -> str:
+        return next(h for h, u in self.users.items() if u == user_id)
+
+    async def table(self, sent: PersistMessageResult) -> dict[tuple[str, Channel], NotificationRow]:
+        """The message's rows by (handle, channel)."""
+        rows = await self.log.rows(message_id=sent.message_id)
+        return {(self.handle(r.recipient_id), r.channel): r for r in rows}
+
+    async def sql(self, statement: str, **params: object) -> None:
+        async with self.core.engine.begin() as conn:
+            await conn.execute(text(statement), params)
+
+
+@pytest.fixture
+def world(core: Core) -> World:
+    sessions = session_factory(core.engine)
+    return World(core=core, log=NotificationLog(sessions), prefs=PreferenceService(sessions))
+
+
+def summary(
+    table: dict[tuple[str, Channel], NotificationRow],
+) -> dict[tuple[str, Channel], tuple[NotificationStatus, str | None, datetime]]:
+    return {k: (r.status, r.reason, r.due_at) for k, r in table.items()}
+
+
+# --- plan ---
+
+
+async def test_plan_writes_the_agenda_and_records_why_a_channel_is_skipped(world: World) -> None:
+    await world.user("ana", device=True, email="ana@example.com")
+    await world.user("ben", device=True, email="ben@example.com")
+    await world.user("cy")
+    await world.user(
+        "dee",
+        device=True,
+        email="dee@example.com",
+        phone="0612345678",
+        prefs=NotificationPreferences(sms=True),
+    )
+    await world.user(
+        "eve", email="eve@example.com", prefs=NotificationPreferences(push=False, sms=True)
+    )
+    await world.user(
+        "fay",
+        device=True,
+        email="fay@example.com",
+        prefs=NotificationPreferences(in_app=False, push=False, email=False),
+    )
+    await world.user("gus", device=True, email="gus@example.com")
+    await world.user(
+        "hal",
+        device=True,
+        email="hal@example.com",
+        prefs=NotificationPreferences(mentions_only=True),
+    )
+    await world.user(
+        "ivy", email="ivy@example.com", prefs=NotificationPreferences(mentions_only=True)
+    )
+    await world.user("jo", device=True, email="jo@example.com")
+    await world.user(
+        "kim",
+        device=True,
+        email="kim@example.com",
+        phone="+14155550100",
+        prefs=NotificationPreferences(sms=True),
+    )
+    conv = await world.group()
+    await world.prefs.set_conversation(
+        world.users["gus"], conv, ConversationPreferences(muted=True)
+    )
+    sent = await world.send()
+    await world.receipt("jo", ReceiptStatus.READ, 1)
+
+    result = await world.log.plan(world.plan_input(sent, mentions=("ivy",)))
+
+    t = T0
+    assert summary(await world.table(sent)) == {
+        ("ben", IN_APP): (PENDING, None, t),
+        ("ben", PUSH): (PENDING, None, t + GRACE),
+        ("ben", EMAIL): (PENDING, None, t + EMAIL_DELAY),
+        ("cy", IN_APP): (PENDING, None, t),
+        ("cy", PUSH): (SKIPPED, REASON_NO_DEVICE, t),
+        ("cy", EMAIL): (SKIPPED, REASON_NO_EMAIL, t),
+        ("dee", IN_APP): (PENDING, None, t),
+        ("dee", PUSH): (PENDING, None, t + GRACE),
+        ("dee", EMAIL): (PENDING, None, t + EMAIL_DELAY),
+        ("dee", SMS): (
+            SKIPPED,
+            "phone number '0612345678' is not E.164 (+ then 7-15 digits)",
+            t,
+        ),
+        ("eve", IN_APP): (PENDING, None, t),
+        ("eve", EMAIL): (PENDING, None, t + EMAIL_DELAY),
+        ("eve", SMS): (SKIPPED, "no phone number", t),
+        ("fay", IN_APP): (SKIPPED, REASON_ALL_OFF, t),
+        ("ivy", IN_APP): (PENDING, None, t),
+        ("ivy", PUSH): (SKIPPED, REASON_NO_DEVICE, t),
+        ("ivy", EMAIL): (PENDING, None, t + EMAIL_DELAY),
+        ("kim", IN_APP): (PENDING, None, t),
+        ("kim", PUSH): (PENDING, None, t + GRACE),
+        ("kim", EMAIL): (PENDING, None, t + EMAIL_DELAY),
+        ("kim", SMS): (PENDING, None, t + SMS_DELAY),
+    }
+    # Muted (gus), mentions-only not mentioned (hal), already read (jo) and the
+    # sender (ana) have no row at all.
+    assert (result.planned, result.skipped, result.next_due) == (15, 6, T0)
+    rows = await world.table(sent)
+    assert all(r.mention == (h == "ivy") for (h, _), r in rows.items())
+    assert all(r.conversation_id == conv and r.seq == 1 for r in rows.values())
+    assert all(r.dedupe_key == f"message:{sent.message_id}" for r in rows.values())
+    ben_push = rows[("ben", PUSH)]
+    assert ben_push.id == notification_id(world.users["ben"], PUSH, f"message:{sent.message_id}")
+
+
+async def test_planning_twice_writes_the_same_rows_once(world: World) -> None:
+    for handle in ("ana", "ben", "cy"):
+        await world.user(handle, device=True, email=f"{handle}@example.com")
+    await world.group()
+    sent = await world.send()
+    first = await world.log.plan(world.plan_input(sent))
+    before = await world.log.rows(message_id=sent.message_id)
+    # A rerun (a retried local activity, a replay) with a later clock changes nothing.
+    again = await world.log.plan(world.plan_input(sent, now=T0 + timedelta(seconds=5)))
+    assert again.planned == first.planned == 6 and again.skipped == first.skipped == 0
+    assert await world.log.rows(message_id=sent.message_id) == before
+    assert len(before) == len({r.id for r in before}) == 6
+
+
+# --- dispatch ---
+
+
+async def test_dispatch_sends_in_app_queues_push_and_digests_and_cancels_or_defers(
+    world: World,
+) -> None:
+    await world.user("ana")
+    await world.user("ben", device=True, email="ben@example.com")
+    await world.user("cy", device=True, email="cy@example.com")
+    await world.user("dee", device=True, email="dee@example.com")
+    night = NotificationPreferences(quiet_start="21:00", quiet_end="07:00")
+    await world.user(
+        "eve", device=True, email="eve@example.com", timezone="Asia/Tokyo", prefs=night
+    )
+    await world.user("fay", device=True, prefs=night)  # the same night, but in UTC
+    await world.group(title="ops")
+    sent = await world.send()
+    await world.log.plan(world.plan_input(sent))
+
+    # T0: in-app notifications go out at once, with the unread count.
+    result, notices = await world.dispatch(sent, T0)
+    assert result.in_app == 5 and result.push == [] and result.digests == []
+    assert result.next_due == T0 + GRACE
+    assert sorted(world.handle(n.recipient_id) for n in notices) == [
+        "ben",
+        "cy",
+        "dee",
+        "eve",
+        "fay",
+    ]
+    notice = notices[0]
+    assert notice.unread_count == 1
+    assert notice.message.message_id == sent.message_id and notice.message.seq == 1
+    assert notice.message.sender_name == "ana" and notice.message.conversation_title == "ops"
+    assert notice.message.conversation_kind == "group" and not notice.message.e2e
+    rows = await world.table(sent)
+    assert rows[("ben", IN_APP)].status is SENT and rows[("ben", IN_APP)].sent_at == T0
+
+    # T0 + grace: cy got the message (no push), eve is asleep in Tokyo.
+    await world.receipt("cy", ReceiptStatus.DELIVERED, 1)
+    result, notices = await world.dispatch(sent, T0 + GRACE)
+    rows = await world.table(sent)
+    assert notices == []
+    assert sorted(result.push) == sorted(rows[(h, PUSH)].id for h in ("ben", "dee", "fay"))
+    assert (result.cancelled, result.deferred) == (1, 1)
+    assert rows[("cy", PUSH)].status is CANCELLED and rows[("cy", PUSH)].reason == REASON_DELIVERED
+    assert rows[("eve", PUSH)].status is PENDING
+    assert rows[("eve", PUSH)].due_at == TOKYO_MORNING
+    assert rows[("eve", PUSH)].reason == f"quiet hours until {TOKYO_MORNING.isoformat()}"
+    assert rows[("fay", PUSH)].status is QUEUED
+    assert result.next_due == T0 + EMAIL_DELAY
+
+    # T0 + email delay: dee read it; cy's delivered-but-unread email goes to the digest.
+    await world.receipt("dee", ReceiptStatus.READ, 1)
+    result, _ = await world.dispatch(sent, T0 + EMAIL_DELAY)
+    rows = await world.table(sent)
+    assert sorted(result.digests, key=lambda d: d.recipient_id) == sorted(
+        [DigestItem(rows[(h, EMAIL)].id, world.users[h], EMAIL) for h in ("ben", "cy")],
+        key=lambda d: d.recipient_id,
+    )
+    assert rows[("dee", EMAIL)].status is CANCELLED and rows[("dee", EMAIL)].reason == REASON_READ
+    assert rows[("eve", EMAIL)].due_at == TOKYO_MORNING and result.deferred == 1
+    assert result.next_due == TOKYO_MORNING
+
+    # Morning in Tokyo: eve's deferred push and email go out; nothing is left.
+    result, _ = await world.dispatch(sent, TOKYO_MORNING)
+    assert result.push == [rows[("eve", PUSH)].id]
+    assert result.digests == [DigestItem(rows[("eve", EMAIL)].id, world.users["eve"], EMAIL)]
+    assert result.next_due is None
+    # A rerun of that same call (same workflow time) hands out the same rows again.
+    rerun, _ = await world.dispatch(sent, TOKYO_MORNING)
+    assert (rerun.push, rerun.digests) == (result.push, result.digests)
+    # A later call finds nothing due.
+    later, _ = await world.dispatch(sent, TOKYO_MORNING + timedelta(hours=1))
+    assert (later.push, later.digests, later.in_app) == ([], [], 0)
+
+
+async def test_quiet_hours_in_an_unknown_timezone_are_taken_in_utc(world: World) -> None:
+    await world.user("ana")
+    lunch = NotificationPreferences(quiet_start="12:00", quiet_end="13:00")
+    gil = await world.user("gil", device=True, prefs=lunch)
+    await world.sql("UPDATE users SET timezone = 'Mars/Olympus' WHERE id = :id", id=gil)
+    await world.group()
+    sent = await world.send()
+    await world.log.plan(world.plan_input(sent))
+    result, _ = await world.dispatch(sent, T0 + GRACE)
+    one_pm = T0 + timedelta(hours=1)
+    assert (result.push, result.deferred, result.next_due) == ([], 1, one_pm)
+    row = (await world.table(sent))[("gil", PUSH)]
+    assert (row.status, row.due_at) == (PENDING, one_pm)
+    assert row.reason == (
+        f"quiet hours until {one_pm.isoformat()}"
+        " (unknown timezone 'Mars/Olympus': quiet hours taken in UTC)"
+    )
+
+
+async def test_dispatch_cancels_what_preferences_now_forbid_and_counts_unread(
+    world: World,
+) -> None:
+    await world.user("ana")
+    await world.user("ben", device=True, email="ben@example.com")
+    await world.user("cy", device=True, email="cy@example.com")
+    conv = await world.group()
+    first = await world.send()
+    second = await world.send(body="again")
+    await world.log.plan(world.plan_input(first))
+    await world.log.plan(world.plan_input(second))
+    await world.dispatch(first, T0)
+    _, notices = await world.dispatch(second, T0)
+    assert {world.handle(n.recipient_id): n.unread_count for n in notices} == {"ben": 2, "cy": 2}
+    assert await world.log.unread_count(world.users["ben"]) == 2
+
+    # ben mutes the conversation, cy turns push off: their pending rows are dropped.
+    await world.prefs.set_conversation(
+        world.users["ben"], conv, ConversationPreferences(muted=True)
+    )
+    await world.prefs.set_user(world.users["cy"], NotificationPreferences(push=False))
+    result, _ = await world.dispatch(first, T0 + EMAIL_DELAY)
+    rows = await world.table(first)
+    assert result.push == [] and [world.handle(d.recipient_id) for d in result.digests] == ["cy"]
+    assert result.cancelled == 3
+    for key in (("ben", PUSH), ("ben", EMAIL), ("cy", PUSH)):
+        assert (rows[key].status, rows[key].reason) == (CANCELLED, REASON_PREFERENCES)
+
+
+# --- claim / record ---
+
+
+async def _queued_pushes(world: World) -> dict[str, str]:
+    """ana sends to ben, cy, dee (all with a device); their pushes are queued."""
+    await world.user("ana")
+    for handle in ("ben", "cy", "dee"):
+        await world.user(handle, device=True, email=f"{handle}@example.com")
+    await world.group(title="ops")
+    sent = await world.send()
+    await world.log.plan(world.plan_input(sent))
+    result, _ = await world.dispatch(sent, T0 + GRACE)
+    rows = await world.table(sent)
+    assert sorted(result.push) == sorted(rows[(h, PUSH)].id for h in ("ben", "cy", "dee"))
+    return {h: rows[(h, PUSH)].id for h in ("ben", "cy", "dee")}
+
+
+async def test_claim_and_record_never_send_a_row_twice(world: World) -> None:
+    ids = await _queued_pushes(world)
+    now = T0 + GRACE + timedelta(seconds=1)
+
+    claimed, cancelled = await world.log.claim(list(ids.values()), PUSH, now=now)
+    assert cancelled == 0 and len(claimed) == 3
+    ben = next(c for c in claimed if c.id == ids["ben"])
+    assert ben.channel is PUSH and ben.attempts == 1 and not ben.mention
+    assert ben.recipient.user_id == world.users["ben"]
+    assert ben.recipient.display_name == "ben" and ben.recipient.email == "ben@example.com"
+    assert ben.devices == ["token-ben"]
+    [message] = ben.messages
+    assert message.sender_name == "ana" and message.conversation_title == "ops"
+    assert message.message_id == world.sent[0].message_id
+    rows = await world.table(world.sent[0])
+    assert {rows[(h, PUSH)].status for h in ids} == {SENDING}
+
+    # ben: sent. cy: a transient error, back to queued. dee: the attempt died mid-call.
+    await world.log.record(
+        [
+            Outcome(ids["ben"], SENT, provider_ref="projects/p/messages/1"),
+            Outcome(ids["cy"], QUEUED, reason="FCM unavailable (HTTP 503)"),
+        ],
+        now=now,
+    )
+    rows = await world.table(world.sent[0])
+    assert (rows[("ben", PUSH)].status, rows[("ben", PUSH)].sent_at) == (SENT, now)
+    assert rows[("ben", PUSH)].provider_ref == "projects/p/messages/1"
+    assert (rows[("cy", PUSH)].status, rows[("cy", PUSH)].reason) == (
+        QUEUED,
+        "FCM unavailable (HTTP 503)",
+    )
+    assert rows[("dee", PUSH)].status is SENDING
+
+    # The retry claims cy (queued) and dee (sending) again, never ben (sent).
+    again, _ = await world.log.claim(list(ids.values()), PUSH, now=now)
+    assert {c.id: c.attempts for c in again} == {ids["cy"]: 2, ids["dee"]: 2}
+    await world.log.record(
+        [
+            Outcome(ids["cy"], FAILED, reason="push token is invalid"),
+            Outcome(ids["dee"], SENT, provider_ref="projects/p/messages/2"),
+            # An outcome for a row that is not being sent is ignored.
+            Outcome(ids["ben"], FAILED, reason="late duplicate"),
+        ],
+        now=now,
+    )
+    assert await world.log.claim(list(ids.values()), PUSH, now=now) == ([], 0)
+    rows = await world.table(world.sent[0])
+    assert rows[("ben", PUSH)].status is SENT and rows[("ben", PUSH)].reason is None
+    assert rows[("cy", PUSH)].status is FAILED and rows[("dee", PUSH)].attempts == 2
+
+    with pytest.raises(InvalidInput, match="outcome status must be"):
+        await world.log.record([Outcome(ids["ben"], PENDING)], now=now)
+    # A claim for another channel leaves push rows alone.
+    assert await world.log.claim([ids["cy"]], EMAIL, now=now) == ([], 0)
+
+
+async def test_claim_cancels_pushes_already_delivered_or_read(world: World) -> None:
+    ids = await _queued_pushes(world)
+    await world.receipt("ben", ReceiptStatus.DELIVERED, 1)
+    await world.receipt("cy", ReceiptStatus.READ, 1)
+    claimed, cancelled = await world.log.claim(list(ids.values()), PUSH, now=T0 + GRACE)
+    assert cancelled == 2 and [c.id for c in claimed] == [ids["dee"]]
+    rows = await world.table(world.sent[0])
+    assert (rows[("ben", PUSH)].status, rows[("ben", PUSH)].reason) == (CANCELLED, "delivered")
+    assert (rows[("cy", PUSH)].status, rows[("cy", PUSH)].reason) == (CANCELLED, "read")
+
+
+async def test_invalid_tokens_are_removed(world: World) -> None:
+    await _queued_pushes(world)
+    assert await world.log.remove_tokens(["token-ben", "token-cy", "token-unknown"]) == 2
+    claimed, _ = await world.log.claim(
+        [(await world.table(world.sent[0]))[("ben", PUSH)].id], PUSH, now=T0 + GRACE
+    )
+    assert claimed[0].devices == []
+
+
+# --- fall back ---
+
+
+async def test_fall_back_moves_down_push_email_sms_to_what_each_recipient_takes(
+    world: World,
+) -> None:
+    await world.user("ana")
+    sms = NotificationPreferences(sms=True)
+    await world.user("ben", device=True, email="ben@example.com", phone="+14155550100", prefs=sms)
+    await world.user("cy", device=True, phone="+14155550101", prefs=sms)  # no email
+    await world.user("dee", device=True)  # neither email nor SMS
+    await world.user(
+        "eve", device=True, email="eve@example.com", prefs=NotificationPreferences(email=True)
+    )
+    conv = await world.group()
+    await world.prefs.set_conversation(
+        world.users["eve"], conv, ConversationPreferences(email=False)
+    )  # eve takes no email here, and no SMS: nothing left
+    sent = await world.send()
+    await world.log.plan(world.plan_input(sent))
+    pushed, _ = await world.dispatch(sent, T0 + GRACE)
+    now = T0 + timedelta(minutes=11)
+
+    moved = await world.log.fall_back(
+        FallBackInput(pushed.push, PUSH, "FCM unavailable for 10 minutes", now)
+    )
+
+    fb = "fallback:{}".format
+    rows = await world.log.rows(message_id=sent.message_id)
+    by_key = {(world.handle(r.recipient_id), r.channel, r.dedupe_key): r for r in rows}
+    push_of = {
+        h: by_key[(h, PUSH, f"message:{sent.message_id}")] for h in world.users if h != "ana"
+    }
+    assert moved.channel is EMAIL and (moved.fell_back, moved.failed) == (2, 2)
+    ben_email = by_key[("ben", EMAIL, fb(push_of["ben"].id))]
+    cy_sms = by_key[("cy", SMS, fb(push_of["cy"].id))]
+    assert moved.notification_ids == [ben_email.id]
+    assert moved.sms_notification_ids == [cy_sms.id]
+    for row in (ben_email, cy_sms):
+        assert (row.status, row.due_at, row.message_id, row.seq) == (
+            QUEUED,
+            now,
+            sent.message_id,
+            1,
+        )
+    assert ben_email.source_id == push_of["ben"].id
+    assert (push_of["ben"].status, push_of["ben"].reason) == (
+        NotificationStatus.FELL_BACK,
+        "FCM unavailable for 10 minutes",
+    )
+    for handle in ("dee", "eve"):
+        assert push_of[handle].status is FAILED
+        assert push_of[handle].reason == f"FCM unavailable for 10 minutes; {REASON_NO_FALLBACK}"
+
+    # A rerun computes the same rows.
+    rerun = await world.log.fall_back(
+        FallBackInput(pushed.push, PUSH, "FCM unavailable for 10 minutes", now)
+    )
+    assert (rerun.channel, rerun.notification_ids) == (EMAIL, moved.notification_ids)
+    assert rerun.sms_notification_ids == moved.sms_notification_ids
+
+    # The email fallback is sent as a single-message email...
+    claimed, _ = await world.log.claim(moved.notification_ids, EMAIL, now=now)
+    assert [m.message_id for m in claimed[0].messages] == [sent.message_id]
+    await world.log.record([Outcome(ben_email.id, QUEUED, reason="SMTP 421")], now=now)
+    # ...and when email stays down too, SMS is next; after SMS nothing is left.
+    then = now + timedelta(minutes=30)
+    to_sms = await world.log.fall_back(FallBackInput([ben_email.id], EMAIL, "SMTP down", then))
+    assert to_sms.channel is SMS and to_sms.fell_back == 1 and len(to_sms.notification_ids) == 1
+    last = await world.log.fall_back(
+        FallBackInput(to_sms.notification_ids, SMS, "Twilio down", then)
+    )
+    assert (last.channel, last.notification_ids, last.failed) == (None, [], 1)
+
+
+# --- digests ---
+
+
+async def _digest_items(world: World, count: int, **ben: object) -> list[str]:
+    """ana sends ``count`` messages; ben's email rows are due and handed to his digest."""
+    await world.user("ana")
+    await world.user("ben", email="ben@example.com", **ben)  # type: ignore[arg-type]
+    await world.group(title="ops")
+    items = []
+    for i in range(count):
+        sent = await world.send(body=f"message {i}")
+        await world.log.plan(world.plan_input(sent))
+        result, _ = await world.dispatch(sent, T0 + EMAIL_DELAY)
+        items += [d.notification_id for d in result.digests]
+    assert len(items) == count
+    return items
+
+
+async def test_prepare_digest_folds_unread_items_into_one_row(world: World) -> None:
+    items = await _digest_items(world, 3)
+    await world.receipt("ben", ReceiptStatus.READ, 1)  # read after it was handed over
+    now = T0 + EMAIL_DELAY + timedelta(minutes=5)
+    prepared = await world.log.prepare_digest(
+        PrepareDigestInput(world.users["ben"], EMAIL, items, now)
+    )
+    assert prepared.notification_id is not None
+    assert (prepared.items, prepared.cancelled, prepared.skipped) == (2, 1, 0)
+    assert prepared.defer_until is None
+
+    rows = {r.id: r for r in await world.log.rows(recipient_id=world.users["ben"])}
+    digest = rows[prepared.notification_id]
+    assert (digest.channel, digest.status, digest.item_count) == (EMAIL, QUEUED, 2)
+    assert digest.message_id is None and digest.dedupe_key == f"digest:{sorted(items[1:])[0]}"
+    assert (rows[items[0]].status, rows[items[0]].reason) == (CANCELLED, REASON_READ)
+    assert [(rows[i].status, rows[i].digest_id) for i in items[1:]] == [
+        (DIGESTED, digest.id),
+        (DIGESTED, digest.id),
+    ]
+
+    # A rerun returns the same digest while it is unsent.
+    again = await world.log.prepare_digest(
+        PrepareDigestInput(world.users["ben"], EMAIL, items, now)
+    )
+    assert (again.notification_id, again.items) == (digest.id, 2)
+
+    # The digest is sent with its unread messages, oldest first.
+    claimed, _ = await world.log.claim([digest.id], EMAIL, now=now)
+    assert [m.seq for m in claimed[0].messages] == [2, 3]
+    assert claimed[0].recipient.email == "ben@example.com"
+
+
+async def test_a_digest_whose_items_are_all_read_is_cancelled_at_claim(world: World) -> None:
+    items = await _digest_items(world, 2)
+    now = T0 + EMAIL_DELAY + timedelta(minutes=5)
+    prepared = await world.log.prepare_digest(
+        PrepareDigestInput(world.users["ben"], EMAIL, items, now)
+    )
+    assert prepared.notification_id is not None
+    await world.receipt("ben", ReceiptStatus.READ, 2)
+    assert await world.log.claim([prepared.notification_id], EMAIL, now=now) == ([], 1)
+
+
+async def test_prepare_digest_waits_for_the_end_of_quiet_hours(world: World) -> None:
+    items = await _digest_items(world, 2, timezone="Asia/Tokyo")
+    night = NotificationPreferences(quiet_start="22:00", quiet_end="07:00")
+    await world.prefs.set_user(world.users["ben"], night)
+    late = datetime(2026, 1, 10, 14, 0, tzinfo=UTC)  # 23:00 in Tokyo
+    prepared = await world.log.prepare_digest(
+        PrepareDigestInput(world.users["ben"], EMAIL, items, late)
+    )
+    assert prepared.notification_id is None and prepared.defer_until == TOKYO_MORNING
+    rows = await world.log.rows(recipient_id=world.users["ben"])
+    assert {r.status for r in rows if r.id in items} == {QUEUED}
+    # The next try, in the morning, sends them.
+    morning = await world.log.prepare_digest(
+        PrepareDigestInput(world.users["ben"], EMAIL, items, TOKYO_MORNING)
+    )
+    assert morning.notification_id is not None and morning.items == 2
+
+
+async def test_prepare_digest_skips_items_when_the_address_is_gone(world: World) -> None:
+    items = await _digest_items(world, 2)
+    await world.sql("UPDATE users SET email = NULL WHERE id = :id", id=world.users["ben"])
+    prepared = await world.log.prepare_digest(
+        PrepareDigestInput(world.users["ben"], EMAIL, items, T0 + EMAIL_DELAY)
+    )
+    assert (prepared.notification_id, prepared.skipped) == (None, 2)
+    rows = await world.log.rows(recipient_id=world.users["ben"])
+    assert {(r.status, r.reason) for r in rows if r.id in items} == {(SKIPPED, REASON_NO_EMAIL)}
+    with pytest.raises(InvalidInput, match="digests are for email or sms"):
+        await world.log.prepare_digest(
+            PrepareDigestInput(world.users["ben"], PUSH, items, T0 + EMAIL_DELAY)
+        )
+
+
+# --- settle ---
+
+
+async def test_a_read_receipt_settles_cancels_reads_and_clears_once(world: World) -> None:
+    await world.user("ana")
+    await world.user("ben", device=True, email="ben@example.com")
+    await world.user("cy", device=True, email="cy@example.com")
+    conv = await world.group()
+    first, second, third = [await world.send(body=f"m{i}") for i in range(3)]
+    for sent in (first, second, third):
+        await world.log.plan(world.plan_input(sent))
+        await world.dispatch(sent, T0)
+    # The first two messages' pushes were sent.
+    pushed = []
+    for sent in (first, second):
+        result, _ = await world.dispatch(sent, T0 + GRACE)
+        pushed += result.push
+    await world.log.claim(pushed, PUSH, now=T0 + GRACE)
+    await world.log.record([Outcome(i, SENT, provider_ref="ok") for i in pushed], now=T0 + GRACE)
+    ben = world.users["ben"]
+    assert await world.log.unread_count(ben) == 3
+
+    now = T0 + timedelta(minutes=2)
+    await world.receipt("ben", ReceiptStatus.READ, 2)
+    settled, unread = await world.log.settle(
+        SettleNotificationsInput(ben, conv, 2, ReceiptStatus.READ, now)
+    )
+    # Cancelled: ben's pending emails of messages 1 and 2 (message 3 is unread).
+    assert (settled.cancelled, settled.in_app_read, unread) == (2, 2, 1)
+    ben_rows = {(r.seq, r.channel): r for r in await world.log.rows(recipient_id=ben)}
+    assert sorted(settled.clear_push_ids) == sorted(ben_rows[(s, PUSH)].id for s in (1, 2))
+    assert ben_rows[(1, IN_APP)].read_at == now and ben_rows[(3, IN_APP)].read_at is None
+    assert (ben_rows[(2, EMAIL)].status, ben_rows[(2, EMAIL)].reason) == (CANCELLED, REASON_READ)
+    assert ben_rows[(3, EMAIL)].status is PENDING and ben_rows[(3, PUSH)].status is PENDING
+    assert ben_rows[(1, PUSH)].cleared_at == now
+    # cy's rows are untouched.
+    cy_rows = await world.log.rows(recipient_id=world.users["cy"])
+    assert all(r.read_at is None and r.status is not CANCELLED for r in cy_rows)
+
+    # A rerun of the same call returns the same; a later receipt clears nothing again.
+    rerun, rerun_unread = await world.log.settle(
+        SettleNotificationsInput(ben, conv, 2, ReceiptStatus.READ, now)
+    )
+    assert sorted(rerun.clear_push_ids) == sorted(settled.clear_push_ids)
+    assert (rerun.in_app_read, rerun_unread) == (2, 1)
+    later, later_unread = await world.log.settle(
+        SettleNotificationsInput(ben, conv, 2, ReceiptStatus.READ, now + timedelta(seconds=1))
+    )
+    assert (later.cancelled, later.in_app_read, later.clear_push_ids, later_unread) == (
+        0,
+        0,
+        [],
+        None,
+    )
+
+    # The clears: one per reader and conversation, up to the newest push shown.
+    [clear] = await world.log.push_clears(settled.clear_push_ids)
+    assert (clear.recipient_id, clear.conversation_id, clear.up_to_seq) == (ben, conv, 2)
+    assert clear.notification_id == ben_rows[(2, PUSH)].id and clear.devices == ["token-ben"]
+
+
+async def test_a_delivered_receipt_cancels_only_pushes(world: World) -> None:
+    await world.user("ana")
+    await world.user("ben", device=True, email="ben@example.com")
+    conv = await world.group()
+    sent = await world.send()
+    await world.log.plan(world.plan_input(sent))
+    ben = world.users["ben"]
+    settled, unread = await world.log.settle(
+        SettleNotificationsInput(ben, conv, 1, ReceiptStatus.DELIVERED, T0)
+    )
+    assert (settled.cancelled, settled.in_app_read, settled.clear_push_ids, unread) == (
+        1,
+        0,
+        [],
+        None,
+    )
+    rows = await world.table(sent)
+    assert (rows[("ben", PUSH)].status, rows[("ben", PUSH)].reason) == (CANCELLED, "delivered")
+    assert rows[("ben", IN_APP)].status is PENDING and rows[("ben", EMAIL)].status is PENDING
+
+
+# --- preferences ---
+
+
+async def test_preferences_round_trip_and_refuse_bad_input(world: World) -> None:
+    ana = await world.user("ana")
+    ben = await world.user("ben")
+    outsider = await world.user("eve")
+    conv = await world.core.directory.create_conversation(
+        kind=ConversationKind.DIRECT, members=[ana, ben]
+    )
+    assert await world.prefs.get_user(ana) == NotificationPreferences()
+    chosen = NotificationPreferences(
+        push=False, sms=True, quiet_start="22:30", quiet_end="06:45", quiet_mentions=True
+    )
+    await world.prefs.set_user(ana, chosen)
+    assert await world.prefs.get_user(ana) == chosen
+    await world.prefs.set_user(ana, NotificationPreferences(mentions_only=True))
+    assert await world.prefs.get_user(ana) == NotificationPreferences(mentions_only=True)
+
+    assert await world.prefs.get_conversation(ana, conv) == ConversationPreferences()
+    override = ConversationPreferences(muted=True, email=False)
+    await world.prefs.set_conversation(ana, conv, override)
+    assert await world.prefs.get_conversation(ana, conv) == override
+
+    missing = "00000000-0000-0000-0000-000000000000"
+    with pytest.raises(UserNotFound, match=missing):
+        await world.prefs.get_user(missing)
+    with pytest.raises(UserNotFound):
+        await world.prefs.set_user(missing, NotificationPreferences())
+    with pytest.raises(NotAMember, match=outsider):
+        await world.prefs.set_conversation(outsider, conv, override)
+    with pytest.raises(NotAMember):
+        await world.prefs.get_conversation(outsider, conv)
+    with pytest.raises(ConversationNotFound):
+        await world.prefs.set_conversation(ana, missing, override)
+    with pytest.raises(InvalidInput, match="quiet_end must be a 24-hour time HH:MM, got '7am'"):
+        await world.prefs.set_user(
+            ana, NotificationPreferences(quiet_start="22:00", quiet_end="7am")
+        )
+    with pytest.raises(InvalidInput, match="both quiet_start and quiet_end"):
+        await world.prefs.set_user(ana, NotificationPreferences(quiet_end="07:00"))
+    assert await world.prefs.get_user(ana) == NotificationPreferences(mentions_only=True)
+
+
+async def test_timezone_and_devices(world: World) -> None:
+    ana = await world.user("ana")
+    ben = await world.user("ben")
+    await world.prefs.set_timezone(ana, "America/Sao_Paulo")
+    with pytest.raises(InvalidInput, match="timezone 'Mars/Olympus' does not exist"):
+        await world.prefs.set_timezone(ana, "Mars/Olympus")
+    with pytest.raises(UserNotFound):
+        await world.prefs.set_timezone("00000000-0000-0000-0000-000000000000", "UTC")
+
+    first = await world.prefs.register_device(ana, "ios", "apns-token-1")
+    # Registering again refreshes the same device; another user taking it moves it.
+    assert await world.prefs.register_device(ana, "ios", "apns-token-1") == first
+    assert await world.prefs.register_device(ben, "android", "apns-token-1") == first
+    with pytest.raises(InvalidInput, match="push token 'bad token' is malformed"):
+        await world.prefs.register_device(ana, "ios", "bad token")
+    with pytest.raises(InvalidInput, match="platform must be one of"):
+        await world.prefs.register_device(ana, "blackberry", "tok")
+    with pytest.raises(UserNotFound):
+        await world.prefs.register_device("00000000-0000-0000-0000-000000000000", "web", "tok")
+    async with world.core.engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT user_id::text, platform::text FROM devices"))).all()
+        zone = (
+            await conn.execute(text("SELECT timezone FROM users WHERE id = :id"), {"id": ana})
+        ).scalar_one()
+    assert [tuple(r) for r in rows] == [(ben, "android")] and zone == "America/Sao_Paulo"
+    assert await world.prefs.remove_device("apns-token-1") is True
+    assert await world.prefs.remove_device("apns-token-1") is False
