@@ -2,12 +2,41 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
+from collections.abc import Callable
+
 from temporalio import activity
 
 from activities.errors import translate_errors
 from missive.metrics import Metrics
 from missive.schemas import BatchChunkInput, BatchChunkResult
 from missive.services.batch import BatchService
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None where the C library has none (macOS, musl)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    trim: Callable[[int], int] | None = getattr(ctypes.CDLL(name), "malloc_trim", None)
+    return trim
+
+
+def release_freed_memory() -> None:
+    """Returns the heap memory a chunk freed to the operating system.
+
+    A chunk allocates and frees a few megabytes per transaction (rows, arrays,
+    ciphertexts, asyncpg buffers). glibc keeps freed heap memory for reuse and,
+    after the first large free, raises its mmap threshold so later large
+    buffers come from the heap as well: without this the worker's RSS crept up
+    with the batch (some 30 MB over 1,000,000 items) while no object was kept.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 class BatchActivities:
@@ -42,15 +71,18 @@ class BatchActivities:
         async def progress(cursor: int) -> None:
             activity.heartbeat(cursor)
 
-        result = await self._batches.process_chunk(
-            input.batch_id,
-            input.from_item,
-            input.to_item,
-            max_body_bytes=input.max_body_bytes,
-            step=input.heartbeat_every,
-            resume_from=resume_from,
-            on_progress=progress,
-        )
+        try:
+            result = await self._batches.process_chunk(
+                input.batch_id,
+                input.from_item,
+                input.to_item,
+                max_body_bytes=input.max_body_bytes,
+                step=input.heartbeat_every,
+                resume_from=resume_from,
+                on_progress=progress,
+            )
+        finally:
+            release_freed_memory()
         if self._metrics is not None:
             self._metrics.batch_chunk(stored=result.stored, failed=result.failed)
         return result

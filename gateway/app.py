@@ -9,8 +9,9 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import asdict, fields, replace
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import socketio
 from temporalio.client import Client
@@ -19,10 +20,14 @@ from temporalio.worker import Worker
 
 from missive.config import Settings
 from missive.constants import (
+    EVENT_DEVICE_REGISTER,
+    EVENT_DEVICE_UNREGISTER,
     EVENT_MESSAGE_DELIVERED,
     EVENT_MESSAGE_READ,
     EVENT_MESSAGE_SEARCH,
     EVENT_MESSAGE_SEND,
+    EVENT_NOTIFICATION_LIST,
+    EVENT_NOTIFICATION_PREFERENCES,
     TASK_QUEUE_MESSAGES,
     conversation_room,
     user_room,
@@ -37,9 +42,19 @@ from missive.errors import (
 )
 from missive.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from missive.metrics import Metrics
+from missive.notify.log import NotificationRow
 from missive.notify.options import notify_options
+from missive.notify.preferences import (
+    require_platform,
+    require_push_token,
+    require_timezone,
+    validate_conversation_preferences,
+    validate_user_preferences,
+)
 from missive.schemas import (
+    ConversationPreferences,
     MessageAccepted,
+    NotificationPreferences,
     PersistMessageInput,
     PersistMessageResult,
     ReceiptInput,
@@ -174,6 +189,13 @@ class Gateway:
         ):
             receipt = functools.partial(self._receipt, status=status)
             self.sio.on(event, self._guarded(event, receipt))
+        for event, handler in (
+            (EVENT_NOTIFICATION_PREFERENCES, self._preferences),
+            (EVENT_NOTIFICATION_LIST, self._notifications),
+            (EVENT_DEVICE_REGISTER, self._register_device),
+            (EVENT_DEVICE_UNREGISTER, self._unregister_device),
+        ):
+            self.sio.on(event, self._guarded(event, handler))
 
     @property
     def healthy(self) -> bool:
@@ -432,6 +454,94 @@ class Gateway:
         )
         return {"ok": True, "changed": result.changed, "up_to_seq": result.up_to_seq}
 
+    # -- notification settings and the bell ----------------------------------
+
+    async def _preferences(self, sid: str, data: object) -> Ack:
+        """``notification:preferences``: the user's preferences, or their overrides for
+        one conversation; ``set`` changes the fields it names, ``timezone`` the user's
+        timezone. Everything is checked before anything is stored; acks the values now
+        stored."""
+        user_id = await self._user_of(sid)
+        payload = {} if data is None else _require_object(data)
+        unknown = sorted(set(payload) - {"conversation_id", "set", "timezone"})
+        if unknown:
+            raise InvalidInput(
+                f"unknown field {', '.join(unknown)}: give conversation_id, set or timezone"
+            )
+        changes = payload.get("set", {})
+        if not isinstance(changes, dict):
+            raise InvalidInput("set must be an object of preference fields and their values")
+        core, _ = self._services()
+        preferences = core.preferences
+        if payload.get("conversation_id") is not None:
+            if "timezone" in payload:
+                raise InvalidInput("timezone is the user's, not a conversation's: omit one")
+            conversation_id = require_uuid(payload["conversation_id"], "conversation_id")
+            overrides = await preferences.get_conversation(user_id, conversation_id)
+            if changes:
+                overrides = _changed(overrides, changes)
+                validate_conversation_preferences(overrides)
+                await preferences.set_conversation(user_id, conversation_id, overrides)
+            return {
+                "ok": True,
+                "conversation_id": conversation_id,
+                "preferences": asdict(overrides),
+            }
+        timezone = require_timezone(payload["timezone"]) if "timezone" in payload else None
+        current = await preferences.get_user(user_id)
+        if changes:
+            current = _changed(current, changes)
+            validate_user_preferences(current)
+        if timezone is not None:
+            await preferences.set_timezone(user_id, timezone)
+        if changes:
+            await preferences.set_user(user_id, current)
+        ack: Ack = {"ok": True, "preferences": asdict(current)}
+        if timezone is not None:
+            ack["timezone"] = timezone
+        return ack
+
+    async def _notifications(self, sid: str, data: object) -> Ack:
+        """``notification:list``: the user's in-app notifications, newest first, and
+        their unread count."""
+        user_id = await self._user_of(sid)
+        payload = {} if data is None else _require_object(data)
+        limit = payload.get("limit", NOTIFICATION_LIST_DEFAULT)
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise InvalidInput(f"limit must be an integer, got {limit!r}")
+        if not 1 <= limit <= NOTIFICATION_LIST_MAX:
+            raise InvalidInput(f"limit must be between 1 and {NOTIFICATION_LIST_MAX}, got {limit}")
+        unread_only = payload.get("unread_only", False)
+        if not isinstance(unread_only, bool):
+            raise InvalidInput(f"unread_only must be true or false, got {unread_only!r}")
+        core, _ = self._services()
+        rows = await core.notifications.in_app(user_id, limit=limit, unread_only=unread_only)
+        unread = await core.notifications.unread_count(user_id)
+        return {
+            "ok": True,
+            "unread_count": unread,
+            "notifications": [_notification_json(row) for row in rows],
+        }
+
+    async def _register_device(self, sid: str, data: object) -> Ack:
+        """``device:register``: a push token of the user's (again: refreshed; another
+        user's: it moves to this one)."""
+        user_id = await self._user_of(sid)
+        payload = _require_object(data)
+        platform = require_platform(payload.get("platform"))
+        token = require_push_token(payload.get("token"))
+        core, _ = self._services()
+        device_id = await core.preferences.register_device(user_id, platform.value, token)
+        return {"ok": True, "device_id": device_id}
+
+    async def _unregister_device(self, sid: str, data: object) -> Ack:
+        """``device:unregister``: forgets a push token (no more pushes to it)."""
+        await self._user_of(sid)
+        payload = _require_object(data)
+        token = require_push_token(payload.get("token"))
+        core, _ = self._services()
+        return {"ok": True, "removed": await core.preferences.remove_device(token)}
+
     # -- HTTP ---------------------------------------------------------------
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -547,6 +657,37 @@ def _require_mentions(value: object) -> list[str]:
     if len(value) > MAX_MENTIONS:
         raise InvalidInput(f"mentions names {len(value)} users; at most {MAX_MENTIONS}")
     return list(dict.fromkeys(require_uuid(item, "mentions[]") for item in value))
+
+
+NOTIFICATION_LIST_DEFAULT = 50
+"""In-app notifications ``notification:list`` returns when no limit is given."""
+
+NOTIFICATION_LIST_MAX = 100
+"""Most in-app notifications one ``notification:list`` returns."""
+
+Preferences = TypeVar("Preferences", NotificationPreferences, ConversationPreferences)
+
+
+def _changed(current: Preferences, changes: dict[str, Any]) -> Preferences:
+    """``current`` with the fields ``changes`` names replaced (types are checked later)."""
+    known = [f.name for f in fields(current)]
+    unknown = sorted(set(changes) - set(known))
+    if unknown:
+        raise InvalidInput(
+            f"unknown preference {', '.join(unknown)}; the fields are {', '.join(known)}"
+        )
+    return replace(current, **changes)
+
+
+def _notification_json(row: NotificationRow) -> dict[str, Any]:
+    return {
+        "notification_id": row.id,
+        "conversation_id": row.conversation_id,
+        "message_id": row.message_id,
+        "status": row.status.value,
+        "created_at": row.created_at.isoformat(),
+        "read_at": row.read_at.isoformat() if row.read_at is not None else None,
+    }
 
 
 def _log_worker_end(task: asyncio.Task[None]) -> None:

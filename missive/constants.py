@@ -109,3 +109,10 @@ def notify_message_workflow_id(message_id: str) -> str:
 def notify_digest_workflow_id(channel: str, user_id: str) -> str:
     """The digest gathering one recipient's notifications on one channel."""
     return f"{NOTIFY_DIGEST_WORKFLOW_PREFIX}-{channel}-{user_id}"
+
+
+# --- notification settings and the bell (gateway events a client emits) ---
+EVENT_NOTIFICATION_PREFERENCES = "notification:preferences"
+EVENT_NOTIFICATION_LIST = "notification:list"
+EVENT_DEVICE_REGISTER = "device:register"
+EVENT_DEVICE_UNREGISTER = "device:unregister"

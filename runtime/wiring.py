@@ -24,6 +24,7 @@ from missive.db import create_engine, describe, session_factory
 from missive.errors import ProviderUnavailable
 from missive.metrics import Metrics
 from missive.notify.log import NotificationLog
+from missive.notify.preferences import PreferenceService
 from missive.services.directory import DirectoryService
 from missive.services.messages import MessageService
 from missive.services.receipts import ReceiptService
@@ -44,6 +45,8 @@ class Core:
     receipts: ReceiptService
     directory: DirectoryService
     notifications: NotificationLog
+    preferences: PreferenceService
+    """Users' notification preferences, timezones and push devices (the gateway's API)."""
 
 
 async def open_core(settings: Settings, stack: AsyncExitStack, *, pool_size: int = 10) -> Core:
@@ -70,6 +73,7 @@ async def open_core(settings: Settings, stack: AsyncExitStack, *, pool_size: int
         receipts=ReceiptService(sessions),
         directory=DirectoryService(sessions, cipher),
         notifications=NotificationLog(sessions),
+        preferences=PreferenceService(sessions),
     )
 
 
@@ -100,7 +104,8 @@ class MessageQueueActivities:
     messages: MessageActivities
     """The lifecycle's and the receipts' activities."""
     notify: NotifyActivities
-    """For settle_notifications, which receipts run as a local activity."""
+    """settle_notifications (receipts) and the agenda's plan / dispatch / fall_back
+    (lifecycles): local activities of workflows on this queue."""
 
 
 def message_activities(
@@ -131,4 +136,8 @@ def activity_methods(acts: MessageQueueActivities) -> list[Callable[..., Any]]:
         acts.messages.apply_receipt,
         acts.messages.broadcast_receipts,
         acts.notify.settle_notifications,
+        # A lifecycle runs its notification agenda; these are its local activities.
+        acts.notify.plan_notifications,
+        acts.notify.dispatch_due,
+        acts.notify.fall_back,
     ]

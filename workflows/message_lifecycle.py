@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
-from temporalio.workflow import ParentClosePolicy
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.messages import MessageActivities
-    from missive.constants import notify_message_workflow_id
     from missive.errors import DuplicateClientMessageId, InvalidInput
     from missive.schemas import (
         Acceptance,
@@ -23,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
         MessageLifecycleResult,
         MessageStatus,
         NotifyMessageInput,
+        NotifyMessageResult,
         PersistMessageInput,
         PersistMessageResult,
         ReceiptsChanged,
@@ -38,7 +37,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows import policies
     from workflows.failures import reraise_refusal
-    from workflows.notify_message import NotifyMessageWorkflow
+    from workflows.notify_message import NotificationAgenda
 
 
 @workflow.defn
@@ -90,10 +89,13 @@ class MessageLifecycleWorkflow:
         )
 
         await self._broadcast(persisted.message_id)
+        agenda: asyncio.Task[NotifyMessageResult] | None = None
         if input.notify is not None and persisted.created and persisted.recipient_count > 0:
-            # Runs started before notifications existed never start the child on replay.
+            # Runs started before notifications existed never plan them on replay.
             if workflow.patched("notify-after-broadcast"):
-                await self._notify(input, persisted)
+                agenda = asyncio.create_task(
+                    NotificationAgenda().run(_notify_input(input, persisted))
+                )
 
         self._status.phase = LifecyclePhase.FOLLOWING_RECEIPTS
         try:
@@ -103,6 +105,15 @@ class MessageLifecycleWorkflow:
             self._status.phase = LifecyclePhase.ALL_READ
         except TimeoutError:
             self._status.phase = LifecyclePhase.WINDOW_ELAPSED
+        if agenda is not None:
+            # Once everyone read, what is left of the agenda is cancelled rows: its
+            # next dispatch finds nothing pending and it ends.
+            try:
+                await agenda
+            except (ActivityError, ApplicationError) as err:
+                # The message is stored and delivered; a refused notification step
+                # (recorded in the log) is no reason to fail its lifecycle.
+                workflow.logger.warning("notifications gave up: %s", err)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return MessageLifecycleResult(
             message_id=persisted.message_id,
@@ -156,32 +167,6 @@ class MessageLifecycleWorkflow:
             # The message is stored and clients catch up from history; a live
             # event this late is not worth failing the lifecycle for.
             workflow.logger.warning("message:new broadcast gave up", extra={"id": message_id})
-
-    async def _notify(self, input: SendMessageInput, persisted: PersistMessageResult) -> None:
-        """Starts the message's notifications as an abandoned child (they outlive this)."""
-        assert input.notify is not None
-        try:
-            await workflow.start_child_workflow(
-                NotifyMessageWorkflow.run,
-                NotifyMessageInput(
-                    message_id=persisted.message_id,
-                    conversation_id=persisted.conversation_id,
-                    sender_id=input.sender_id,
-                    seq=persisted.seq,
-                    created_at=persisted.created_at,
-                    mentions=list(input.mentions),
-                    options=input.notify,
-                ),
-                id=notify_message_workflow_id(persisted.message_id),
-                task_queue=input.notify.task_queue,
-                parent_close_policy=ParentClosePolicy.ABANDON,
-                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            )
-        except WorkflowAlreadyStartedError:
-            # Already planned by an earlier run (a reset): the log has its agenda.
-            workflow.logger.info(
-                "notifications already started", extra={"id": persisted.message_id}
-            )
 
     def _reject(self, err: ApplicationError) -> None:
         self._rejection = err
@@ -265,3 +250,17 @@ class MessageLifecycleWorkflow:
     def status(self) -> MessageStatus:
         """Where the lifecycle is, with per-recipient state for small conversations."""
         return self._status
+
+
+def _notify_input(input: SendMessageInput, persisted: PersistMessageResult) -> NotifyMessageInput:
+    """The notification agenda's input: ids and times only, never the body."""
+    assert input.notify is not None
+    return NotifyMessageInput(
+        message_id=persisted.message_id,
+        conversation_id=persisted.conversation_id,
+        sender_id=input.sender_id,
+        seq=persisted.seq,
+        created_at=persisted.created_at,
+        mentions=list(input.mentions),
+        options=input.notify,
+    )

@@ -153,20 +153,23 @@ async def send_with_fallback(
     counts.add(channel, result)
 
 
-@workflow.defn
-class NotifyMessageWorkflow:
-    """Every notification of one message (id ``notify-message-<message id>``).
+class NotificationAgenda:
+    """Every notification of one message, run inside a workflow.
 
     The notification log is the agenda: plan_notifications writes a row per
-    recipient and channel with its due time, then the workflow sleeps until the
+    recipient and channel with its due time, then the agenda sleeps until the
     next due time and lets dispatch_due decide each due row (cancel, defer to
     the end of quiet hours, emit in-app, queue a push or a digest item). Pushes
     go out in chunks on the push queue; email / SMS rows go to each recipient's
-    NotificationDigestWorkflow. The workflow holds ids and due times only.
+    NotificationDigestWorkflow. It holds ids and due times only.
+
+    The message's lifecycle runs it beside following receipts, so notifying
+    costs no workflow of its own; plan and dispatch are local activities on the
+    lifecycle's own task queue (the first ones run in the same workflow task as
+    the persist and the broadcast).
     """
 
-    @workflow.init
-    def __init__(self, input: NotifyMessageInput) -> None:
+    def __init__(self) -> None:
         self._planned = 0
         self._in_app = 0
         self._digested = 0
@@ -175,7 +178,6 @@ class NotifyMessageWorkflow:
         self._sends = SendCounts.empty()
         self._tasks: list[asyncio.Task[None]] = []
 
-    @workflow.run
     async def run(self, input: NotifyMessageInput) -> NotifyMessageResult:
         """Plans, then dispatches until no row is pending; returns the counts."""
         plan: PlanNotificationsResult = await workflow.execute_local_activity_method(
@@ -211,7 +213,7 @@ class NotifyMessageWorkflow:
             self._start_sends(due, input.options)
             next_due = due.next_due
         # Sends run beside the agenda (a push retrying for its deadline must not hold
-        # back an email due meanwhile); the workflow ends once all of them did.
+        # back an email due meanwhile); the agenda ends once all of them did.
         await asyncio.gather(*self._tasks)
         return self._result()
 
@@ -256,3 +258,18 @@ class NotifyMessageWorkflow:
             fell_back=self._sends.fell_back,
             fallback_sent=sent.get(Channel.EMAIL, 0) + sent.get(Channel.SMS, 0),
         )
+
+
+@workflow.defn
+class NotifyMessageWorkflow:
+    """A message's notifications as a workflow of their own (``notify-message-<id>``).
+
+    For starts outside a lifecycle (an operator re-running a message's
+    notifications, an announcement); a lifecycle with notifications on runs the
+    same NotificationAgenda itself.
+    """
+
+    @workflow.run
+    async def run(self, input: NotifyMessageInput) -> NotifyMessageResult:
+        """Runs the agenda to its end; returns the counts."""
+        return await NotificationAgenda().run(input)

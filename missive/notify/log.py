@@ -65,6 +65,7 @@ REASON_LEFT = "no longer a participant"
 REASON_GONE = "message deleted"
 REASON_QUIET = "quiet hours"
 REASON_NO_FALLBACK = "no other channel to fall back to"
+REASON_SENT_AS_FALLBACK = "sent earlier as another channel's fallback"
 
 _CHANNEL_ORDER = {c: i for i, c in enumerate(Channel)}
 _OUTCOMES = frozenset(
@@ -295,6 +296,20 @@ _INSERT_ROWS = text(
            AS r(id, recipient_id, channel, dedupe_key, status, message_id, conversation_id,
                 seq, mention, due_at, reason, source_id, digest_id, item_count)
     ON CONFLICT (recipient_id, channel, dedupe_key) DO NOTHING
+    """
+)
+
+# A fallback row replaces the same message's row still planned on that channel:
+# the recipient gets the message there now, not again when the planned row falls due.
+_CANCEL_PLANNED_BY_FALLBACK = text(
+    """
+    UPDATE notifications AS n
+       SET status = 'cancelled', reason = :reason, updated_at = :now
+      FROM unnest(CAST(:recipients AS uuid[]), CAST(:channels AS text[]),
+                  CAST(:message_ids AS uuid[])) AS f(recipient_id, channel, message_id)
+     WHERE n.recipient_id = f.recipient_id AND n.channel = f.channel
+       AND n.message_id = f.message_id AND n.dedupe_key LIKE 'message:%'
+       AND n.status = 'pending'
     """
 )
 
@@ -953,6 +968,22 @@ class NotificationLog:
                 targets[nxt].append(new_id)
             if new.ids:
                 await session.execute(_INSERT_ROWS, new.params(now))
+                planned = [
+                    (r, c, m)
+                    for r, c, m in zip(new.recipients, new.channels, new.message_ids, strict=True)
+                    if m is not None
+                ]
+                if planned:
+                    await session.execute(
+                        _CANCEL_PLANNED_BY_FALLBACK,
+                        {
+                            "recipients": [r for r, _, _ in planned],
+                            "channels": [c for _, c, _ in planned],
+                            "message_ids": [m for _, _, m in planned],
+                            "reason": REASON_SENT_AS_FALLBACK,
+                            "now": now,
+                        },
+                    )
             changed = await decisions.apply(session, now=now, from_statuses=["queued", "sending"])
         moved = [c for c in later if targets.get(c)]
         first = moved[0] if moved else None
@@ -1241,6 +1272,40 @@ class NotificationLog:
         async with self._sessions() as session:
             rows = (await session.execute(_UNREAD_COUNTS, {"rids": [uid]})).all()
         return int(rows[0].unread) if rows else 0
+
+    async def in_app(
+        self, user_id: str, *, limit: int, unread_only: bool = False
+    ) -> list[NotificationRow]:
+        """A user's in-app notifications (the bell), newest first: the sent rows only.
+
+        One indexed statement: with ``unread_only`` its predicate is exactly that of
+        ``ix_notifications_unread``; otherwise ``ix_notifications_open`` (which
+        holds every sent row) finds the user's rows.
+
+        Raises:
+            InvalidInput: a malformed id, or a limit below 1.
+        """
+        uid = require_uuid(user_id, "user_id")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidInput(f"limit must be a positive integer, got {limit!r}")
+        unread = " AND read_at IS NULL" if unread_only else ""
+        sql = text(
+            f"SELECT {_ROW_COLUMNS} FROM notifications"
+            " WHERE recipient_id = :rid AND channel = 'in_app' AND status = 'sent'"
+            f"{unread} ORDER BY created_at DESC, id DESC LIMIT :limit"
+        )
+        async with self._sessions() as session:
+            found = (await session.execute(sql, {"rid": uid, "limit": limit})).mappings().all()
+        return [
+            NotificationRow(
+                **{
+                    **row,
+                    "channel": Channel(row["channel"]),
+                    "status": NotificationStatus(row["status"]),
+                }
+            )
+            for row in found
+        ]
 
     async def rows(
         self, *, message_id: str | None = None, recipient_id: str | None = None

@@ -99,7 +99,7 @@ async def test_import_runs_to_the_end_with_progress_search_attributes_and_report
     assert await _count(core, "SELECT count(*) FROM deliveries") == 60
     # 30 messages to one conversation in chunks of 7: one compact event per chunk.
     compact = [e[1] for e in emitter.events if e[0] == "messages:batch"]
-    assert [e["count"] for e in emitter.events if e[0] == "message:new"] == []
+    assert [e[1]["count"] for e in emitter.events if e[0] == "message:new"] == []
     assert sum(e["count"] for e in compact) == 30
     assert sorted((e["from_seq"], e["to_seq"]) for e in compact)[0][0] == 1
     # The Web UI can filter batches by the search attributes.

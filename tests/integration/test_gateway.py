@@ -25,11 +25,15 @@ from gateway import create_app
 from gateway.app import GatewayApp
 from missive.config import Settings
 from missive.constants import (
+    EVENT_DEVICE_REGISTER,
+    EVENT_DEVICE_UNREGISTER,
     EVENT_MESSAGE_DELIVERED,
     EVENT_MESSAGE_NEW,
     EVENT_MESSAGE_READ,
     EVENT_MESSAGE_RECEIPT,
     EVENT_MESSAGE_SEND,
+    EVENT_NOTIFICATION_LIST,
+    EVENT_NOTIFICATION_PREFERENCES,
     message_workflow_id,
 )
 from missive.models import ConversationKind
@@ -355,6 +359,103 @@ async def test_receipts_are_refused_outside_ones_conversations(
     assert not a.received(EVENT_MESSAGE_RECEIPT)
     status = await _scalar(core, "SELECT status FROM deliveries WHERE recipient_id = :r", r=ben)
     assert status == 0  # still only sent
+
+
+async def test_notification_settings_devices_and_the_bell_over_the_socket(
+    gateway: RunningGateway, core: Core, connect: Callable[[str], Awaitable[Peer]]
+) -> None:
+    ana, ben, cy = await _people(core, 3)
+    ours = await _conversation(core, ana, ben)
+    theirs = await _conversation(core, ben, cy)
+    a = await connect(ana)
+    prefs = EVENT_NOTIFICATION_PREFERENCES
+    defaults = {
+        "in_app": True,
+        "push": True,
+        "email": True,
+        "sms": False,
+        "mentions_only": False,
+        "quiet_start": None,
+        "quiet_end": None,
+        "quiet_mentions": False,
+    }
+    assert await a.call(prefs, {}) == {"ok": True, "preferences": defaults}
+
+    # One call changes only the fields it names, and the timezone.
+    night = {"sms": True, "quiet_start": "22:00", "quiet_end": "07:00"}
+    changed = await a.call(prefs, {"set": night, "timezone": "Europe/Paris"})
+    assert changed == {
+        "ok": True,
+        "preferences": {**defaults, **night},
+        "timezone": "Europe/Paris",
+    }
+    assert await a.call(prefs) == {"ok": True, "preferences": {**defaults, **night}}
+    timezone = "SELECT timezone FROM users WHERE id = :u"
+    assert await _scalar(core, timezone, u=ana) == "Europe/Paris"
+
+    refusals: list[tuple[object, str, str]] = [
+        ({"set": {"loud": True}}, "InvalidInput", "unknown preference loud"),
+        ({"set": {"push": "yes"}}, "InvalidInput", "push must be true or false"),
+        ({"set": {"quiet_start": "25:00"}}, "InvalidInput", "quiet_start"),
+        ({"set": {"quiet_end": None}}, "InvalidInput", "both quiet_start and quiet_end"),
+        ({"set": ["push"]}, "InvalidInput", "set must be an object"),
+        ({"timezone": "Mars/Olympus"}, "InvalidInput", "'Mars/Olympus' does not exist"),
+        # Checked before anything is stored: the good timezone is not kept either.
+        ({"timezone": "Asia/Tokyo", "set": {"loud": True}}, "InvalidInput", "loud"),
+        ({"conversation": ours, "set": {"muted": True}}, "InvalidInput", "conversation"),
+        ({"conversation_id": ours, "timezone": "UTC"}, "InvalidInput", "timezone"),
+        ({"conversation_id": ours, "set": {"quiet_start": "22:00"}}, "InvalidInput", "muted"),
+        ({"conversation_id": ours, "set": {"push": 1}}, "InvalidInput", "push must be"),
+        ({"conversation_id": theirs}, "NotAMember", "not a participant"),
+        ({"conversation_id": "nope"}, "InvalidInput", "conversation_id"),
+        ("all", "InvalidInput", "must be an object"),
+    ]
+    for payload, type, match in refusals:
+        _refused(await a.call(prefs, payload), type, match)
+    assert await a.call(prefs, {}) == {"ok": True, "preferences": {**defaults, **night}}
+    assert await _scalar(core, timezone, u=ana) == "Europe/Paris"
+
+    inherit = {"muted": False, "mentions_only": None, "in_app": None, "push": None}
+    inherit |= {"email": None, "sms": None}
+    assert await a.call(prefs, {"conversation_id": ours}) == {
+        "ok": True,
+        "conversation_id": ours,
+        "preferences": inherit,
+    }
+    muted = await a.call(prefs, {"conversation_id": ours, "set": {"muted": True, "push": False}})
+    assert muted["preferences"] == {**inherit, "muted": True, "push": False}, muted
+    again = await a.call(prefs, {"conversation_id": ours, "set": {"push": None}})
+    assert again["preferences"] == {**inherit, "muted": True}, again
+
+    device = await a.call(EVENT_DEVICE_REGISTER, {"platform": "ios", "token": "tok-1"})
+    assert device["ok"] is True and uuid.UUID(device["device_id"]), device
+    assert await a.call(EVENT_DEVICE_REGISTER, {"platform": "ios", "token": "tok-1"}) == device
+    for payload, match in [
+        ({"platform": "blackberry", "token": "tok-2"}, "platform must be one of"),
+        ({"token": "tok-2"}, "platform must be one of"),
+        ({"platform": "web", "token": "has space"}, "malformed"),
+        ({"platform": "web"}, "push token must be a string"),
+    ]:
+        _refused(await a.call(EVENT_DEVICE_REGISTER, payload), "InvalidInput", match)
+    devices = "SELECT count(*) FROM devices WHERE user_id = :u"
+    assert await _scalar(core, devices, u=ana) == 1
+    gone = await a.call(EVENT_DEVICE_UNREGISTER, {"token": "tok-1"})
+    assert gone == {"ok": True, "removed": True}
+    gone = await a.call(EVENT_DEVICE_UNREGISTER, {"token": "tok-1"})
+    assert gone == {"ok": True, "removed": False}
+    assert await _scalar(core, devices, u=ana) == 0
+
+    empty = {"ok": True, "unread_count": 0, "notifications": []}
+    assert await a.call(EVENT_NOTIFICATION_LIST) == empty
+    assert await a.call(EVENT_NOTIFICATION_LIST, {"limit": 100, "unread_only": True}) == empty
+    for payload, match in [
+        ({"limit": 0}, "between 1 and 100"),
+        ({"limit": 101}, "between 1 and 100"),
+        ({"limit": "5"}, "limit must be an integer"),
+        ({"limit": True}, "limit must be an integer"),
+        ({"unread_only": "yes"}, "unread_only must be true or false"),
+    ]:
+        _refused(await a.call(EVENT_NOTIFICATION_LIST, payload), "InvalidInput", match)
 
 
 async def test_a_failed_lifespan_startup_names_the_unreachable_server(settings: Settings) -> None:

@@ -24,6 +24,7 @@ from missive.notify.log import (
     REASON_NO_FALLBACK,
     REASON_PREFERENCES,
     REASON_READ,
+    REASON_SENT_AS_FALLBACK,
     NotificationLog,
     NotificationRow,
     Outcome,
@@ -539,6 +540,9 @@ async def test_fall_back_moves_down_push_email_sms_to_what_each_recipient_takes(
             1,
         )
     assert ben_email.source_id == push_of["ben"].id
+    # ben's email planned for later is replaced by the fallback: one email, not two.
+    planned = by_key[("ben", EMAIL, f"message:{sent.message_id}")]
+    assert (planned.status, planned.reason) == (CANCELLED, REASON_SENT_AS_FALLBACK)
     assert (push_of["ben"].status, push_of["ben"].reason) == (
         NotificationStatus.FELL_BACK,
         "FCM unavailable for 10 minutes",

@@ -616,16 +616,14 @@ async def test_fake_lifecycle_starts_notifications_for_new_messages(
         time_env.client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
-        activities=_lifecycle_fakes(recipients, created),
+        # The agenda's plan / dispatch run as local activities of the lifecycle.
+        activities=[*_lifecycle_fakes(recipients, created), *fakes.notify_activities()],
     )
     async with _Running([lifecycle, *_fake_workers(time_env, fakes, options)]):
         await time_env.client.execute_workflow(
             MessageLifecycleWorkflow.run, send, id=f"message-{uuid.uuid4()}", task_queue=task_queue
         )
         message_id = message_id_for(send.sender_id, send.client_message_id)
-        if starts:
-            child = time_env.client.get_workflow_handle(notify_message_workflow_id(message_id))
-            await _result(child)
     if not starts:
         assert fakes.planned == []
         return
@@ -1278,18 +1276,10 @@ async def test_lifecycle_starts_the_notifications_of_a_new_message(rig: Rig) -> 
         id=f"message-{uuid.uuid4()}",
         task_queue=rig.messages_queue,
     )
-    # Following receipts: broadcast done and the notifications started.
-    for _ in range(300):
-        status = await lifecycle.query(MessageLifecycleWorkflow.status)
-        if status.phase is LifecyclePhase.FOLLOWING_RECEIPTS:
-            break
-        await asyncio.sleep(0.05)
-    message_id = message_id_for(send.sender_id, send.client_message_id)
-    notified = rig.env.client.get_workflow_handle_for(
-        NotifyMessageWorkflow.run, notify_message_workflow_id(message_id)
-    )
-    result = await _result(notified)
-    await _result(lifecycle)
-    assert (result.in_app, result.pushed) == (1, 1)
+    # The lifecycle runs the agenda itself: in-app at once, push after the grace
+    # period (ben never receives it), then the window ends and so does the lifecycle.
+    result = await _result(lifecycle)
+    assert result.phase is LifecyclePhase.WINDOW_ELAPSED
+    assert len(rig.emitted.of(EVENT_NOTIFICATION_NEW, rig.users["ben"])) == 1
     [push] = rig.pushes("ben")
     assert push["notification"]["title"] == "Ana mentioned you in #ops"
