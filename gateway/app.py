@@ -457,10 +457,12 @@ class Gateway:
     # -- notification settings and the bell ----------------------------------
 
     async def _preferences(self, sid: str, data: object) -> Ack:
-        """``notification:preferences``: the user's preferences, or their overrides for
-        one conversation; ``set`` changes the fields it names, ``timezone`` the user's
-        timezone. Everything is checked before anything is stored; acks the values now
-        stored."""
+        """``notification:preferences``: reads or changes preferences; acks those now stored.
+
+        Without ``conversation_id`` the user's own, with it their overrides for that
+        conversation; ``set`` changes only the fields it names, ``timezone`` the user's
+        timezone. Everything is checked before anything is stored.
+        """
         user_id = await self._user_of(sid)
         payload = {} if data is None else _require_object(data)
         unknown = sorted(set(payload) - {"conversation_id", "set", "timezone"})
@@ -502,8 +504,7 @@ class Gateway:
         return ack
 
     async def _notifications(self, sid: str, data: object) -> Ack:
-        """``notification:list``: the user's in-app notifications, newest first, and
-        their unread count."""
+        """``notification:list``: the user's in-app notifications (newest first), unread count."""
         user_id = await self._user_of(sid)
         payload = {} if data is None else _require_object(data)
         limit = payload.get("limit", NOTIFICATION_LIST_DEFAULT)
@@ -524,8 +525,7 @@ class Gateway:
         }
 
     async def _register_device(self, sid: str, data: object) -> Ack:
-        """``device:register``: a push token of the user's (again: refreshed; another
-        user's: it moves to this one)."""
+        """``device:register``: adds a push token (again: refreshed; another user's: moved here)."""
         user_id = await self._user_of(sid)
         payload = _require_object(data)
         platform = require_platform(payload.get("platform"))
@@ -535,12 +535,12 @@ class Gateway:
         return {"ok": True, "device_id": device_id}
 
     async def _unregister_device(self, sid: str, data: object) -> Ack:
-        """``device:unregister``: forgets a push token (no more pushes to it)."""
-        await self._user_of(sid)
+        """``device:unregister``: forgets one of the user's push tokens (no more pushes to it)."""
+        user_id = await self._user_of(sid)
         payload = _require_object(data)
         token = require_push_token(payload.get("token"))
         core, _ = self._services()
-        return {"ok": True, "removed": await core.preferences.remove_device(token)}
+        return {"ok": True, "removed": await core.preferences.remove_device(token, user_id=user_id)}
 
     # -- HTTP ---------------------------------------------------------------
 

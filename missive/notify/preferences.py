@@ -507,16 +507,26 @@ class PreferenceService:
             raise UserNotFound(f"user {uid} does not exist")
         return str(row.id)
 
-    async def remove_device(self, token: str) -> bool:
+    async def remove_device(self, token: str, *, user_id: str | None = None) -> bool:
         """Forgets a push token; returns whether it was registered.
 
+        Args:
+            token: The push token.
+            user_id: Only if it is this user's (a client unregistering its own
+                device); None: whoever's it is (operators, invalid-token pruning).
+
         Raises:
-            InvalidInput: a malformed token.
+            InvalidInput: a malformed token or user id.
         """
         checked = require_push_token(token)
+        owner = require_uuid(user_id, "user_id") if user_id is not None else None
         async with self._sessions() as session, session.begin():
             result = await session.execute(
-                text("DELETE FROM devices WHERE push_token = :token RETURNING id"),
-                {"token": checked},
+                text(
+                    "DELETE FROM devices WHERE push_token = :token "
+                    "AND (CAST(:owner AS uuid) IS NULL OR user_id = CAST(:owner AS uuid)) "
+                    "RETURNING id"
+                ),
+                {"token": checked, "owner": owner},
             )
             return result.one_or_none() is not None

@@ -385,6 +385,16 @@ async def test_a_group_message_notifies_each_member_the_way_they_chose(
         cys = _ok(await c.call(EVENT_NOTIFICATION_LIST, None))
         assert cys["unread_count"] == 1  # the first message's, never read
         assert [n["message_id"] for n in cys["notifications"]] == [first["message_id"]]
+
+        # Ben's bell: newest first, the read one kept; limit and unread_only narrow it.
+        def ids(ack: dict[str, Any]) -> list[str]:
+            return [n["message_id"] for n in _ok(ack)["notifications"]]
+
+        both = await b.call(EVENT_NOTIFICATION_LIST)
+        assert ids(both) == [second["message_id"], first["message_id"]]
+        assert both["unread_count"] == 1
+        assert ids(await b.call(EVENT_NOTIFICATION_LIST, {"limit": 1})) == [second["message_id"]]
+        assert ids(await b.call(EVENT_NOTIFICATION_LIST, unread_only)) == [second["message_id"]]
     finally:
         await _terminate_running(dev_env.client, leftovers)
 

@@ -818,5 +818,9 @@ async def test_timezone_and_devices(world: World) -> None:
             await conn.execute(text("SELECT timezone FROM users WHERE id = :id"), {"id": ana})
         ).scalar_one()
     assert [tuple(r) for r in rows] == [(ben, "android")] and zone == "America/Sao_Paulo"
+    # A client can unregister only its own device: the token is ben's now.
+    assert await world.prefs.remove_device("apns-token-1", user_id=ana) is False
+    assert await world.prefs.remove_device("apns-token-1", user_id=ben) is True
+    assert await world.prefs.register_device(ben, "android", "apns-token-1")
     assert await world.prefs.remove_device("apns-token-1") is True
     assert await world.prefs.remove_device("apns-token-1") is False
