@@ -37,7 +37,14 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 from temporalio.service import RPCError, RPCStatusCode
 
 from missive.config import Settings
-from missive.constants import TASK_QUEUE_MAINTENANCE, TASK_QUEUE_MESSAGES
+from missive.constants import (
+    TASK_QUEUE_EMAIL,
+    TASK_QUEUE_MAINTENANCE,
+    TASK_QUEUE_MESSAGES,
+    TASK_QUEUE_NOTIFY,
+    TASK_QUEUE_PUSH,
+    TASK_QUEUE_SMS,
+)
 from missive.errors import InvalidInput, PermanentError, ProviderUnavailable
 from missive.jobs import TASK_QUEUE_BATCH
 
@@ -144,11 +151,17 @@ class HealthReport:
         return lines
 
 
+ACTIVITY_ONLY_QUEUES = frozenset({TASK_QUEUE_PUSH, TASK_QUEUE_EMAIL, TASK_QUEUE_SMS})
+"""Provider queues: only activities run there, so their activity pollers are what count."""
+
+
 def task_queues(settings: Settings) -> list[str]:
     """The task queues ``worker.py`` serves with these settings."""
     queues = [TASK_QUEUE_MESSAGES, TASK_QUEUE_MAINTENANCE, TASK_QUEUE_BATCH]
     if settings.typesense_url:
         queues.append(settings.search_task_queue)
+    if settings.notify_enabled:
+        queues += [TASK_QUEUE_NOTIFY, TASK_QUEUE_PUSH, TASK_QUEUE_EMAIL, TASK_QUEUE_SMS]
     return queues
 
 
@@ -171,9 +184,8 @@ async def health(
         checks.append(_check_postgres(settings.database_url))
     if settings.typesense_url:
         checks.append(_check_typesense(settings.typesense_url))
-    smtp_host = getattr(settings, "smtp_host", None)
-    if smtp_host:
-        checks.append(_check_smtp(str(smtp_host), int(getattr(settings, "smtp_port", 25) or 25)))
+    if settings.smtp_host:
+        checks.append(_check_smtp(settings.smtp_host, settings.smtp_port))
     if settings.redis_url:
         checks.append(_check_redis(settings.redis_url))
     dependencies = list(await asyncio.gather(*checks))
@@ -218,7 +230,12 @@ async def _queue(client: Client, name: str, stale_after: timedelta) -> QueueHeal
         last_access=last,
         workflow_backlog=backlogs[TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW],
         activity_backlog=backlogs[TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY],
-        healthy=counts[TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW] > 0,
+        healthy=counts[
+            TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY
+            if name in ACTIVITY_ONLY_QUEUES
+            else TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW
+        ]
+        > 0,
     )
 
 

@@ -21,6 +21,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from missive.config import Settings
+from missive.constants import TASK_QUEUE_PUSH
 from missive.errors import InvalidInput
 from starter import ops
 from tests.conftest import process_env
@@ -268,6 +269,35 @@ async def test_health_reports_pollers_backlog_and_the_database(
     assert not report.healthy
     [database] = report.dependencies
     assert not database.reachable and database.target == "127.0.0.1:1/x"
+
+
+async def test_a_provider_queue_is_healthy_with_activity_pollers_only(
+    dev_env: WorkflowEnvironment, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = dev_env.client
+    provider_queue = f"tq-provider-{uuid.uuid4().hex}"
+
+    @activity.defn(name=f"send_{uuid.uuid4().hex[:8]}")
+    async def send() -> None:
+        return None
+
+    async def polled() -> ops.HealthReport | None:
+        report = await ops.health(client, settings, queues=[provider_queue])
+        return report if report.queues[0].activity_pollers >= 1 else None
+
+    async with Worker(client, task_queue=provider_queue, activities=[send]):
+        report = await eventually(polled)
+        # A workflow queue without a workflow poller is unhealthy...
+        assert not report.healthy
+        assert report.problems == [f"task queue {provider_queue}: no worker polling"]
+        # ...a provider queue (activities only) is healthy with its activity pollers.
+        monkeypatch.setattr(ops, "ACTIVITY_ONLY_QUEUES", frozenset({provider_queue}))
+        report = await ops.health(client, settings, queues=[provider_queue])
+        assert report.healthy and report.queues[0].workflow_pollers == 0
+    assert ops.ACTIVITY_ONLY_QUEUES == frozenset({provider_queue})
+    monkeypatch.undo()
+    assert TASK_QUEUE_PUSH in ops.ACTIVITY_ONLY_QUEUES
+    assert TASK_QUEUE_PUSH in ops.task_queues(settings)
 
 
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
