@@ -36,9 +36,11 @@ from missive.jobs import (
     TASK_QUEUE_BATCH,
 )
 from missive.metrics import Metrics
+from missive.notify.options import notify_options
 from missive.schemas import RetentionInput
 from missive.services.batch import BatchService, StoredMessagesSink
 from missive.services.retention import MessageIndexRemover, PurgeSink, RetentionService
+from runtime.notify import AnnouncementNotifier
 from runtime.search_attributes import MISSIVE_SEARCH_ATTRIBUTES
 from runtime.wiring import Core, workflow_runner
 from workflows.batch import BatchWorkflow
@@ -69,8 +71,9 @@ def batch_service(
 ) -> BatchService:
     """The batch service over this process's engine, cipher and emitter.
 
-    ``sinks`` is where notifications plug in (see StoredMessagesSink); indexing
-    needs nothing: batch-inserted messages are pending for the search indexer.
+    ``sinks`` hear of stored messages: runtime.notify.AnnouncementNotifier starts
+    the notifications of announcements; indexing needs nothing: batch-inserted
+    messages are pending for the search indexer.
     """
     return BatchService(core.engine, core.cipher, emitter, sinks=sinks)
 
@@ -122,7 +125,16 @@ def batch_worker(
         task_queue=task_queue,
         workflows=JOB_WORKFLOWS,
         activities=job_activity_methods(
-            BatchActivities(batch_service(core, emitter), metrics=metrics),
+            BatchActivities(
+                batch_service(
+                    core,
+                    emitter,
+                    sinks=[AnnouncementNotifier(client, notify_options(settings))]
+                    if settings.notify_enabled
+                    else [],
+                ),
+                metrics=metrics,
+            ),
             RetentionActivities(retention_service(core, settings), metrics=metrics),
         ),
         workflow_runner=workflow_runner(settings),

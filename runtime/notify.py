@@ -2,28 +2,44 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.worker import Worker
 
 from activities.notify import ChannelActivities, NotifyActivities
 from missive.broadcast import Emitter
 from missive.config import Settings
-from missive.constants import TASK_QUEUE_EMAIL, TASK_QUEUE_NOTIFY, TASK_QUEUE_PUSH, TASK_QUEUE_SMS
+from missive.constants import (
+    TASK_QUEUE_EMAIL,
+    TASK_QUEUE_NOTIFY,
+    TASK_QUEUE_PUSH,
+    TASK_QUEUE_SMS,
+    notify_message_workflow_id,
+)
 from missive.metrics import Metrics
 from missive.notify.dispatch import ChannelSenders
 from missive.notify.mail import EmailSender
 from missive.notify.push import PushSender
 from missive.notify.sms import SmsSender
+from missive.schemas import BatchKind, NotifyMessageInput, NotifyOptions
+from missive.services.messages import StoredMessage
 from runtime.wiring import Core, workflow_runner
 
 MAX_CONCURRENT_NOTIFY_ACTIVITIES = 16
 """Planning / dispatch / digest activities one worker runs at once: each holds a
 database connection briefly, so this stays within the pool."""
+
+
+START_CONCURRENCY = 16
+"""Notification workflows an announcement chunk starts at once."""
 
 
 def open_notify(
@@ -105,3 +121,48 @@ def notify_workers(
         provider_worker(TASK_QUEUE_EMAIL, [channels.send_email], settings.notify_email_per_second),
         provider_worker(TASK_QUEUE_SMS, [channels.send_sms], settings.notify_sms_per_second),
     ]
+
+
+class AnnouncementNotifier:
+    """Notifies the recipients of a batch announcement (the batch's StoredMessagesSink).
+
+    Each stored message gets its notification agenda as a NotifyMessageWorkflow
+    of its own (id ``notify-message-<message id>``: a repeated call, after a
+    chunk's retry, is refused by the id and changes nothing). Imports are
+    history and notify nobody.
+    """
+
+    def __init__(
+        self, client: Client, options: NotifyOptions, *, concurrency: int = START_CONCURRENCY
+    ) -> None:
+        """Keeps the client and the options the agendas run with."""
+        self._client = client
+        self._options = options
+        self._limit = asyncio.Semaphore(concurrency)
+
+    async def messages_stored(self, messages: Sequence[StoredMessage], *, kind: str) -> None:
+        """Starts one agenda per announced message (bounded concurrency)."""
+        if kind != BatchKind.ANNOUNCEMENT:
+            return
+        await asyncio.gather(*(self._start(m) for m in messages))
+
+    async def _start(self, message: StoredMessage) -> None:
+        from workflows.notify_message import NotifyMessageWorkflow
+
+        # Already started by an earlier attempt of this chunk: nothing to add.
+        async with self._limit:
+            with contextlib.suppress(WorkflowAlreadyStartedError):
+                await self._client.start_workflow(
+                    NotifyMessageWorkflow.run,
+                    NotifyMessageInput(
+                        message_id=message.message_id,
+                        conversation_id=message.conversation_id,
+                        sender_id=message.sender_id,
+                        seq=message.seq,
+                        created_at=message.created_at,
+                        options=self._options,
+                    ),
+                    id=notify_message_workflow_id(message.message_id),
+                    task_queue=self._options.task_queue,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                )

@@ -54,12 +54,12 @@ def require_batch_id(value: str) -> str:
 class StoredMessagesSink(Protocol):
     """Whatever else must hear of messages a batch stored (the notification seam).
 
-    Called after each transaction commits, with the messages it stored, and
-    again on a retry that cannot tell whether the first call happened: an
-    implementation must be idempotent (dedupe by message id).
+    Called after each transaction commits, with the messages it stored and the
+    batch's kind, and again on a retry that cannot tell whether the first call
+    happened: an implementation must be idempotent (dedupe by message id).
     """
 
-    async def messages_stored(self, messages: Sequence[StoredMessage]) -> None:
+    async def messages_stored(self, messages: Sequence[StoredMessage], *, kind: str) -> None:
         """Hands the stored messages over in one call."""
 
 
@@ -666,8 +666,11 @@ class BatchService:
         return loaded
 
     async def _announce(self, batch_id: str, messages: list[StoredMessage]) -> None:
-        for sink in self._sinks:
-            await sink.messages_stored(messages)
+        if self._sinks:
+            described = await self.exists(batch_id)
+            kind = described[0] if described is not None else ""
+            for sink in self._sinks:
+                await sink.messages_stored(messages, kind=kind)
         if self._broadcaster is None:
             return
         by_conv: dict[str, list[StoredMessage]] = defaultdict(list)

@@ -366,9 +366,14 @@ async def test_restore_rebuilds_deliveries_from_watermarks_and_purge_drops_notif
     )
     await retention.set_policy(group, retention_days=2)
     await _backdate(core, group, 3)
+    header = "SELECT e2e_header->>'key' FROM messages WHERE conversation_id = :c AND seq = 2"
+    async with core.engine.begin() as conn:  # a column archived_messages keeps in extra
+        await conn.execute(text('UPDATE messages SET e2e_header = \'{"key": "k1"}\' WHERE seq = 2'))
     now = datetime.now(UTC)
     archived = await retention.archive_expired(now)
     assert (archived.messages, archived.transactions) == (6, 2)
+    extras = "SELECT count(*) FROM archived_messages WHERE extra = '{}'::jsonb"
+    assert await _count(core, extras) == 5
     assert (
         await _count(core, "SELECT count(*) FROM deliveries WHERE conversation_id = :c", c=group)
         == 0
@@ -388,6 +393,7 @@ async def test_restore_rebuilds_deliveries_from_watermarks_and_purge_drops_notif
     assert all(r[3] == created[r[1]] and r[4] is None and r[5] is None for r in after)
     pending = "SELECT count(*) FROM messages WHERE conversation_id = :c AND indexed_at IS NULL"
     assert await _count(core, pending, c=group) == 6  # indexed again
+    assert await _scalar(core, header, c=group) == "k1"
     assert await _count(core, "SELECT count(*) FROM archived_messages") == 0
 
     # Not on hold: the next run archives them again; past the window they go for

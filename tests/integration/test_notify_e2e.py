@@ -17,6 +17,7 @@ import pytest
 import socketio
 import uvicorn
 from aiosmtpd.controller import Controller
+from sqlalchemy import text
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
@@ -43,6 +44,7 @@ from missive.models import ConversationKind
 from missive.notify.log import NotificationRow
 from missive.notify.sinks import FcmSink, serve
 from missive.schemas import (
+    BatchKind,
     Channel,
     NotificationDigestResult,
     NotificationPreferences,
@@ -52,9 +54,10 @@ from missive.schemas import (
     NotifyOptions,
     PersistMessageInput,
 )
+from missive.services.batch import BatchService
 from missive.services.directory import NewUser
 from missive.tokens import issue_token
-from runtime.notify import open_notify
+from runtime.notify import AnnouncementNotifier, open_notify
 from runtime.wiring import Core
 from tests.conftest import ROOT, base_settings, process_env
 from tests.integration.test_gateway import QUIET, WAIT, Peer
@@ -511,3 +514,80 @@ async def test_an_email_digest_waits_out_an_smtp_outage_and_arrives_once(
     assert (item.status, item.digest_id) == (NotificationStatus.DIGESTED, sent.id)
     assert (digested.digests, digested.items) == (1, 1)
     assert (result.digested, result.fell_back, result.failed) == (1, 0, 0)
+
+
+async def test_a_batch_announcement_notifies_its_recipients_and_an_import_does_not(
+    settings: Settings, core: Core, dev_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    fcm = FcmSink()
+    options = NotifyOptions(
+        grace_seconds=1,
+        email_delay_seconds=86_400,
+        task_queue=f"{task_queue}-notify",
+        push_task_queue=f"{task_queue}-push",
+        email_task_queue=f"{task_queue}-email",
+        sms_task_queue=f"{task_queue}-sms",
+    )
+    ana = await _person(core, "ana")
+    ben, cy = await _person(core, "ben"), await _person(core, "cy")
+    await core.preferences.register_device(ben, "android", "ben-tok")
+    await core.preferences.register_device(cy, "ios", "cy-tok")
+    announced, imported = await _group(core, ana, ben), await _group(core, ana, cy)
+    client = dev_env.client
+    service = BatchService(
+        core.engine, core.cipher, None, sinks=[AnnouncementNotifier(client, options)]
+    )
+    async with AsyncExitStack() as stack:
+        runner, fcm_url = await serve(fcm.app())
+        stack.push_async_callback(runner.cleanup)
+        worker_settings = base_settings(database_url=settings.database_url, fcm_endpoint=fcm_url)
+        notify = NotifyActivities(core.notifications, client=client)
+        channels = ChannelActivities(open_notify(worker_settings, core, stack))
+        for worker in (
+            Worker(
+                client,
+                task_queue=options.task_queue,
+                workflows=[NotifyMessageWorkflow, NotificationDigestWorkflow],
+                activities=[notify.plan_notifications, notify.dispatch_due, notify.fall_back],
+            ),
+            Worker(client, task_queue=options.push_task_queue, activities=[channels.send_push]),
+        ):
+            await stack.enter_async_context(worker)
+
+        await service.stage_items(
+            "ann",
+            BatchKind.ANNOUNCEMENT,
+            [{"conversation_id": announced, "sender_id": ana, "body": "maintenance at 22:00"}],
+        )
+        await service.stage_items(
+            "imp",
+            BatchKind.IMPORT,
+            [{"conversation_id": imported, "sender_id": ana, "body": "old news"}],
+        )
+        await service.process_chunk("ann", 1, 2, max_body_bytes=1000, step=10)
+        await service.process_chunk("imp", 1, 2, max_body_bytes=1000, step=10)
+        await service.process_chunk("ann", 1, 2, max_body_bytes=1000, step=10)  # a rerun
+
+        ann_id = await _message_of(core, announced)
+        handle = client.get_workflow_handle_for(
+            NotifyMessageWorkflow.run, notify_message_workflow_id(ann_id)
+        )
+        result = await asyncio.wait_for(handle.result(), WAIT)
+        await asyncio.sleep(QUIET)
+    assert (result.in_app, result.pushed) == (1, 1)
+    assert [m["message"]["token"] for m in fcm.received] == ["ben-tok"]  # once, and not cy's
+    imp_id = await _message_of(core, imported)
+    assert await core.notifications.rows(message_id=imp_id) == []
+    with pytest.raises(RPCError):
+        await client.get_workflow_handle(notify_message_workflow_id(imp_id)).describe()
+
+
+async def _message_of(core: Core, conversation: str) -> str:
+    async with core.engine.connect() as conn:
+        return str(
+            (
+                await conn.execute(
+                    text("SELECT id FROM messages WHERE conversation_id = :c"), {"c": conversation}
+                )
+            ).scalar_one()
+        )
