@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING
@@ -42,9 +43,8 @@ from missive.schemas import (
 )
 
 if TYPE_CHECKING:  # kept light: workflows import this module for the activity signatures
-    from missive.notify.log import InAppNotice, NotificationLog
-
     from missive.notify.dispatch import ChannelSenders
+    from missive.notify.log import InAppNotice, NotificationLog
 
 log = logging.getLogger("missive.notify")
 
@@ -84,13 +84,28 @@ class NotifyActivities:
     @activity.defn
     @translate_errors
     async def plan_notifications(self, input: PlanNotificationsInput) -> PlanNotificationsResult:
-        """Writes a message's agenda: one row per recipient and channel (rerun: same rows)."""
-        return await self._log.plan(input)
+        """Writes a message's agenda: one row per recipient and channel (rerun: same rows).
+
+        What is due at once (the in-app step) is dispatched here too, so a send
+        costs its lifecycle one local activity for notifications, not two.
+        """
+        planned = await self._log.plan(input)
+        if planned.next_due is None or planned.next_due > input.now:
+            return planned
+        dispatched = await self._dispatch(
+            DispatchDueInput(
+                message_id=input.message.message_id, options=input.message.options, now=input.now
+            )
+        )
+        return dataclasses.replace(planned, next_due=dispatched.next_due, dispatched=dispatched)
 
     @activity.defn
     @translate_errors
     async def dispatch_due(self, input: DispatchDueInput) -> DispatchDueResult:
         """Moves a message's due rows on and emits ``notification:new`` for in-app rows."""
+        return await self._dispatch(input)
+
+    async def _dispatch(self, input: DispatchDueInput) -> DispatchDueResult:
         result, notices = await self._log.dispatch_due(input)
         await self._emit_notices(notices)
         if self._metrics is not None:

@@ -1192,6 +1192,9 @@ class PlanNotificationsResult:
     """Rows recorded as skipped (reason)."""
     next_due: datetime | None
     """Earliest due time of a pending row; None: nothing to do."""
+    dispatched: DispatchDueResult | None = None
+    """What was due at once (the in-app step), dispatched by the same activity;
+    ``next_due`` is then what is pending after it."""
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,9 @@ class NotificationAgenda:
         self._planned += plan.planned
         self._skipped += plan.skipped
         next_due = plan.next_due
-        dispatched = False
+        dispatched = plan.dispatched is not None
+        if plan.dispatched is not None:
+            self._took(plan.dispatched, input.options)
         while next_due is not None:
             wait = next_due - workflow.now()
             if dispatched and wait < MIN_PAUSE:
@@ -207,15 +209,19 @@ class NotificationAgenda:
                 local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
             )
             dispatched = True
-            self._in_app += due.in_app
-            self._cancelled += due.cancelled
-            self._skipped += due.skipped
-            self._start_sends(due, input.options)
+            self._took(due, input.options)
             next_due = due.next_due
         # Sends run beside the agenda (a push retrying for its deadline must not hold
         # back an email due meanwhile); the agenda ends once all of them did.
         await asyncio.gather(*self._tasks)
         return self._result()
+
+    def _took(self, due: DispatchDueResult, options: NotifyOptions) -> None:
+        """Counts one dispatch and starts its sends."""
+        self._in_app += due.in_app
+        self._cancelled += due.cancelled
+        self._skipped += due.skipped
+        self._start_sends(due, options)
 
     def _start_sends(self, due: DispatchDueResult, options: NotifyOptions) -> None:
         size = max(options.push_batch_size, 1)

@@ -353,13 +353,21 @@ _APPLY_DECISIONS = text(
     """
 )
 
+UNREAD_COUNT_CAP = 100
+"""Unread in-app counts stop at this (a badge shows "99+"): counting stays an index
+probe of at most this many entries per user, however many notifications pile up."""
+
+# Each recipient's unread in-app notifications, capped (see UNREAD_COUNT_CAP).
 _UNREAD_COUNTS = text(
-    """
-    SELECT recipient_id::text AS recipient_id, count(*) AS unread
-      FROM notifications
-     WHERE recipient_id = ANY(CAST(:rids AS uuid[])) AND channel = 'in_app'
-       AND status = 'sent' AND read_at IS NULL
-     GROUP BY recipient_id
+    f"""
+    SELECT r.rid::text AS recipient_id, c.unread
+      FROM unnest(CAST(:rids AS uuid[])) AS r(rid)
+     CROSS JOIN LATERAL (
+           SELECT count(*) AS unread FROM (
+                  SELECT 1 FROM notifications
+                   WHERE recipient_id = r.rid AND channel = 'in_app'
+                     AND status = 'sent' AND read_at IS NULL
+                   LIMIT {UNREAD_COUNT_CAP}) AS capped) AS c
     """
 )
 
@@ -1267,7 +1275,7 @@ class NotificationLog:
         ]
 
     async def unread_count(self, user_id: str) -> int:
-        """A user's unread in-app notifications."""
+        """A user's unread in-app notifications, up to UNREAD_COUNT_CAP."""
         uid = require_uuid(user_id, "user_id")
         async with self._sessions() as session:
             rows = (await session.execute(_UNREAD_COUNTS, {"rids": [uid]})).all()

@@ -584,14 +584,13 @@ async def test_dispatch_due_emits_notification_new_without_message_text(
     metrics = Metrics()
     acts = NotifyActivities(core.notifications, emitter=emitted, metrics=metrics)
     env = ActivityEnvironment()
-    await env.run(
+    # What is due at once (in-app) is dispatched by the plan activity itself.
+    planned = await env.run(
         acts.plan_notifications, PlanNotificationsInput(message=message, now=stored.created_at)
     )
-    result = await env.run(
-        acts.dispatch_due,
-        DispatchDueInput(message_id=stored.message_id, options=OPTIONS, now=stored.created_at),
-    )
-    assert result.in_app == 2
+    result = planned.dispatched
+    assert result is not None and result.in_app == 2
+    assert planned.next_due == result.next_due and planned.next_due is not None
     rows = {
         r.recipient_id: r.id
         for r in await core.notifications.rows(message_id=stored.message_id)

@@ -25,6 +25,7 @@ from missive.notify.log import (
     REASON_PREFERENCES,
     REASON_READ,
     REASON_SENT_AS_FALLBACK,
+    UNREAD_COUNT_CAP,
     NotificationLog,
     NotificationRow,
     Outcome,
@@ -824,3 +825,24 @@ async def test_timezone_and_devices(world: World) -> None:
     assert await world.prefs.register_device(ben, "android", "apns-token-1")
     assert await world.prefs.remove_device("apns-token-1") is True
     assert await world.prefs.remove_device("apns-token-1") is False
+
+
+async def test_unread_count_stops_at_its_cap(world: World) -> None:
+    await world.user("ben")
+    ben = world.users["ben"]
+    async with world.core.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO notifications (id, recipient_id, channel, dedupe_key, status,"
+                " due_at, sent_at) SELECT gen_random_uuid(), :ben, 'in_app', 'n:' || i, 'sent',"
+                " now(), now() FROM generate_series(1, :n) AS i"
+            ),
+            {"ben": ben, "n": UNREAD_COUNT_CAP + 20},
+        )
+    assert await world.log.unread_count(ben) == UNREAD_COUNT_CAP  # a badge shows "99+"
+    async with world.core.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE notifications SET read_at = now() WHERE recipient_id = :ben"),
+            {"ben": ben},
+        )
+    assert await world.log.unread_count(ben) == 0
