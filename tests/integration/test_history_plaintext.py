@@ -7,15 +7,16 @@ import uuid
 from typing import Any
 
 import pytest
+from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.api.history.v1 import History
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from missive.constants import message_workflow_id
+from missive.constants import message_id_for, message_workflow_id
 from missive.models import ConversationKind
-from missive.schemas import LifecyclePhase, SendMessageInput
+from missive.schemas import LifecyclePhase, NotifyOptions, SendMessageInput
 from missive.services.directory import NewUser
 from runtime.wiring import Core, activity_methods, message_activities
 from workflows.message_lifecycle import MessageLifecycleWorkflow
@@ -129,3 +130,57 @@ async def test_raw_history_has_no_body_email_or_phone(
     assert failure.message == "Encoded failure"
     assert failure.encoded_attributes.metadata["encoding"] == b"binary/encrypted"
     assert failure.stack_trace == ""
+
+
+async def test_notifications_add_no_text_to_history_even_decoded(
+    core: Core, dev_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """With notifications on, only the start input carries the body, even through the codec."""
+    ana, ben = [
+        await core.directory.create_user(NewUser(handle=f"{h}-{uuid.uuid4().hex[:6]}"))
+        for h in ("ana", "ben")
+    ]
+    conversation = await core.directory.create_conversation(
+        kind=ConversationKind.GROUP, members=[ana, ben], title="deals"
+    )
+    async with Worker(
+        dev_env.client,
+        task_queue=task_queue,
+        workflows=[MessageLifecycleWorkflow],
+        activities=activity_methods(message_activities(core, Inbox())),
+    ):
+        handle = await dev_env.client.start_workflow(
+            MessageLifecycleWorkflow.run,
+            SendMessageInput(
+                conversation_id=conversation,
+                sender_id=ana,
+                client_message_id="private-3",
+                body=BODY,
+                lifecycle_window_seconds=1,
+                mentions=[ben],
+                # ben has no device and no address: in-app only, the rest is skipped.
+                notify=NotifyOptions(task_queue=task_queue),
+            ),
+            id=message_workflow_id(ana, "private-3"),
+            task_queue=task_queue,
+        )
+        await asyncio.wait_for(handle.result(), WAIT)
+    assert len(await core.notifications.rows(message_id=message_id_for(ana, "private-3"))) == 3
+
+    history = await dev_env.client.get_workflow_handle(handle.id).fetch_history()
+    codec = dev_env.client.data_converter.payload_codec
+    assert codec is not None
+    started: list[Payload] = []
+    others: list[Payload] = []
+    for event in history.events:
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+            started += event.workflow_execution_started_event_attributes.input.payloads
+        elif event.event_type == EventType.EVENT_TYPE_MARKER_RECORDED:
+            for payloads in event.marker_recorded_event_attributes.details.values():
+                others += payloads.payloads
+    assert len(others) >= 3  # persist, broadcast and the notification plan
+    decoded_start = b"".join(p.data for p in await codec.decode(started))
+    assert b"about the merger" in decoded_start  # the check can see the body...
+    decoded = b"".join(p.data for p in await codec.decode(others))
+    for secret in SECRETS:  # ...and no local activity result carries it
+        assert secret.encode() not in decoded, f"{secret!r} in a decoded marker"
