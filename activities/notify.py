@@ -48,6 +48,9 @@ if TYPE_CHECKING:  # kept light: workflows import this module for the activity s
 
 log = logging.getLogger("missive.notify")
 
+EMIT_CONCURRENCY = 32
+"""In-app events one dispatch publishes at once."""
+
 DIGEST_WORKFLOW = "NotificationDigestWorkflow"
 """The digest workflow's type, started by name (workflows/notify_digest.py defines it)."""
 
@@ -195,21 +198,28 @@ class NotifyActivities:
         return result
 
     async def _emit_notices(self, notices: list[InAppNotice]) -> None:
+        """One ``notification:new`` per recipient, EMIT_CONCURRENCY publishes at a time
+        (a 2,000-member group is 2,000 rooms: not 2,000 round trips one after another)."""
         if self._emitter is None:
             return
-        for notice in notices:
+        limit = asyncio.Semaphore(EMIT_CONCURRENCY)
+
+        async def one(notice: InAppNotice) -> None:
             message = notice.message
-            await self._emit(
-                EVENT_NOTIFICATION_NEW,
-                notification_new_event(
-                    notification_id=notice.notification_id,
-                    conversation_id=message.conversation_id,
-                    message_id=message.message_id,
-                    title=in_app_title(message),
-                    unread_count=notice.unread_count,
-                ),
-                room=user_room(notice.recipient_id),
-            )
+            async with limit:
+                await self._emit(
+                    EVENT_NOTIFICATION_NEW,
+                    notification_new_event(
+                        notification_id=notice.notification_id,
+                        conversation_id=message.conversation_id,
+                        message_id=message.message_id,
+                        title=in_app_title(message),
+                        unread_count=notice.unread_count,
+                    ),
+                    room=user_room(notice.recipient_id),
+                )
+
+        await asyncio.gather(*(one(n) for n in notices))
 
     async def _emit(self, event: str, data: dict[str, object], *, room: str) -> None:
         """Emits one event; a failure is logged, not raised.

@@ -18,15 +18,12 @@ from activities.notify import ChannelActivities, NotifyActivities
 from missive.broadcast import Emitter
 from missive.config import Settings
 from missive.constants import (
-    TASK_QUEUE_EMAIL,
-    TASK_QUEUE_NOTIFY,
-    TASK_QUEUE_PUSH,
-    TASK_QUEUE_SMS,
     notify_message_workflow_id,
 )
 from missive.metrics import Metrics
 from missive.notify.dispatch import ChannelSenders
 from missive.notify.mail import EmailSender
+from missive.notify.options import notify_options
 from missive.notify.push import PushSender
 from missive.notify.sms import SmsSender
 from missive.schemas import BatchKind, NotifyMessageInput, NotifyOptions
@@ -71,8 +68,12 @@ def notify_workers(
     senders: ChannelSenders,
     *,
     metrics: Metrics | None = None,
+    queues: NotifyOptions | None = None,
 ) -> list[Worker]:
     """The notification workers: the workflows' queue and one rate-capped queue per provider.
+
+    ``queues`` names the four task queues (default: those notify_options(settings)
+    puts into every send, so senders and workers cannot disagree; tests pass their own).
 
     ``max_task_queue_activities_per_second`` is enforced by the Temporal server
     across every worker polling the queue, so the provider's quota holds however
@@ -82,6 +83,7 @@ def notify_workers(
     from workflows.notify_digest import NotificationDigestWorkflow
     from workflows.notify_message import NotifyMessageWorkflow
 
+    queues = queues or notify_options(settings)
     shutdown = timedelta(seconds=settings.graceful_shutdown_seconds)
     notify = NotifyActivities(core.notifications, client=client, emitter=emitter, metrics=metrics)
     channels = ChannelActivities(senders, metrics=metrics)
@@ -100,7 +102,7 @@ def notify_workers(
     return [
         Worker(
             client,
-            task_queue=TASK_QUEUE_NOTIFY,
+            task_queue=queues.task_queue,
             workflows=[NotifyMessageWorkflow, NotificationDigestWorkflow],
             activities=[
                 notify.plan_notifications,
@@ -114,12 +116,14 @@ def notify_workers(
             graceful_shutdown_timeout=shutdown,
         ),
         provider_worker(
-            TASK_QUEUE_PUSH,
+            queues.push_task_queue,
             [channels.send_push, channels.clear_pushes],
             settings.notify_push_per_second / settings.notify_push_batch_size,
         ),
-        provider_worker(TASK_QUEUE_EMAIL, [channels.send_email], settings.notify_email_per_second),
-        provider_worker(TASK_QUEUE_SMS, [channels.send_sms], settings.notify_sms_per_second),
+        provider_worker(
+            queues.email_task_queue, [channels.send_email], settings.notify_email_per_second
+        ),
+        provider_worker(queues.sms_task_queue, [channels.send_sms], settings.notify_sms_per_second),
     ]
 
 

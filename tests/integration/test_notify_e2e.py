@@ -21,9 +21,7 @@ from sqlalchemy import text
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
-from activities.notify import ChannelActivities, NotifyActivities
 from gateway import create_app
 from gateway.app import GatewayApp
 from missive.config import Settings
@@ -57,7 +55,7 @@ from missive.schemas import (
 from missive.services.batch import BatchService
 from missive.services.directory import NewUser
 from missive.tokens import issue_token
-from runtime.notify import AnnouncementNotifier, open_notify
+from runtime.notify import AnnouncementNotifier, notify_workers, open_notify
 from runtime.wiring import Core
 from tests.conftest import ROOT, base_settings, process_env
 from tests.integration.test_gateway import QUIET, WAIT, Peer
@@ -431,32 +429,11 @@ async def test_an_email_digest_waits_out_an_smtp_outage_and_arrives_once(
         smtp_host="127.0.0.1",
         smtp_port=port,
         email_from=f"Missive <notify@{MAIL_DOMAIN}>",
+        workflow_sandbox=True,
     )
     async with AsyncExitStack() as stack:
-        notify = NotifyActivities(core.notifications, client=client)
-        channels = ChannelActivities(open_notify(worker_settings, core, stack))
-        workers = [
-            Worker(
-                client,
-                task_queue=options.task_queue,
-                workflows=[NotifyMessageWorkflow, NotificationDigestWorkflow],
-                activities=[
-                    notify.plan_notifications,
-                    notify.dispatch_due,
-                    notify.fall_back,
-                    notify.prepare_digest,
-                    notify.queue_digests,
-                ],
-            ),
-            Worker(
-                client,
-                task_queue=options.push_task_queue,
-                activities=[channels.send_push, channels.clear_pushes],
-            ),
-            Worker(client, task_queue=options.email_task_queue, activities=[channels.send_email]),
-            Worker(client, task_queue=options.sms_task_queue, activities=[channels.send_sms]),
-        ]
-        for worker in workers:
+        senders = open_notify(worker_settings, core, stack)
+        for worker in notify_workers(worker_settings, client, core, None, senders, queues=options):
             await stack.enter_async_context(worker)
 
         stored = await core.messages.persist(
@@ -540,18 +517,11 @@ async def test_a_batch_announcement_notifies_its_recipients_and_an_import_does_n
     async with AsyncExitStack() as stack:
         runner, fcm_url = await serve(fcm.app())
         stack.push_async_callback(runner.cleanup)
-        worker_settings = base_settings(database_url=settings.database_url, fcm_endpoint=fcm_url)
-        notify = NotifyActivities(core.notifications, client=client)
-        channels = ChannelActivities(open_notify(worker_settings, core, stack))
-        for worker in (
-            Worker(
-                client,
-                task_queue=options.task_queue,
-                workflows=[NotifyMessageWorkflow, NotificationDigestWorkflow],
-                activities=[notify.plan_notifications, notify.dispatch_due, notify.fall_back],
-            ),
-            Worker(client, task_queue=options.push_task_queue, activities=[channels.send_push]),
-        ):
+        worker_settings = base_settings(
+            database_url=settings.database_url, fcm_endpoint=fcm_url, workflow_sandbox=True
+        )
+        senders = open_notify(worker_settings, core, stack)
+        for worker in notify_workers(worker_settings, client, core, None, senders, queues=options):
             await stack.enter_async_context(worker)
 
         await service.stage_items(
