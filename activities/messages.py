@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 from temporalio import activity
@@ -18,8 +19,11 @@ from missive.schemas import (
     PersistMessageResult,
     ReceiptInput,
 )
-from missive.services.messages import MessageService
+from missive.services.messages import MessageService, StoredMessage
 from missive.services.receipts import ReceiptService
+
+HANDOFF_SIZE = 4096
+"""Messages persisted here and not yet broadcast, kept for the broadcast (see below)."""
 
 PersistListener = Callable[[PersistMessageInput, PersistMessageResult | PermanentError], None]
 """Told of every persist outcome in this process: the gateway acks its own sends from it."""
@@ -42,6 +46,11 @@ class MessageActivities:
         self._broadcaster = broadcaster
         self._persist_listener = persist_listener
         self._metrics = metrics
+        # A lifecycle's persist and broadcast are local activities of one workflow
+        # task, so they run in this process one after the other: the broadcast takes
+        # the message persist just stored instead of reading it back (a transaction
+        # saved per message). Anything else (a retry, a restart, an eviction) loads it.
+        self._handoff: OrderedDict[str, StoredMessage] = OrderedDict()
 
     @activity.defn
     @translate_errors
@@ -57,6 +66,8 @@ class MessageActivities:
             raise
         if self._metrics is not None:
             self._metrics.message_persisted(created=result.created)
+        if result.created:
+            self._hand_off(input, result)
         if self._persist_listener is not None:
             self._persist_listener(input, result)
         return result
@@ -65,9 +76,28 @@ class MessageActivities:
     @translate_errors
     async def broadcast_message(self, input: BroadcastMessageInput) -> None:
         """Emits message:new to the conversation's room (clients dedupe by event_id)."""
-        await self._broadcaster.message_new(await self._messages.load(input.message_id))
+        message = self._handoff.pop(input.message_id, None)
+        if message is None:
+            message = await self._messages.load(input.message_id)
+        await self._broadcaster.message_new(message)
         if self._metrics is not None:
             self._metrics.broadcast(EVENT_MESSAGE_NEW)
+
+    def _hand_off(self, input: PersistMessageInput, result: PersistMessageResult) -> None:
+        self._handoff[result.message_id] = StoredMessage(
+            message_id=result.message_id,
+            conversation_id=result.conversation_id,
+            seq=result.seq,
+            sender_id=input.sender_id,
+            client_message_id=input.client_message_id,
+            body=input.body,
+            created_at=result.created_at,
+            edited_at=None,
+            deleted_at=None,
+            e2e_header=input.e2e_header,
+        )
+        while len(self._handoff) > HANDOFF_SIZE:
+            self._handoff.popitem(last=False)
 
     @activity.defn
     @translate_errors

@@ -12,7 +12,12 @@ from temporalio import activity
 from temporalio.client import Client
 
 from activities.errors import translate_errors
-from missive.broadcast import Emitter, notification_new_event, notification_unread_event
+from missive.broadcast import (
+    Emitter,
+    emit_many,
+    notification_new_event,
+    notification_unread_event,
+)
 from missive.constants import (
     EVENT_NOTIFICATION_NEW,
     EVENT_NOTIFICATION_UNREAD,
@@ -22,6 +27,7 @@ from missive.constants import (
 from missive.errors import InvalidInput, PermanentError
 from missive.metrics import Metrics
 from missive.notify.content import in_app_title
+from missive.pubsub import Emit
 from missive.schemas import (
     Channel,
     DigestItems,
@@ -47,9 +53,6 @@ if TYPE_CHECKING:  # kept light: workflows import this module for the activity s
     from missive.notify.log import InAppNotice, NotificationLog
 
 log = logging.getLogger("missive.notify")
-
-EMIT_CONCURRENCY = 32
-"""In-app events one dispatch publishes at once."""
 
 DIGEST_WORKFLOW = "NotificationDigestWorkflow"
 """The digest workflow's type, started by name (workflows/notify_digest.py defines it)."""
@@ -92,7 +95,8 @@ class NotifyActivities:
         What is due at once (the in-app step) is dispatched here too, so a send
         costs its lifecycle one local activity for notifications, not two.
         """
-        planned = await self._log.plan(input)
+        planned, notices = await self._log.plan(input)
+        await self._announce(notices)
         if planned.next_due is None or planned.next_due > input.now:
             return planned
         dispatched = await self._dispatch(
@@ -110,11 +114,15 @@ class NotifyActivities:
 
     async def _dispatch(self, input: DispatchDueInput) -> DispatchDueResult:
         result, notices = await self._log.dispatch_due(input)
+        await self._announce(notices)
+        return result
+
+    async def _announce(self, notices: list[InAppNotice]) -> None:
+        """Emits the in-app notifications just created and counts them."""
         await self._emit_notices(notices)
         if self._metrics is not None:
             for _ in notices:
                 self._metrics.notification(str(Channel.IN_APP), "sent")
-        return result
 
     @activity.defn
     @translate_errors
@@ -198,28 +206,38 @@ class NotifyActivities:
         return result
 
     async def _emit_notices(self, notices: list[InAppNotice]) -> None:
-        """One ``notification:new`` per recipient, EMIT_CONCURRENCY publishes at a time
-        (a 2,000-member group is 2,000 rooms: not 2,000 round trips one after another)."""
-        if self._emitter is None:
+        """One ``notification:new`` per recipient, published as batches (a 2,000-member
+        group is 2,000 rooms: a few publishes, not 2,000); a failure is logged, not raised
+        (see _emit)."""
+        if self._emitter is None or not notices:
             return
-        limit = asyncio.Semaphore(EMIT_CONCURRENCY)
-
-        async def one(notice: InAppNotice) -> None:
-            message = notice.message
-            async with limit:
-                await self._emit(
-                    EVENT_NOTIFICATION_NEW,
-                    notification_new_event(
-                        notification_id=notice.notification_id,
-                        conversation_id=message.conversation_id,
-                        message_id=message.message_id,
-                        title=in_app_title(message),
-                        unread_count=notice.unread_count,
-                    ),
-                    room=user_room(notice.recipient_id),
-                )
-
-        await asyncio.gather(*(one(n) for n in notices))
+        emits = [
+            Emit(
+                EVENT_NOTIFICATION_NEW,
+                notification_new_event(
+                    notification_id=notice.notification_id,
+                    conversation_id=notice.message.conversation_id,
+                    message_id=notice.message.message_id,
+                    title=in_app_title(notice.message),
+                    unread_count=notice.unread_count,
+                ),
+                user_room(notice.recipient_id),
+            )
+            for notice in notices
+        ]
+        try:
+            await emit_many(self._emitter, emits)
+        except Exception as err:
+            log.warning(
+                "%d %s events not emitted: %s: %s",
+                len(emits),
+                EVENT_NOTIFICATION_NEW,
+                type(err).__name__,
+                err,
+            )
+            return
+        if self._metrics is not None:
+            self._metrics.broadcast(EVENT_NOTIFICATION_NEW, len(emits))
 
     async def _emit(self, event: str, data: dict[str, object], *, room: str) -> None:
         """Emits one event; a failure is logged, not raised.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from missive.constants import (
@@ -12,6 +14,7 @@ from missive.constants import (
     conversation_room,
     user_room,
 )
+from missive.pubsub import BatchEmits, Emit
 from missive.schemas import ReceiptChange
 from missive.services.messages import StoredMessage
 
@@ -21,6 +24,29 @@ class Emitter(Protocol):
 
     async def emit(self, event: str, data: Any, *, room: str | None = None) -> Any:
         """Emits one event to a room."""
+
+
+EMIT_CONCURRENCY = 32
+"""Emits in flight at once where they cannot go as one batch."""
+
+
+async def emit_many(emitter: Emitter, emits: Sequence[Emit]) -> None:
+    """Emits every event to its room: as batches where the manager publishes them
+    (missive.pubsub.BatchEmits, also behind a Socket.IO server), else one by one,
+    EMIT_CONCURRENCY at a time."""
+    if not emits:
+        return
+    target = getattr(emitter, "manager", emitter)  # an AsyncServer publishes through it
+    if isinstance(target, BatchEmits):
+        await target.emit_many(emits)
+        return
+    limit = asyncio.Semaphore(EMIT_CONCURRENCY)
+
+    async def one(item: Emit) -> None:
+        async with limit:
+            await emitter.emit(item.event, item.data, room=item.room)
+
+    await asyncio.gather(*(one(item) for item in emits))
 
 
 class Broadcaster:
@@ -45,12 +71,17 @@ class Broadcaster:
         self, *, conversation_id: str, recipient_id: str, changes: list[ReceiptChange]
     ) -> None:
         """Tells each sender that one recipient's receipt moved forward."""
-        for change in changes:
-            await self._emitter.emit(
-                EVENT_MESSAGE_RECEIPT,
-                receipt_event(conversation_id, recipient_id, change),
-                room=user_room(change.sender_id),
-            )
+        await emit_many(
+            self._emitter,
+            [
+                Emit(
+                    EVENT_MESSAGE_RECEIPT,
+                    receipt_event(conversation_id, recipient_id, change),
+                    user_room(change.sender_id),
+                )
+                for change in changes
+            ],
+        )
 
 
 def message_new_event(message: StoredMessage) -> dict[str, Any]:

@@ -7,7 +7,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
-import socketio
 from socketio.async_pubsub_manager import AsyncPubSubManager
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -79,12 +78,10 @@ async def open_core(settings: Settings, stack: AsyncExitStack, *, pool_size: int
 
 def client_manager(settings: Settings, *, write_only: bool) -> AsyncPubSubManager:
     """Socket.IO's cross-process manager: Redis when REDIS_URL is set, else PostgreSQL."""
-    if settings.redis_url:
-        return socketio.AsyncRedisManager(
-            settings.redis_url, channel=SOCKETIO_CHANNEL, write_only=write_only
-        )
-    from missive.pubsub import PostgresPubSubManager
+    from missive.pubsub import PostgresPubSubManager, RedisManager
 
+    if settings.redis_url:
+        return RedisManager(settings.redis_url, channel=SOCKETIO_CHANNEL, write_only=write_only)
     return PostgresPubSubManager(
         settings.require_database_url(), channel=SOCKETIO_CHANNEL, write_only=write_only
     )

@@ -283,10 +283,11 @@ _INSERT_ROWS = text(
     """
     INSERT INTO notifications (id, recipient_id, channel, dedupe_key, status, message_id,
                                conversation_id, seq, mention, due_at, reason, source_id,
-                               digest_id, item_count, created_at, updated_at)
+                               digest_id, item_count, created_at, updated_at, sent_at)
     SELECT r.id, r.recipient_id, r.channel, r.dedupe_key, r.status, r.message_id,
            r.conversation_id, r.seq, r.mention, r.due_at, r.reason, r.source_id,
-           r.digest_id, r.item_count, :now, :now
+           r.digest_id, r.item_count, :now, :now,
+           CASE WHEN r.status = 'sent' THEN CAST(:now AS timestamptz) END
       FROM unnest(CAST(:ids AS uuid[]), CAST(:recipients AS uuid[]), CAST(:channels AS text[]),
                   CAST(:keys AS text[]), CAST(:statuses AS text[]),
                   CAST(:message_ids AS uuid[]), CAST(:conversation_ids AS uuid[]),
@@ -296,6 +297,7 @@ _INSERT_ROWS = text(
            AS r(id, recipient_id, channel, dedupe_key, status, message_id, conversation_id,
                 seq, mention, due_at, reason, source_id, digest_id, item_count)
     ON CONFLICT (recipient_id, channel, dedupe_key) DO NOTHING
+    RETURNING id::text AS id
     """
 )
 
@@ -310,6 +312,15 @@ _CANCEL_PLANNED_BY_FALLBACK = text(
      WHERE n.recipient_id = f.recipient_id AND n.channel = f.channel
        AND n.message_id = f.message_id AND n.dedupe_key LIKE 'message:%'
        AND n.status = 'pending'
+    """
+)
+
+# In-app rows a first run of plan created and the recipient has not read: what a
+# rerun emits again (the same notification ids, so clients drop the repeat).
+_UNREAD_OF = text(
+    """
+    SELECT id::text AS id FROM notifications
+     WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'sent' AND read_at IS NULL
     """
 )
 
@@ -705,13 +716,23 @@ class NotificationLog:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]):
         self._sessions = sessions
 
-    async def plan(self, input: PlanNotificationsInput) -> PlanNotificationsResult:
+    async def plan(
+        self, input: PlanNotificationsInput
+    ) -> tuple[PlanNotificationsResult, list[InAppNotice]]:
         """Writes a message's agenda: one row per recipient and wanted channel.
 
         Recipients are the message's deliveries not yet read, the sender excluded.
         Muted conversations and mentions-only recipients not mentioned get no row;
         a channel they want but cannot get (no device, no address, a bad number) and
         "every channel off" are recorded as skipped with the reason. Idempotent.
+
+        When only the in-app step is due at once (the usual case: push, email and
+        SMS wait for their delays), its rows are written as sent in the same
+        transaction, with the unread counts, and returned as notices to emit
+        (``dispatched`` says so): what dispatch_due would decide for them a moment
+        later was just decided here. A rerun returns the notices again for those
+        rows still unread. Otherwise the rows are written pending and dispatch_due
+        hands out whatever is due.
 
         Raises:
             InvalidInput: malformed ids.
@@ -723,26 +744,34 @@ class NotificationLog:
         mentions = {require_uuid(m, "mention") for m in msg.mentions}
         key = message_dedupe_key(mid)
         opts = msg.options
+        now = input.now
         due = {
-            Channel.IN_APP: input.now,
+            Channel.IN_APP: now,
             Channel.PUSH: msg.created_at + timedelta(seconds=opts.grace_seconds),
             Channel.EMAIL: msg.created_at + timedelta(seconds=opts.email_delay_seconds),
             Channel.SMS: msg.created_at + timedelta(seconds=opts.sms_delay_seconds),
         }
+        send_in_app = all(at > now for channel, at in due.items() if channel is not Channel.IN_APP)
         planned = skipped = 0
         new = _NewRows.empty()
+        in_app: dict[str, str] = {}  # row id -> recipient, written sent
+        later: list[datetime] = []
+        notices: list[InAppNotice] = []
         async with self._sessions() as session, session.begin():
             recipients = (
                 (await session.execute(_PLAN_RECIPIENTS, {"mid": mid, "sender": sender}))
                 .mappings()
                 .all()
             )
+            message = None
+            if send_in_app and recipients:
+                message = (await _notice_messages(session, [mid])).get(mid)
             for row in recipients:
                 if not row["is_member"]:
                     continue
                 rid = row["recipient_id"]
                 mention = rid in mentions
-                allowed = _allowed(row, mention=mention, now=input.now)
+                allowed = _allowed(row, mention=mention, now=now)
                 if allowed is None:
                     continue
                 common = {
@@ -758,34 +787,71 @@ class NotificationLog:
                         channel=Channel.IN_APP,
                         status=NotificationStatus.SKIPPED,
                         reason=REASON_ALL_OFF,
-                        due_at=input.now,
+                        due_at=now,
                         **common,
                     )
                     skipped += 1
                     continue
                 for channel in sorted(allowed, key=_CHANNEL_ORDER.__getitem__):
                     problem = _reach_problem(channel, row)
-                    if problem is None:
+                    if problem is not None:
+                        new.add(
+                            channel=channel,
+                            status=NotificationStatus.SKIPPED,
+                            reason=problem,
+                            due_at=now,
+                            **common,
+                        )
+                        skipped += 1
+                    elif channel is Channel.IN_APP and message is not None:
+                        row_id = new.add(
+                            channel=channel, status=NotificationStatus.SENT, due_at=now, **common
+                        )
+                        in_app[row_id] = rid
+                        planned += 1
+                    else:
                         new.add(
                             channel=channel,
                             status=NotificationStatus.PENDING,
                             due_at=due[channel],
                             **common,
                         )
+                        later.append(due[channel])
                         planned += 1
-                    else:
-                        new.add(
-                            channel=channel,
-                            status=NotificationStatus.SKIPPED,
-                            reason=problem,
-                            due_at=input.now,
-                            **common,
-                        )
-                        skipped += 1
+            inserted: set[str] = set()
             if new.ids:
-                await session.execute(_INSERT_ROWS, new.params(input.now))
-            next_due = (await session.execute(_NEXT_DUE, {"mid": mid})).scalar_one()
-        return PlanNotificationsResult(planned=planned, skipped=skipped, next_due=next_due)
+                rows = await session.execute(_INSERT_ROWS, new.params(now))
+                inserted = {r.id for r in rows}
+            rerun = len(inserted) < len(new.ids)
+            if rerun and in_app:
+                # A rerun: emit again only what the first run made and is still unread.
+                unread_ids = await session.execute(_UNREAD_OF, {"ids": sorted(in_app)})
+                still = {r.id for r in unread_ids}
+                in_app = {row_id: rid for row_id, rid in in_app.items() if row_id in still}
+            if in_app:
+                counts = await session.execute(
+                    _UNREAD_COUNTS, {"rids": sorted(set(in_app.values()))}
+                )
+                unread = {r.recipient_id: int(r.unread) for r in counts}
+                assert message is not None
+                notices = [
+                    InAppNotice(
+                        recipient_id=rid,
+                        notification_id=row_id,
+                        message=message,
+                        unread_count=unread.get(rid, 0),
+                    )
+                    for row_id, rid in in_app.items()
+                ]
+            if rerun:
+                next_due = (await session.execute(_NEXT_DUE, {"mid": mid})).scalar_one()
+            else:
+                next_due = min(later, default=None)
+        dispatched = DispatchDueResult(in_app=len(notices), next_due=next_due) if notices else None
+        result = PlanNotificationsResult(
+            planned=planned, skipped=skipped, next_due=next_due, dispatched=dispatched
+        )
+        return result, notices
 
     async def dispatch_due(
         self, input: DispatchDueInput

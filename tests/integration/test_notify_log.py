@@ -221,17 +221,17 @@ async def test_plan_writes_the_agenda_and_records_why_a_channel_is_skipped(world
     sent = await world.send()
     await world.receipt("jo", ReceiptStatus.READ, 1)
 
-    result = await world.log.plan(world.plan_input(sent, mentions=("ivy",)))
+    result, notices = await world.log.plan(world.plan_input(sent, mentions=("ivy",)))
 
     t = T0
     assert summary(await world.table(sent)) == {
-        ("ben", IN_APP): (PENDING, None, t),
+        ("ben", IN_APP): (SENT, None, t),
         ("ben", PUSH): (PENDING, None, t + GRACE),
         ("ben", EMAIL): (PENDING, None, t + EMAIL_DELAY),
-        ("cy", IN_APP): (PENDING, None, t),
+        ("cy", IN_APP): (SENT, None, t),
         ("cy", PUSH): (SKIPPED, REASON_NO_DEVICE, t),
         ("cy", EMAIL): (SKIPPED, REASON_NO_EMAIL, t),
-        ("dee", IN_APP): (PENDING, None, t),
+        ("dee", IN_APP): (SENT, None, t),
         ("dee", PUSH): (PENDING, None, t + GRACE),
         ("dee", EMAIL): (PENDING, None, t + EMAIL_DELAY),
         ("dee", SMS): (
@@ -239,21 +239,32 @@ async def test_plan_writes_the_agenda_and_records_why_a_channel_is_skipped(world
             "phone number '0612345678' is not E.164 (+ then 7-15 digits)",
             t,
         ),
-        ("eve", IN_APP): (PENDING, None, t),
+        ("eve", IN_APP): (SENT, None, t),
         ("eve", EMAIL): (PENDING, None, t + EMAIL_DELAY),
         ("eve", SMS): (SKIPPED, "no phone number", t),
         ("fay", IN_APP): (SKIPPED, REASON_ALL_OFF, t),
-        ("ivy", IN_APP): (PENDING, None, t),
+        ("ivy", IN_APP): (SENT, None, t),
         ("ivy", PUSH): (SKIPPED, REASON_NO_DEVICE, t),
         ("ivy", EMAIL): (PENDING, None, t + EMAIL_DELAY),
-        ("kim", IN_APP): (PENDING, None, t),
+        ("kim", IN_APP): (SENT, None, t),
         ("kim", PUSH): (PENDING, None, t + GRACE),
         ("kim", EMAIL): (PENDING, None, t + EMAIL_DELAY),
         ("kim", SMS): (PENDING, None, t + SMS_DELAY),
     }
     # Muted (gus), mentions-only not mentioned (hal), already read (jo) and the
     # sender (ana) have no row at all.
-    assert (result.planned, result.skipped, result.next_due) == (15, 6, T0)
+    assert (result.planned, result.skipped, result.next_due) == (15, 6, T0 + GRACE)
+    # Only the in-app step was due at once: it went out in the same transaction.
+    assert result.dispatched is not None and result.dispatched.in_app == 6
+    assert sorted(world.handle(n.recipient_id) for n in notices) == [
+        "ben",
+        "cy",
+        "dee",
+        "eve",
+        "ivy",
+        "kim",
+    ]
+    assert all(n.unread_count == 1 for n in notices)
     rows = await world.table(sent)
     assert all(r.mention == (h == "ivy") for (h, _), r in rows.items())
     assert all(r.conversation_id == conv and r.seq == 1 for r in rows.values())
@@ -267,13 +278,41 @@ async def test_planning_twice_writes_the_same_rows_once(world: World) -> None:
         await world.user(handle, device=True, email=f"{handle}@example.com")
     await world.group()
     sent = await world.send()
-    first = await world.log.plan(world.plan_input(sent))
+    first, notices = await world.log.plan(world.plan_input(sent))
     before = await world.log.rows(message_id=sent.message_id)
     # A rerun (a retried local activity, a replay) with a later clock changes nothing.
-    again = await world.log.plan(world.plan_input(sent, now=T0 + timedelta(seconds=5)))
+    again, renotices = await world.log.plan(world.plan_input(sent, now=T0 + timedelta(seconds=5)))
     assert again.planned == first.planned == 6 and again.skipped == first.skipped == 0
+    assert again.next_due == first.next_due == T0 + GRACE
     assert await world.log.rows(message_id=sent.message_id) == before
     assert len(before) == len({r.id for r in before}) == 6
+    # It announces the same in-app notifications again (clients drop the repeat by id)...
+    assert sorted(n.notification_id for n in renotices) == sorted(
+        n.notification_id for n in notices
+    )
+    assert len(notices) == 2 and all(n.unread_count == 1 for n in renotices)
+    # ...except those read meanwhile.
+    await world.receipt("cy", ReceiptStatus.READ, 1)
+    await world.log.settle(
+        SettleNotificationsInput(world.users["cy"], world.conversation, 1, ReceiptStatus.READ, T0)
+    )
+    _, late = await world.log.plan(world.plan_input(sent, now=T0 + timedelta(seconds=9)))
+    assert [world.handle(n.recipient_id) for n in late] == ["ben"]
+
+
+async def test_plan_leaves_in_app_to_dispatch_when_more_is_due_at_once(world: World) -> None:
+    await world.user("ana")
+    await world.user("ben", device=True)
+    await world.group()
+    sent = await world.send()
+    # Planned a whole grace period late (a worker was down): the push is due too.
+    result, notices = await world.log.plan(world.plan_input(sent, now=T0 + GRACE))
+    assert notices == [] and result.dispatched is None and result.next_due == T0 + GRACE
+    rows = await world.table(sent)
+    assert (rows[("ben", IN_APP)].status, rows[("ben", PUSH)].status) == (PENDING, PENDING)
+    due, notices = await world.dispatch(sent, T0 + GRACE)
+    assert due.in_app == 1 and due.push == [rows[("ben", PUSH)].id]
+    assert [n.notification_id for n in notices] == [rows[("ben", IN_APP)].id]
 
 
 # --- dispatch ---
@@ -293,12 +332,11 @@ async def test_dispatch_sends_in_app_queues_push_and_digests_and_cancels_or_defe
     await world.user("fay", device=True, prefs=night)  # the same night, but in UTC
     await world.group(title="ops")
     sent = await world.send()
-    await world.log.plan(world.plan_input(sent))
 
-    # T0: in-app notifications go out at once, with the unread count.
-    result, notices = await world.dispatch(sent, T0)
-    assert result.in_app == 5 and result.push == [] and result.digests == []
-    assert result.next_due == T0 + GRACE
+    # T0: planning sends the in-app notifications at once, with the unread count.
+    planned, notices = await world.log.plan(world.plan_input(sent))
+    assert planned.dispatched is not None and planned.dispatched.in_app == 5
+    assert planned.next_due == T0 + GRACE
     assert sorted(world.handle(n.recipient_id) for n in notices) == [
         "ben",
         "cy",
@@ -382,9 +420,7 @@ async def test_dispatch_cancels_what_preferences_now_forbid_and_counts_unread(
     first = await world.send()
     second = await world.send(body="again")
     await world.log.plan(world.plan_input(first))
-    await world.log.plan(world.plan_input(second))
-    await world.dispatch(first, T0)
-    _, notices = await world.dispatch(second, T0)
+    _, notices = await world.log.plan(world.plan_input(second))
     assert {world.handle(n.recipient_id): n.unread_count for n in notices} == {"ben": 2, "cy": 2}
     assert await world.log.unread_count(world.users["ben"]) == 2
 
@@ -679,7 +715,6 @@ async def test_a_read_receipt_settles_cancels_reads_and_clears_once(world: World
     first, second, third = [await world.send(body=f"m{i}") for i in range(3)]
     for sent in (first, second, third):
         await world.log.plan(world.plan_input(sent))
-        await world.dispatch(sent, T0)
     # The first two messages' pushes were sent.
     pushed = []
     for sent in (first, second):
@@ -747,7 +782,9 @@ async def test_a_delivered_receipt_cancels_only_pushes(world: World) -> None:
     )
     rows = await world.table(sent)
     assert (rows[("ben", PUSH)].status, rows[("ben", PUSH)].reason) == (CANCELLED, "delivered")
-    assert rows[("ben", IN_APP)].status is PENDING and rows[("ben", EMAIL)].status is PENDING
+    # The in-app notification (sent at planning) stays unread; only a read clears it.
+    assert rows[("ben", IN_APP)].status is SENT and rows[("ben", IN_APP)].read_at is None
+    assert rows[("ben", EMAIL)].status is PENDING
 
 
 # --- preferences ---

@@ -15,9 +15,11 @@ import socketio
 import uvicorn
 
 from missive.pubsub import (
+    BATCH_EMITS,
     LISTENER_APPLICATION,
     MAX_NOTIFY_BYTES,
     PUBLISHER_APPLICATION,
+    Emit,
     PostgresPubSubManager,
     connect_args,
 )
@@ -169,6 +171,48 @@ async def test_a_client_in_another_room_does_not_receive_it(
     # Notifications arrive in order, so the marker comes after anything room-2 would get.
     assert await outside.next() == (EVENT, {"event_id": "marker"})
     assert outside.received.empty()
+
+
+async def test_a_batch_of_emits_reaches_each_room_once_and_in_order(
+    connect: Callable[[str], Awaitable[Client]],
+    publisher: PostgresPubSubManager,
+    database_url: str,
+) -> None:
+    first = await connect("room-1")
+    second = await connect("room-2")
+    # More than one batch, and batches too large for a NOTIFY (they go through the outbox).
+    emits = [
+        Emit(EVENT, {"event_id": f"e-{i}"}, f"room-{i % 2 + 1}") for i in range(BATCH_EMITS + 44)
+    ]
+
+    await publisher.emit_many(emits)
+    await publisher.emit(EVENT, {"event_id": "marker"}, room="room-1")
+    await publisher.emit(EVENT, {"event_id": "marker"}, room="room-2")
+
+    for client, parity in ((first, 0), (second, 1)):
+        received = [await client.next() for _ in range(len(emits) // 2 + 1)]
+        expected = [f"e-{i}" for i in range(len(emits)) if i % 2 == parity] + ["marker"]
+        assert [data["event_id"] for _, data in received] == expected
+        assert {event for event, _ in received} == {EVENT}
+        assert client.received.empty()
+    assert await _sql(database_url, "SELECT count(*) FROM broadcast_outbox") == 2
+
+
+async def test_a_batch_from_the_serving_process_is_delivered_there_once(
+    connect: Callable[[str], Awaitable[Client]],
+    publisher: PostgresPubSubManager,
+    gateway: Gateway,
+) -> None:
+    client = await connect("room-1")
+
+    await gateway.manager.emit_many([Emit(EVENT, {"event_id": "local"}, "room-1")])
+    # The batch also comes back to this process through PostgreSQL: it must not
+    # deliver it a second time. The marker, published after it, arrives after it.
+    await publisher.emit(EVENT, {"event_id": "marker"}, room="room-1")
+
+    assert await client.next() == (EVENT, {"event_id": "local"})
+    assert await client.next() == (EVENT, {"event_id": "marker"})
+    assert client.received.empty()
 
 
 async def test_old_outbox_rows_are_pruned(

@@ -7,7 +7,7 @@ import socketio
 from temporalio.worker import UnsandboxedWorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from missive.pubsub import PostgresPubSubManager
+from missive.pubsub import BatchEmits, PostgresPubSubManager
 from runtime.wiring import client_manager, workflow_runner
 from tests.conftest import base_settings
 
@@ -38,6 +38,8 @@ def test_broadcasts_cross_processes_through_redis_when_set_else_postgres() -> No
     assert isinstance(with_redis, socketio.AsyncRedisManager)
     without = client_manager(base_settings(database_url="postgresql://x/y"), write_only=True)
     assert isinstance(without, PostgresPubSubManager)
+    # Either one publishes a group's notifications as batches.
+    assert isinstance(with_redis, BatchEmits) and isinstance(without, BatchEmits)
 
 
 def test_sandbox_is_a_setting() -> None:
