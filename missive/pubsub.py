@@ -112,10 +112,19 @@ class BatchEmits(AsyncPubSubManager):
 
     async def _listen(self) -> AsyncIterator[Any]:
         prefix, raw_prefix = self._batch_prefix, self._batch_prefix.encode()
+        # This process's own batches (delivered here when emitted) are known by their
+        # start, which names the host: no parsing of what comes back to the publisher.
+        own = f'{prefix}, "host_id": {self.json.dumps(self.host_id)}'
+        raw_own = own.encode()
         async for message in super()._listen():
-            is_batch = (isinstance(message, str) and message.startswith(prefix)) or (
-                isinstance(message, bytes) and message.startswith(raw_prefix)
-            )
+            if isinstance(message, str):
+                is_batch, is_own = message.startswith(prefix), message.startswith(own)
+            elif isinstance(message, bytes):
+                is_batch, is_own = message.startswith(raw_prefix), message.startswith(raw_own)
+            else:
+                is_batch = is_own = False
+            if is_own:
+                continue
             if not is_batch:
                 yield message
                 continue

@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from missive.db import autocommit
 from missive.errors import InvalidInput
 from missive.notify.preferences import (
     allowed_channels,
@@ -267,13 +268,33 @@ def _prefs_sql(recipient: str, conversation: str) -> str:
     return _PREF_JOINS.format(r=recipient, c=conversation)
 
 
+UNREAD_COUNT_CAP = 100
+"""Unread in-app counts stop at this (a badge shows "99+"): counting stays an index
+probe of at most this many entries per user, however many notifications pile up."""
+
+# The message's unread recipients with what planning needs of each; with
+# :in_app, also what an in-app notification says (the message's sender and
+# conversation) and each recipient's unread count before it (capped, see
+# UNREAD_COUNT_CAP), so planning sends the in-app step without more statements.
 _PLAN_RECIPIENTS = text(
     f"""
     SELECT d.recipient_id::text AS recipient_id, u.email, u.phone,
            EXISTS (SELECT 1 FROM devices dv WHERE dv.user_id = d.recipient_id) AS has_device,
-           {_PREF_COLUMNS}
+           {_PREF_COLUMNS},
+           m.deleted_at IS NULL AS message_live, m.sender_id::text AS sender_id,
+           s.display_name AS sender_name, c.title AS conversation_title,
+           c.kind::text AS conversation_kind, c.encryption_mode::text = 'e2e' AS e2e,
+           CASE WHEN CAST(:in_app AS boolean) THEN (
+               SELECT count(*) FROM (
+                      SELECT 1 FROM notifications
+                       WHERE recipient_id = d.recipient_id AND channel = 'in_app'
+                         AND status = 'sent' AND read_at IS NULL
+                       LIMIT {UNREAD_COUNT_CAP}) AS capped) END AS unread_before
       FROM deliveries d
       JOIN users u ON u.id = d.recipient_id
+      JOIN messages m ON m.id = d.message_id
+      JOIN users s ON s.id = m.sender_id
+      JOIN conversations c ON c.id = m.conversation_id
       {_prefs_sql("d.recipient_id", "d.conversation_id")}
      WHERE d.message_id = :mid AND d.recipient_id <> :sender AND d.status < 2
     """
@@ -363,10 +384,6 @@ _APPLY_DECISIONS = text(
     RETURNING n.id::text AS id
     """
 )
-
-UNREAD_COUNT_CAP = 100
-"""Unread in-app counts stop at this (a badge shows "99+"): counting stays an index
-probe of at most this many entries per user, however many notifications pile up."""
 
 # Each recipient's unread in-app notifications, capped (see UNREAD_COUNT_CAP).
 _UNREAD_COUNTS = text(
@@ -694,6 +711,19 @@ def _notice(row: Any) -> NoticeMessage:
     )
 
 
+def _plan_notice(row: Mapping[Any, Any], mid: str, cid: str, seq: int) -> NoticeMessage:
+    return NoticeMessage(
+        message_id=mid,
+        conversation_id=cid,
+        seq=seq,
+        sender_id=row["sender_id"],
+        sender_name=row["sender_name"],
+        conversation_title=row["conversation_title"],
+        conversation_kind=row["conversation_kind"],
+        e2e=bool(row["e2e"]),
+    )
+
+
 async def _notice_messages(session: AsyncSession, ids: Iterable[str]) -> dict[str, NoticeMessage]:
     wanted = sorted(set(ids))
     if not wanted:
@@ -715,6 +745,7 @@ class NotificationLog:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]):
         self._sessions = sessions
+        self._autocommit = autocommit(sessions)
 
     async def plan(
         self, input: PlanNotificationsInput
@@ -727,8 +758,8 @@ class NotificationLog:
         "every channel off" are recorded as skipped with the reason. Idempotent.
 
         When only the in-app step is due at once (the usual case: push, email and
-        SMS wait for their delays), its rows are written as sent in the same
-        transaction, with the unread counts, and returned as notices to emit
+        SMS wait for their delays), its rows are written as sent by the same
+        statement, the unread counts read with the recipients, and returned as notices to emit
         (``dispatched`` says so): what dispatch_due would decide for them a moment
         later was just decided here. A rerun returns the notices again for those
         rows still unread. Otherwise the rows are written pending and dispatch_due
@@ -757,15 +788,21 @@ class NotificationLog:
         in_app: dict[str, str] = {}  # row id -> recipient, written sent
         later: list[datetime] = []
         notices: list[InAppNotice] = []
-        async with self._sessions() as session, session.begin():
+        unread_before: dict[str, int] = {}
+        # Autocommit: one write statement; the reads need no snapshot shared with it.
+        async with self._autocommit() as session:
             recipients = (
-                (await session.execute(_PLAN_RECIPIENTS, {"mid": mid, "sender": sender}))
+                (
+                    await session.execute(
+                        _PLAN_RECIPIENTS, {"mid": mid, "sender": sender, "in_app": send_in_app}
+                    )
+                )
                 .mappings()
                 .all()
             )
             message = None
-            if send_in_app and recipients:
-                message = (await _notice_messages(session, [mid])).get(mid)
+            if send_in_app and recipients and recipients[0]["message_live"]:
+                message = _plan_notice(recipients[0], mid, cid, msg.seq)
             for row in recipients:
                 if not row["is_member"]:
                     continue
@@ -808,6 +845,7 @@ class NotificationLog:
                             channel=channel, status=NotificationStatus.SENT, due_at=now, **common
                         )
                         in_app[row_id] = rid
+                        unread_before[rid] = int(row["unread_before"] or 0)
                         planned += 1
                     else:
                         new.add(
@@ -828,25 +866,21 @@ class NotificationLog:
                 unread_ids = await session.execute(_UNREAD_OF, {"ids": sorted(in_app)})
                 still = {r.id for r in unread_ids}
                 in_app = {row_id: rid for row_id, rid in in_app.items() if row_id in still}
-            if in_app:
-                counts = await session.execute(
-                    _UNREAD_COUNTS, {"rids": sorted(set(in_app.values()))}
-                )
-                unread = {r.recipient_id: int(r.unread) for r in counts}
-                assert message is not None
-                notices = [
-                    InAppNotice(
-                        recipient_id=rid,
-                        notification_id=row_id,
-                        message=message,
-                        unread_count=unread.get(rid, 0),
-                    )
-                    for row_id, rid in in_app.items()
-                ]
             if rerun:
                 next_due = (await session.execute(_NEXT_DUE, {"mid": mid})).scalar_one()
             else:
                 next_due = min(later, default=None)
+        if message is not None:
+            notices = [
+                InAppNotice(
+                    recipient_id=rid,
+                    notification_id=row_id,
+                    message=message,
+                    # The count read before this row, plus this row if this run wrote it.
+                    unread_count=min(unread_before[rid] + (row_id in inserted), UNREAD_COUNT_CAP),
+                )
+                for row_id, rid in in_app.items()
+            ]
         dispatched = DispatchDueResult(in_app=len(notices), next_due=next_due) if notices else None
         result = PlanNotificationsResult(
             planned=planned, skipped=skipped, next_due=next_due, dispatched=dispatched

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from missive.constants import message_id_for
 from missive.crypto import MessageCipher, WrappedKey
+from missive.db import autocommit
 from missive.e2e import check_e2e_send
 from missive.errors import (
     ConversationNotFound,
@@ -104,6 +105,7 @@ class MessageService:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession], cipher: MessageCipher):
         self._sessions = sessions
+        self._autocommit = autocommit(sessions)
         self._cipher = cipher
 
     async def persist(self, req: PersistMessageInput) -> PersistMessageResult:
@@ -142,7 +144,9 @@ class MessageService:
         body: bytes,
         mid: str,
     ) -> PersistMessageResult:
-        async with self._sessions() as session, session.begin():
+        # Autocommit: the write is one statement (_INSERT), and the lookup needs no
+        # snapshot shared with it (READ COMMITTED would not give one either).
+        async with self._autocommit() as session:
             row = (
                 await session.execute(_LOOKUP, {"cid": cid, "sender": sender, "cmid": cmid})
             ).one_or_none()
