@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from temporalio import activity
 
@@ -17,6 +18,8 @@ from missive.schemas import (
     BroadcastMessageInput,
     PersistMessageInput,
     PersistMessageResult,
+    PlanNotificationsInput,
+    PlanNotificationsResult,
     ReceiptInput,
 )
 from missive.services.messages import MessageService, StoredMessage
@@ -27,6 +30,11 @@ HANDOFF_SIZE = 4096
 
 PersistListener = Callable[[PersistMessageInput, PersistMessageResult | PermanentError], None]
 """Told of every persist outcome in this process: the gateway acks its own sends from it."""
+
+Planner = Callable[[PlanNotificationsInput], Awaitable[PlanNotificationsResult]]
+"""Plans a message's notifications (NotifyActivities.plan)."""
+
+log = logging.getLogger("missive.messages")
 
 
 class MessageActivities:
@@ -39,9 +47,11 @@ class MessageActivities:
         broadcaster: Broadcaster,
         *,
         persist_listener: PersistListener | None = None,
+        planner: Planner | None = None,
         metrics: Metrics | None = None,
     ):
         self._messages = messages
+        self._planner = planner
         self._receipts = receipts
         self._broadcaster = broadcaster
         self._persist_listener = persist_listener
@@ -74,14 +84,36 @@ class MessageActivities:
 
     @activity.defn
     @translate_errors
-    async def broadcast_message(self, input: BroadcastMessageInput) -> None:
-        """Emits message:new to the conversation's room (clients dedupe by event_id)."""
+    async def broadcast_message(
+        self, input: BroadcastMessageInput
+    ) -> PlanNotificationsResult | None:
+        """Emits message:new to the conversation's room (clients dedupe by event_id).
+
+        With ``input.plan``, then plans the message's notifications: each local
+        activity costs the send path about as much as its work, so the lifecycle
+        runs one here instead of two. A planning failure does not fail the
+        broadcast (that would emit message:new again): it is logged and None
+        returned, and the lifecycle's agenda plans with its own retry policy.
+        """
         message = self._handoff.pop(input.message_id, None)
         if message is None:
             message = await self._messages.load(input.message_id)
         await self._broadcaster.message_new(message)
         if self._metrics is not None:
             self._metrics.broadcast(EVENT_MESSAGE_NEW)
+        if input.plan is None or self._planner is None:
+            return None
+        try:
+            return await self._planner(input.plan)
+        except Exception as err:
+            log.warning(
+                "planning the notifications of message %s with its broadcast failed (%s: %s);"
+                " the lifecycle plans them on its own",
+                input.message_id,
+                type(err).__name__,
+                err,
+            )
+            return None
 
     def _hand_off(self, input: PersistMessageInput, result: PersistMessageResult) -> None:
         self._handoff[result.message_id] = StoredMessage(

@@ -95,6 +95,10 @@ class NotifyActivities:
         What is due at once (the in-app step) is dispatched here too, so a send
         costs its lifecycle one local activity for notifications, not two.
         """
+        return await self.plan(input)
+
+    async def plan(self, input: PlanNotificationsInput) -> PlanNotificationsResult:
+        """plan_notifications' work, for the broadcast to run in the same activity."""
         planned, notices = await self._log.plan(input)
         await self._announce(notices)
         if planned.next_due is None or planned.next_due > input.now:

@@ -111,6 +111,10 @@ class BroadcastMessageInput:
 
     message_id: str
     """The message to announce as message:new to its conversation's room."""
+    plan: PlanNotificationsInput | None = None
+    """Also plan the message's notifications once it is announced (one local
+    activity for both); the result then carries the plan, or None when planning
+    failed and is left to the agenda's own plan_notifications."""
 
 
 @dataclass(frozen=True)

@@ -113,15 +113,17 @@ def message_activities(
     metrics: Metrics | None = None,
 ) -> MessageQueueActivities:
     """The lifecycle's and receipts' activities over this process's services and emitter."""
+    notify = NotifyActivities(core.notifications, emitter=emitter, metrics=metrics)
     return MessageQueueActivities(
         messages=MessageActivities(
             core.messages,
             core.receipts,
             Broadcaster(emitter),
             persist_listener=persist_listener,
+            planner=notify.plan,
             metrics=metrics,
         ),
-        notify=NotifyActivities(core.notifications, emitter=emitter, metrics=metrics),
+        notify=notify,
     )
 
 

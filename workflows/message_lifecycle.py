@@ -24,6 +24,8 @@ with workflow.unsafe.imports_passed_through():
         NotifyMessageResult,
         PersistMessageInput,
         PersistMessageResult,
+        PlanNotificationsInput,
+        PlanNotificationsResult,
         ReceiptsChanged,
         ReceiptStatus,
         RecipientState,
@@ -88,11 +90,19 @@ class MessageLifecycleWorkflow:
             duplicate=not persisted.created,
         )
 
-        await self._broadcast(persisted.message_id)
         agenda: asyncio.Task[NotifyMessageResult] | None = None
-        if input.notify is not None and persisted.created and persisted.recipient_count > 0:
+        notify = input.notify is not None and persisted.created and persisted.recipient_count > 0
+        if notify and workflow.patched("plan-with-broadcast"):
+            # One local activity announces the message and plans its notifications.
+            notify_input = _notify_input(input, persisted)
+            planned = await self._broadcast(
+                persisted.message_id, PlanNotificationsInput(notify_input, workflow.now())
+            )
+            agenda = asyncio.create_task(NotificationAgenda().run(notify_input, planned))
+        else:
+            await self._broadcast(persisted.message_id)
             # Runs started before notifications existed never plan them on replay.
-            if workflow.patched("notify-after-broadcast"):
+            if notify and workflow.patched("notify-after-broadcast"):
                 agenda = asyncio.create_task(
                     NotificationAgenda().run(_notify_input(input, persisted))
                 )
@@ -153,11 +163,14 @@ class MessageLifecycleWorkflow:
         except ActivityError as err:
             reraise_refusal(err)
 
-    async def _broadcast(self, message_id: str) -> None:
+    async def _broadcast(
+        self, message_id: str, plan: PlanNotificationsInput | None = None
+    ) -> PlanNotificationsResult | None:
+        """message:new (and, with ``plan``, the notification plan, or None if not made)."""
         try:
-            await workflow.execute_local_activity_method(
+            return await workflow.execute_local_activity_method(
                 MessageActivities.broadcast_message,
-                BroadcastMessageInput(message_id=message_id),
+                BroadcastMessageInput(message_id=message_id, plan=plan),
                 start_to_close_timeout=policies.BROADCAST_TIMEOUT,
                 schedule_to_close_timeout=policies.BROADCAST_DEADLINE,
                 retry_policy=policies.BROADCAST_RETRY,
@@ -167,6 +180,7 @@ class MessageLifecycleWorkflow:
             # The message is stored and clients catch up from history; a live
             # event this late is not worth failing the lifecycle for.
             workflow.logger.warning("message:new broadcast gave up", extra={"id": message_id})
+            return None
 
     def _reject(self, err: ApplicationError) -> None:
         self._rejection = err

@@ -178,15 +178,20 @@ class NotificationAgenda:
         self._sends = SendCounts.empty()
         self._tasks: list[asyncio.Task[None]] = []
 
-    async def run(self, input: NotifyMessageInput) -> NotifyMessageResult:
-        """Plans, then dispatches until no row is pending; returns the counts."""
-        plan: PlanNotificationsResult = await workflow.execute_local_activity_method(
-            NotifyActivities.plan_notifications,
-            PlanNotificationsInput(message=input, now=workflow.now()),
-            start_to_close_timeout=policies.NOTIFY_DB_TIMEOUT,
-            retry_policy=policies.NOTIFY_DB_RETRY,
-            local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
-        )
+    async def run(
+        self, input: NotifyMessageInput, planned: PlanNotificationsResult | None = None
+    ) -> NotifyMessageResult:
+        """Plans (unless ``planned`` says it was, with the broadcast), then dispatches
+        until no row is pending; returns the counts."""
+        plan = planned
+        if plan is None:
+            plan = await workflow.execute_local_activity_method(
+                NotifyActivities.plan_notifications,
+                PlanNotificationsInput(message=input, now=workflow.now()),
+                start_to_close_timeout=policies.NOTIFY_DB_TIMEOUT,
+                retry_policy=policies.NOTIFY_DB_RETRY,
+                local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
+            )
         self._planned += plan.planned
         self._skipped += plan.skipped
         next_due = plan.next_due

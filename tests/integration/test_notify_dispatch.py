@@ -29,11 +29,15 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
+from activities.messages import MessageActivities
 from activities.notify import NotifyActivities
+from missive.broadcast import Broadcaster
 from missive.constants import (
+    EVENT_MESSAGE_NEW,
     EVENT_NOTIFICATION_NEW,
     EVENT_NOTIFICATION_UNREAD,
     TASK_QUEUE_NOTIFY,
+    conversation_room,
     notify_digest_workflow_id,
     notify_message_workflow_id,
     user_room,
@@ -50,6 +54,7 @@ from missive.notify.push import PushSender, _StaticSinkCredentials
 from missive.notify.sinks import Failure, FcmSink, TwilioSink, serve
 from missive.notify.sms import SmsSender
 from missive.schemas import (
+    BroadcastMessageInput,
     Channel,
     DigestItem,
     DigestItems,
@@ -61,13 +66,14 @@ from missive.schemas import (
     NotifyOptions,
     PersistMessageInput,
     PlanNotificationsInput,
+    PlanNotificationsResult,
     PrepareDigestInput,
     QueueDigestsInput,
     ReceiptStatus,
     SettleNotificationsInput,
 )
 from runtime.notify import notify_workers, open_notify
-from runtime.wiring import Core
+from runtime.wiring import Core, message_activities
 from tests.conftest import base_settings
 
 pytestmark = pytest.mark.integration
@@ -659,14 +665,72 @@ async def test_a_failed_emit_does_not_fail_dispatch(core: Core, world: World) ->
         options=OPTIONS,
     )
     acts = NotifyActivities(core.notifications, emitter=Down())
-    await acts.plan_notifications(PlanNotificationsInput(message=message, now=stored.created_at))
-    result = await ActivityEnvironment().run(
-        acts.dispatch_due,
-        DispatchDueInput(message_id=stored.message_id, options=OPTIONS, now=stored.created_at),
+    planned = await ActivityEnvironment().run(
+        acts.plan_notifications, PlanNotificationsInput(message=message, now=stored.created_at)
     )
     # The in-app rows are committed: the clients read the count when they (re)connect.
-    assert result.in_app == 2
+    assert planned.dispatched is not None and planned.dispatched.in_app == 2
     assert await core.notifications.unread_count(world.ben) == 1
+
+
+async def test_the_broadcast_plans_the_notifications_in_the_same_activity(
+    core: Core, world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    stored = await core.messages.persist(
+        PersistMessageInput(
+            conversation_id=world.ops, sender_id=world.ana, client_message_id="c-1", body="hi"
+        )
+    )
+    plan = PlanNotificationsInput(
+        message=NotifyMessageInput(
+            message_id=stored.message_id,
+            conversation_id=world.ops,
+            sender_id=world.ana,
+            seq=stored.seq,
+            created_at=stored.created_at,
+            options=OPTIONS,
+        ),
+        now=stored.created_at,
+    )
+    emitted = Emitted()
+    acts = message_activities(core, emitted)
+    env = ActivityEnvironment()
+
+    planned = await env.run(
+        acts.messages.broadcast_message, BroadcastMessageInput(stored.message_id, plan=plan)
+    )
+
+    # message:new to the room first, then each recipient's in-app notification.
+    sent = [(e, room) for e, _, room in emitted.events]
+    assert sent[0] == (EVENT_MESSAGE_NEW, conversation_room(world.ops))
+    assert sorted(sent[1:], key=str) == sorted(
+        [(EVENT_NOTIFICATION_NEW, user_room(u)) for u in (world.ben, world.cy)], key=str
+    )
+    assert planned is not None and planned.dispatched is not None
+    assert planned.dispatched.in_app == 2 and planned.next_due == stored.created_at + timedelta(
+        seconds=OPTIONS.grace_seconds
+    )
+    rows = await core.notifications.rows(message_id=stored.message_id)
+    assert {(r.recipient_id, r.channel, r.status) for r in rows if r.channel == Channel.IN_APP} == {
+        (world.ben, Channel.IN_APP, NotificationStatus.SENT),
+        (world.cy, Channel.IN_APP, NotificationStatus.SENT),
+    }
+
+    # Planning that fails does not fail the broadcast (message:new is not sent twice):
+    # the lifecycle's agenda plans on its own.
+    async def down(_: PlanNotificationsInput) -> PlanNotificationsResult:
+        raise ProviderUnavailable("database down")
+
+    failing = MessageActivities(core.messages, core.receipts, Broadcaster(emitted), planner=down)
+    before = len(emitted.events)
+    assert (
+        await env.run(
+            failing.broadcast_message, BroadcastMessageInput(stored.message_id, plan=plan)
+        )
+        is None
+    )
+    assert [e for e, _, _ in emitted.events[before:]] == [EVENT_MESSAGE_NEW]
+    assert "plans them on its own" in caplog.text
 
 
 async def test_queue_digests_signal_with_starts_one_digest_per_channel_and_recipient(

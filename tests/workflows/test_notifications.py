@@ -137,6 +137,7 @@ class FakeNotify:
     settle_fails: bool = False
     # What the activities were called with.
     planned: list[PlanNotificationsInput] = field(default_factory=list)
+    planned_with_broadcast: list[PlanNotificationsInput] = field(default_factory=list)
     dispatched: list[DispatchDueInput] = field(default_factory=list)
     sends: list[Send] = field(default_factory=list)
     fell_back: list[FallBackInput] = field(default_factory=list)
@@ -569,7 +570,17 @@ async def test_fake_digest_keeps_going_while_items_arrive_and_carries_pending(
     assert result.digests == 0
 
 
-def _lifecycle_fakes(recipients: int, created: bool = True) -> list[Callable[..., object]]:
+def _lifecycle_fakes(
+    recipients: int,
+    created: bool = True,
+    *,
+    fakes: FakeNotify | None = None,
+    plan_with_broadcast: bool = False,
+) -> list[Callable[..., object]]:
+    """persist_message and broadcast_message; the broadcast plans (into ``fakes``)
+    when ``plan_with_broadcast``, else it answers as a process without a planner
+    (or whose planning failed) does: None, and the agenda plans on its own."""
+
     @activity.defn(name="persist_message")
     async def persist_message(input: PersistMessageInput) -> PersistMessageResult:
         return PersistMessageResult(
@@ -582,24 +593,28 @@ def _lifecycle_fakes(recipients: int, created: bool = True) -> list[Callable[...
         )
 
     @activity.defn(name="broadcast_message")
-    async def broadcast_message(input: BroadcastMessageInput) -> None:
-        return None
+    async def broadcast_message(input: BroadcastMessageInput) -> PlanNotificationsResult | None:
+        if fakes is None or not plan_with_broadcast or input.plan is None:
+            return None
+        fakes.planned_with_broadcast.append(input.plan)
+        return fakes.plan
 
     return [persist_message, broadcast_message]
 
 
 @pytest.mark.unit
 @pytest.mark.parametrize(
-    ("notify", "recipients", "created", "starts"),
+    ("notify", "recipients", "created", "starts", "with_broadcast"),
     [
-        (True, 2, True, True),
-        (False, 2, True, False),
-        (True, 0, True, False),
-        (True, 2, False, False),
+        (True, 2, True, True, True),
+        (True, 2, True, True, False),
+        (False, 2, True, False, True),
+        (True, 0, True, False, True),
+        (True, 2, False, False, True),
     ],
 )
 async def test_fake_lifecycle_starts_notifications_for_new_messages(
-    time_env, task_queue, notify, recipients, created, starts
+    time_env, task_queue, notify, recipients, created, starts, with_broadcast
 ) -> None:
     options = _options(task_queue)
     fakes = FakeNotify()
@@ -617,7 +632,10 @@ async def test_fake_lifecycle_starts_notifications_for_new_messages(
         task_queue=task_queue,
         workflows=WORKFLOWS,
         # The agenda's plan / dispatch run as local activities of the lifecycle.
-        activities=[*_lifecycle_fakes(recipients, created), *fakes.notify_activities()],
+        activities=[
+            *_lifecycle_fakes(recipients, created, fakes=fakes, plan_with_broadcast=with_broadcast),
+            *fakes.notify_activities(),
+        ],
     )
     async with _Running([lifecycle, *_fake_workers(time_env, fakes, options)]):
         await time_env.client.execute_workflow(
@@ -625,9 +643,14 @@ async def test_fake_lifecycle_starts_notifications_for_new_messages(
         )
         message_id = message_id_for(send.sender_id, send.client_message_id)
     if not starts:
-        assert fakes.planned == []
+        assert fakes.planned == fakes.planned_with_broadcast == []
         return
-    [plan] = fakes.planned
+    # Planned once: by the broadcast's local activity when it can, else by the agenda.
+    if with_broadcast:
+        assert fakes.planned == []
+        [plan] = fakes.planned_with_broadcast
+    else:
+        [plan] = fakes.planned
     assert plan.message.message_id == message_id
     assert (plan.message.seq, plan.message.sender_id, plan.message.mentions) == (
         7,
