@@ -12,9 +12,12 @@ import gc
 import shutil
 import sys
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+from temporalio import activity
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -23,11 +26,18 @@ from missive.constants import message_id_for, message_workflow_id
 from missive.schemas import (
     AcceptInput,
     ApplyReceiptResult,
+    BroadcastMessageInput,
+    DispatchDueInput,
+    DispatchDueResult,
+    NotifyOptions,
+    PlanNotificationsResult,
     ReceiptChange,
     ReceiptInput,
     ReceiptsChanged,
     ReceiptStatus,
     SendMessageInput,
+    SettleNotificationsInput,
+    SettleNotificationsResult,
 )
 from missive.validation import send_fingerprint
 from runtime.wiring import WORKFLOWS
@@ -59,6 +69,90 @@ async def _save(handle: WorkflowHandle, name: str) -> None:  # type: ignore[type
     history = await handle.fetch_history()
     (HERE / f"{name}.json").write_text(history.to_json())
     print(f"recorded {name}: {len(history.events)} events")
+
+
+def _notify_fakes() -> list[Callable[..., Any]]:
+    """A broadcast that plans (the in-app step sent, a push due after the grace), a
+    dispatch that finds the push no longer due, and the reader's settle."""
+
+    @activity.defn(name="broadcast_message")
+    async def broadcast_message(input: BroadcastMessageInput) -> PlanNotificationsResult | None:
+        if input.plan is None:
+            return None
+        due = input.plan.message.created_at + timedelta(
+            seconds=input.plan.message.options.grace_seconds
+        )
+        return PlanNotificationsResult(
+            planned=2,
+            skipped=0,
+            next_due=due,
+            dispatched=DispatchDueResult(in_app=1, next_due=due),
+        )
+
+    @activity.defn(name="dispatch_due")
+    async def dispatch_due(input: DispatchDueInput) -> DispatchDueResult:
+        return DispatchDueResult(cancelled=1)
+
+    @activity.defn(name="settle_notifications")
+    async def settle_notifications(input: SettleNotificationsInput) -> SettleNotificationsResult:
+        return SettleNotificationsResult(cancelled=1, in_app_read=1)
+
+    return [broadcast_message, dispatch_due, settle_notifications]
+
+
+async def _record_notified(env: WorkflowEnvironment) -> None:
+    """A lifecycle with notifications on, read by its recipient after the grace period."""
+    fakes = FakeMessages(recipients=[BEN])
+    queue = f"record-notify-{uuid.uuid4().hex[:6]}"
+    options = NotifyOptions(task_queue=queue)
+    messages = [a for a in fakes.activities() if a.__name__ != "broadcast_message"]
+    async with Worker(
+        env.client, task_queue=queue, workflows=WORKFLOWS, activities=[*messages, *_notify_fakes()]
+    ):
+        send = _send("notified", notify=options, mentions=[BEN])
+        lifecycle = await env.client.start_workflow(
+            MessageLifecycleWorkflow.run,
+            send,
+            id=message_workflow_id(ANA, "notified"),
+            task_queue=queue,
+        )
+        await lifecycle.execute_update(
+            MessageLifecycleWorkflow.accepted,
+            AcceptInput(send_fingerprint(CONV, send.body), send.request_id),
+        )
+        await env.sleep(90)  # past the grace: the agenda dispatches the push step
+        fakes.receipt_results.append(
+            ApplyReceiptResult(
+                user_id=BEN,
+                conversation_id=CONV,
+                status=ReceiptStatus.READ,
+                up_to_seq=1,
+                changed=1,
+                changes=[
+                    ReceiptChange(
+                        message_id=message_id_for(ANA, "notified"),
+                        sender_id=ANA,
+                        client_message_id="notified",
+                        seq=1,
+                        status=ReceiptStatus.READ,
+                        at=NOW,
+                        recipient_count=1,
+                        delivered_count=1,
+                        read_count=1,
+                    )
+                ],
+            )
+        )
+        receipt = await env.client.start_workflow(
+            ReceiptWorkflow.run,
+            ReceiptInput(BEN, CONV, ReceiptStatus.READ, up_to_seq=1, notify=options),
+            id="receipt-record-notified",
+            task_queue=queue,
+        )
+        await receipt.result()
+        await lifecycle.result()
+        await _save(lifecycle, "lifecycle_notified")
+        await _save(receipt, "receipt_read_notified")
 
 
 async def record() -> None:
@@ -148,6 +242,7 @@ async def record() -> None:
         except WorkflowFailureError:
             pass
         await _save(refused, "lifecycle_refused")
+        await _record_notified(env)
     # Collect the client inside the loop: sdk-python #300 can crash at exit otherwise.
     del client, lifecycle, receipt, unread, refused
     gc.collect()

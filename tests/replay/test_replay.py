@@ -28,6 +28,10 @@ def test_histories_are_recorded() -> None:
         "lifecycle_window_elapsed",
         "lifecycle_refused",
         "receipt_read",
+        # With notifications: the plan made by the broadcast, a dispatch after the
+        # grace, the reader's settle.
+        "lifecycle_notified",
+        "receipt_read_notified",
     }
 
 
