@@ -33,3 +33,17 @@ class LocalActivityWorkflow:
         return await workflow.execute_local_activity(
             noop, value, start_to_close_timeout=timedelta(seconds=5)
         )
+
+
+@workflow.defn(name="BenchLocalActivitiesWorkflow")
+class LocalActivitiesWorkflow:
+    """``count`` no-op local activities one after another: what each one costs a worker."""
+
+    @workflow.run
+    async def run(self, count: int) -> int:
+        """Runs ``count`` no-op local activities in turn."""
+        for i in range(count):
+            await workflow.execute_local_activity(
+                noop, i, start_to_close_timeout=timedelta(seconds=5)
+            )
+        return count
