@@ -65,6 +65,7 @@ from missive.schemas import (
     NotifyMessageInput,
     NotifyOptions,
     PersistMessageInput,
+    PersistMessageResult,
     PlanNotificationsInput,
     PlanNotificationsResult,
     PrepareDigestInput,
@@ -570,12 +571,13 @@ class Emitted:
         self.events.append((event, data, room))
 
 
-async def test_dispatch_due_emits_notification_new_without_message_text(
-    core: Core, world: World
-) -> None:
+async def _ana_posts_in_ops(
+    core: Core, world: World, body: str
+) -> tuple[PersistMessageResult, PlanNotificationsInput]:
+    """ana's message to #ops, stored, and the input that plans its notifications."""
     stored = await core.messages.persist(
         PersistMessageInput(
-            conversation_id=world.ops, sender_id=world.ana, client_message_id="c-1", body="s3cret"
+            conversation_id=world.ops, sender_id=world.ana, client_message_id="c-1", body=body
         )
     )
     message = NotifyMessageInput(
@@ -586,14 +588,19 @@ async def test_dispatch_due_emits_notification_new_without_message_text(
         created_at=stored.created_at,
         options=OPTIONS,
     )
+    return stored, PlanNotificationsInput(message=message, now=stored.created_at)
+
+
+async def test_dispatch_due_emits_notification_new_without_message_text(
+    core: Core, world: World
+) -> None:
+    stored, plan = await _ana_posts_in_ops(core, world, "s3cret")
     emitted = Emitted()
     metrics = Metrics()
     acts = NotifyActivities(core.notifications, emitter=emitted, metrics=metrics)
     env = ActivityEnvironment()
     # What is due at once (in-app) is dispatched by the plan activity itself.
-    planned = await env.run(
-        acts.plan_notifications, PlanNotificationsInput(message=message, now=stored.created_at)
-    )
+    planned = await env.run(acts.plan_notifications, plan)
     result = planned.dispatched
     assert result is not None and result.in_app == 2
     assert planned.next_due == result.next_due and planned.next_due is not None
@@ -651,23 +658,9 @@ async def test_a_failed_emit_does_not_fail_dispatch(core: Core, world: World) ->
         async def emit(self, event: str, data: Any, *, room: str | None = None) -> None:
             raise ConnectionError("pub/sub is down")
 
-    stored = await core.messages.persist(
-        PersistMessageInput(
-            conversation_id=world.ops, sender_id=world.ana, client_message_id="c-1", body="x"
-        )
-    )
-    message = NotifyMessageInput(
-        message_id=stored.message_id,
-        conversation_id=world.ops,
-        sender_id=world.ana,
-        seq=stored.seq,
-        created_at=stored.created_at,
-        options=OPTIONS,
-    )
+    _, plan = await _ana_posts_in_ops(core, world, "x")
     acts = NotifyActivities(core.notifications, emitter=Down())
-    planned = await ActivityEnvironment().run(
-        acts.plan_notifications, PlanNotificationsInput(message=message, now=stored.created_at)
-    )
+    planned = await ActivityEnvironment().run(acts.plan_notifications, plan)
     # The in-app rows are committed: the clients read the count when they (re)connect.
     assert planned.dispatched is not None and planned.dispatched.in_app == 2
     assert await core.notifications.unread_count(world.ben) == 1
@@ -676,22 +669,7 @@ async def test_a_failed_emit_does_not_fail_dispatch(core: Core, world: World) ->
 async def test_the_broadcast_plans_the_notifications_in_the_same_activity(
     core: Core, world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
-    stored = await core.messages.persist(
-        PersistMessageInput(
-            conversation_id=world.ops, sender_id=world.ana, client_message_id="c-1", body="hi"
-        )
-    )
-    plan = PlanNotificationsInput(
-        message=NotifyMessageInput(
-            message_id=stored.message_id,
-            conversation_id=world.ops,
-            sender_id=world.ana,
-            seq=stored.seq,
-            created_at=stored.created_at,
-            options=OPTIONS,
-        ),
-        now=stored.created_at,
-    )
+    stored, plan = await _ana_posts_in_ops(core, world, "hi")
     emitted = Emitted()
     acts = message_activities(core, emitted)
     env = ActivityEnvironment()

@@ -65,6 +65,30 @@ def _send(cmid: str, body: str = "hello", **extra: object) -> SendMessageInput:
     )
 
 
+def _read_by_ben(cmid: str) -> ApplyReceiptResult:
+    """What applying BEN's read of ANA's only message returns."""
+    return ApplyReceiptResult(
+        user_id=BEN,
+        conversation_id=CONV,
+        status=ReceiptStatus.READ,
+        up_to_seq=1,
+        changed=1,
+        changes=[
+            ReceiptChange(
+                message_id=message_id_for(ANA, cmid),
+                sender_id=ANA,
+                client_message_id=cmid,
+                seq=1,
+                status=ReceiptStatus.READ,
+                at=NOW,
+                recipient_count=1,
+                delivered_count=1,
+                read_count=1,
+            )
+        ],
+    )
+
+
 async def _save(handle: WorkflowHandle, name: str) -> None:  # type: ignore[type-arg]
     history = await handle.fetch_history()
     (HERE / f"{name}.json").write_text(history.to_json())
@@ -121,28 +145,7 @@ async def _record_notified(env: WorkflowEnvironment) -> None:
             AcceptInput(send_fingerprint(CONV, send.body), send.request_id),
         )
         await env.sleep(90)  # past the grace: the agenda dispatches the push step
-        fakes.receipt_results.append(
-            ApplyReceiptResult(
-                user_id=BEN,
-                conversation_id=CONV,
-                status=ReceiptStatus.READ,
-                up_to_seq=1,
-                changed=1,
-                changes=[
-                    ReceiptChange(
-                        message_id=message_id_for(ANA, "notified"),
-                        sender_id=ANA,
-                        client_message_id="notified",
-                        seq=1,
-                        status=ReceiptStatus.READ,
-                        at=NOW,
-                        recipient_count=1,
-                        delivered_count=1,
-                        read_count=1,
-                    )
-                ],
-            )
-        )
+        fakes.receipt_results.append(_read_by_ben("notified"))
         receipt = await env.client.start_workflow(
             ReceiptWorkflow.run,
             ReceiptInput(BEN, CONV, ReceiptStatus.READ, up_to_seq=1, notify=options),
@@ -182,28 +185,7 @@ async def record() -> None:
             MessageLifecycleWorkflow.accepted,
             AcceptInput(send_fingerprint(CONV, send.body), send.request_id),
         )
-        fakes.receipt_results.append(
-            ApplyReceiptResult(
-                user_id=BEN,
-                conversation_id=CONV,
-                status=ReceiptStatus.READ,
-                up_to_seq=1,
-                changed=1,
-                changes=[
-                    ReceiptChange(
-                        message_id=message_id_for(ANA, "all-read"),
-                        sender_id=ANA,
-                        client_message_id="all-read",
-                        seq=1,
-                        status=ReceiptStatus.READ,
-                        at=NOW,
-                        recipient_count=1,
-                        delivered_count=1,
-                        read_count=1,
-                    )
-                ],
-            )
-        )
+        fakes.receipt_results.append(_read_by_ben("all-read"))
         receipt = await client.start_workflow(
             ReceiptWorkflow.run,
             ReceiptInput(BEN, CONV, ReceiptStatus.READ, up_to_seq=1),
