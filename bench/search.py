@@ -25,9 +25,11 @@ from pathlib import Path
 
 import socketio
 from sqlalchemy import text
+from temporalio.client import Client
 
 from bench.harness import percentile, stack
 from missive.config import Settings
+from missive.constants import search_rebuild_workflow_id
 from missive.crypto import WrappedKey
 from missive.models import ConversationKind
 from missive.schemas import SearchQuery
@@ -185,6 +187,7 @@ async def run(messages: int, sends: int, rounds: int) -> None:
                 await asyncio.sleep(0.2)
             total_docs = messages + sends + 10
             floor_rates, rebuild_rates = [], []
+            phases: list[str] = []
             for r in range(rounds):
                 name = f"bench_floor_{r}_{uuid.uuid4().hex[:6]}"
                 await search.typesense.request("POST", "/collections", body=collection_schema(name))
@@ -200,6 +203,7 @@ async def run(messages: int, sends: int, rounds: int) -> None:
                 if progress.indexed != total_docs:
                     raise SystemExit(f"rebuild indexed {progress.indexed}, expected {total_docs}")
                 rebuild_rates.append(progress.indexed / elapsed)
+                phases.append(await _phases(s.env.client, settings, elapsed))
                 await asyncio.sleep(1.1)  # the next rebuild's collection is named by the second
 
     floor, rebuild = max(floor_rates), max(rebuild_rates)
@@ -215,11 +219,33 @@ async def run(messages: int, sends: int, rounds: int) -> None:
         + ")"
     )
     print(f"ratio rebuild / floor: {rebuild / floor:.2f}  (goal >= 0.7)")
+    for line in phases:
+        print(f"  rebuild {line}")
     p50, p99 = percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000
     print(
         f"message:send -> searchable over {len(latencies)} sends: "
         f"p50 {p50:.1f} ms, p99 {p99:.1f} ms  (goal p50 < 1000 ms)"
     )
+
+
+async def _phases(client: Client, settings: Settings, elapsed: float) -> str:
+    """Where a rebuild's time went, from its history: each activity, scheduled to closed."""
+    handle = client.get_workflow_handle(search_rebuild_workflow_id(settings.typesense_collection))
+    history = await handle.fetch_history()
+    scheduled: dict[int, tuple[str, float]] = {}
+    spent: dict[str, float] = {}
+    for event in history.events:
+        at = event.event_time.ToDatetime().timestamp()
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            kind = event.activity_task_scheduled_event_attributes.activity_type.name
+            scheduled[event.event_id] = (kind, at)
+        elif event.HasField("activity_task_completed_event_attributes"):
+            kind, began = scheduled[
+                event.activity_task_completed_event_attributes.scheduled_event_id
+            ]
+            spent[kind] = spent.get(kind, 0.0) + at - began
+    parts = ", ".join(f"{kind} {seconds:.2f} s" for kind, seconds in spent.items())
+    return f"{elapsed:.2f} s: {parts}"
 
 
 def main() -> None:

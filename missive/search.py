@@ -13,11 +13,12 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
+import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -82,8 +83,13 @@ def collection_schema(name: str) -> dict[str, Any]:
     }
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000)
+    """Epoch milliseconds, floored in integers (as the rebuild's SQL does): no float
+    rounding, so the indexer and a rebuild write the same value."""
+    return (value - _EPOCH) // timedelta(milliseconds=1)
 
 
 def _from_ms(value: int) -> datetime:
@@ -194,7 +200,7 @@ class TypesenseClient:
         """
         if not documents:
             return
-        payload = "\n".join(json.dumps(d, ensure_ascii=False) for d in documents).encode()
+        payload = b"\n".join(map(orjson.dumps, documents))
         _, answer = await self.request(
             "POST",
             f"/collections/{quote(collection)}/documents/import",
@@ -291,22 +297,25 @@ _PRUNE_TOMBSTONES = text(
     f"DELETE FROM search_deletions WHERE processed_at < now() - interval '{TOMBSTONE_KEEP}'"
 )
 
-_REBUILD_CHUNK = text(
-    """
+# The columns in the order _rebuild_documents unpacks them; times already in epoch ms.
+# Run on the driver (asyncpg) itself: a chunk is thousands of rows, and SQLAlchemy's
+# row processing would cost more than the query.
+_REBUILD_CHUNK = """
     SELECT m.id::text AS id, m.conversation_id::text AS conversation_id, m.seq,
-           m.sender_id::text AS sender_id, m.body_ciphertext, m.key_version, m.created_at,
-           m.edited_at, m.deleted_at, 'standard' AS mode,
+           m.sender_id::text AS sender_id, m.body_ciphertext, m.key_version,
+           floor(extract(epoch FROM m.created_at) * 1000)::bigint AS created_ms,
+           floor(extract(epoch FROM m.edited_at) * 1000)::bigint AS edited_ms,
            k.master_key_version, k.wrapped_key
-    FROM messages m
-    JOIN conversations c ON c.id = m.conversation_id
+    FROM (SELECT * FROM messages
+           WHERE id > CAST($1 AS uuid) AND deleted_at IS NULL
+             AND conversation_id NOT IN (
+                 SELECT id FROM conversations WHERE encryption_mode = 'e2e')
+           ORDER BY id
+           LIMIT $2) AS m
     JOIN conversation_keys k
          ON k.conversation_id = m.conversation_id AND k.version = m.key_version
-    WHERE m.id > CAST(:after AS uuid) AND m.deleted_at IS NULL
-      AND c.encryption_mode = 'standard'
     ORDER BY m.id
-    LIMIT :limit
-    """
-)
+"""
 
 _SEARCHABLE = """
     FROM messages m JOIN conversations c ON c.id = m.conversation_id
@@ -624,10 +633,10 @@ class SearchService:
         )
 
     async def _rebuild_rows(self, after: str, limit: int) -> list[Any]:
-        async with self._sessions() as session:
-            return list(
-                (await session.execute(_REBUILD_CHUNK, {"after": after, "limit": limit})).all()
-            )
+        async with self._engine.connect() as conn:
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None  # a live connection from the pool
+            return list(await driver.fetch(_REBUILD_CHUNK, after, limit))
 
     async def fill_rebuild(
         self,
@@ -651,9 +660,9 @@ class SearchService:
         deadline = time.monotonic() + max_seconds
         indexed = 0
         rows = await self._rebuild_rows(cursor, batch_size)
-        documents = [d for d in map(self._rebuild_document, rows) if d is not None]
+        documents = self._rebuild_documents(rows)
         while rows:
-            last = rows[-1].id
+            last = rows[-1]["id"]
             # Typesense indexes this chunk while we read and decrypt the next one.
             importing = asyncio.ensure_future(
                 self.typesense.import_documents(collection, documents)
@@ -661,7 +670,7 @@ class SearchService:
             try:
                 await asyncio.sleep(0)  # let the import send its request first
                 rows = await self._rebuild_rows(last, batch_size) if len(rows) == batch_size else []
-                next_documents = [d for d in map(self._rebuild_document, rows) if d is not None]
+                next_documents = self._rebuild_documents(rows)
                 await importing
             except BaseException:
                 importing.cancel()
@@ -673,12 +682,39 @@ class SearchService:
                 return RebuildFillResult(after_id=cursor, indexed=indexed, done=False)
         return RebuildFillResult(after_id=cursor, indexed=indexed, done=True)
 
-    def _rebuild_document(self, row: Any) -> dict[str, Any] | None:
-        try:
-            return self._document(row)
-        except (DecryptionFailed, KeyVersionMissing, UnicodeDecodeError) as err:
-            log.error("message %s cannot be indexed: %s", row.id, type(err).__name__)
-            return None
+    def _rebuild_documents(self, rows: Sequence[Any]) -> list[dict[str, Any]]:
+        """A chunk's documents, as _document makes them; a message that does not
+        decrypt is logged and left out (the check command reports it as missing).
+
+        The rebuild's inner loop: rows are unpacked as tuples, and each
+        conversation's data key is looked up once per chunk.
+        """
+        keys: dict[tuple[str, int], Any] = {}
+        documents: list[dict[str, Any]] = []
+        for mid, cid, seq, sender, body, version, created_ms, edited_ms, master, wrapped in rows:
+            try:
+                key = keys.get((cid, version))
+                if key is None:
+                    key = self._cipher.data_key(cid, version, WrappedKey(master, wrapped))
+                    keys[(cid, version)] = key
+                plain = self._cipher.decrypt_body(
+                    key, conversation_id=cid, message_id=mid, ciphertext=body
+                ).decode("utf-8")
+            except (DecryptionFailed, KeyVersionMissing, UnicodeDecodeError) as err:
+                log.error("message %s cannot be indexed: %s", mid, type(err).__name__)
+                continue
+            document = {
+                "id": mid,
+                "conversation_id": cid,
+                "sender_id": sender,
+                "seq": seq,
+                "created_at": created_ms,
+                "text": plain,
+            }
+            if edited_ms is not None:
+                document["edited_at"] = edited_ms
+            documents.append(document)
+        return documents
 
     async def finish_rebuild(self, collection: str, started_at: datetime) -> RebuildFinishResult:
         """Swaps the alias to ``collection``, replays index writes made since the rebuild

@@ -683,3 +683,44 @@ async def test_index_lag_gauges_follow_the_backlog(search: Search) -> None:
     metrics.observe_index_lag(pending=pending, oldest_age_seconds=age)
     assert pending == 1 and age >= 90
     assert b"missive_index_pending_messages 1.0" in metrics.render()
+
+
+async def test_rebuild_documents_match_the_indexers_and_skip_what_does_not_decrypt(
+    search: Search, caplog: pytest.LogCaptureFixture
+) -> None:
+    core, settings = search.core, search.settings
+    ana, ben = await _people(core, "ana", "ben")
+    conv = await _group(core, ana, ben)
+    kept = await _send(core, conv, ana, "kept intact, naïve café")
+    edited = await _send(core, conv, ben, "edited later")
+    tampered = await _send(core, conv, ana, "tampered with")
+    async with core.engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE messages SET edited_at = now() + interval '1 second' WHERE id = :id"),
+            {"id": edited},
+        )
+    await _eventually(lambda: _zero(_pending(core)), "everything indexed")
+    indexed = {}
+    for mid in (kept, edited):
+        _, indexed[mid] = await search.service.typesense.request(
+            "GET", f"/collections/{settings.typesense_collection}/documents/{mid}"
+        )
+    async with core.engine.begin() as conn:  # flip one byte of the stored ciphertext
+        await conn.execute(
+            text(
+                "UPDATE messages SET body_ciphertext = overlay(body_ciphertext placing"
+                " decode(lpad(to_hex(get_byte(body_ciphertext, 20) # 1), 2, '0'), 'hex')"
+                " from 21 for 1) WHERE id = :id"
+            ),
+            {"id": tampered},
+        )
+
+    rows = await search.service._rebuild_rows("00000000-0000-0000-0000-000000000000", 1000)
+    documents = {
+        d["id"]: d for d in search.service._rebuild_documents(rows) if d["conversation_id"] == conv
+    }
+
+    # What the rebuild writes is what the indexer wrote, field for field.
+    assert documents == indexed
+    assert "edited_at" in documents[edited] and "edited_at" not in documents[kept]
+    assert f"message {tampered} cannot be indexed: DecryptionFailed" in caplog.text
