@@ -312,7 +312,9 @@ _REBUILD_CHUNK = """
                  SELECT id FROM conversations WHERE encryption_mode = 'e2e')
            ORDER BY id
            LIMIT $2) AS m
-    JOIN conversation_keys k
+    -- LEFT: a chunk keeps its size (the end is a short chunk); a message whose key
+    -- version is missing is reported by _rebuild_documents, not silently dropped.
+    LEFT JOIN conversation_keys k
          ON k.conversation_id = m.conversation_id AND k.version = m.key_version
     ORDER BY m.id
 """
@@ -695,6 +697,10 @@ class SearchService:
             try:
                 key = keys.get((cid, version))
                 if key is None:
+                    if wrapped is None:
+                        raise KeyVersionMissing(
+                            f"data key version {version} of conversation {cid} is missing"
+                        )
                     key = self._cipher.data_key(cid, version, WrappedKey(master, wrapped))
                     keys[(cid, version)] = key
                 plain = self._cipher.decrypt_body(

@@ -694,6 +694,7 @@ async def test_rebuild_documents_match_the_indexers_and_skip_what_does_not_decry
     kept = await _send(core, conv, ana, "kept intact, naïve café")
     edited = await _send(core, conv, ben, "edited later")
     tampered = await _send(core, conv, ana, "tampered with")
+    orphan = await _send(core, conv, ana, "its key version is gone")
     async with core.engine.begin() as conn:
         await conn.execute(
             text("UPDATE messages SET edited_at = now() + interval '1 second' WHERE id = :id"),
@@ -714,8 +715,14 @@ async def test_rebuild_documents_match_the_indexers_and_skip_what_does_not_decry
             ),
             {"id": tampered},
         )
+        await conn.execute(
+            text("UPDATE messages SET key_version = 99 WHERE id = :id"), {"id": orphan}
+        )
 
     rows = await search.service._rebuild_rows("00000000-0000-0000-0000-000000000000", 1000)
+    # Every message of the chunk is there, the undecryptable ones too (a chunk that came
+    # back short would end the rebuild early).
+    assert {kept, edited, tampered, orphan} <= {row["id"] for row in rows}
     documents = {
         d["id"]: d for d in search.service._rebuild_documents(rows) if d["conversation_id"] == conv
     }
@@ -724,3 +731,4 @@ async def test_rebuild_documents_match_the_indexers_and_skip_what_does_not_decry
     assert documents == indexed
     assert "edited_at" in documents[edited] and "edited_at" not in documents[kept]
     assert f"message {tampered} cannot be indexed: DecryptionFailed" in caplog.text
+    assert f"message {orphan} cannot be indexed: KeyVersionMissing" in caplog.text
