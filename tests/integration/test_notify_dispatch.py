@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import os
 import socket
 import uuid
@@ -18,13 +19,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import text
-from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
@@ -36,7 +37,6 @@ from missive.constants import (
     EVENT_MESSAGE_NEW,
     EVENT_NOTIFICATION_NEW,
     EVENT_NOTIFICATION_UNREAD,
-    TASK_QUEUE_NOTIFY,
     conversation_room,
     notify_digest_workflow_id,
     notify_message_workflow_id,
@@ -799,10 +799,16 @@ async def test_notify_workers_send_a_message_s_push_and_email_digest(
     twilio: tuple[TwilioSink, str],
     smtp_port: int,
     inbox: Inbox,
-    time_env: WorkflowEnvironment,
+    dev_env: WorkflowEnvironment,
     database_url: str,
+    task_queue: str,
 ) -> None:
-    """runtime.notify's workers run the real workflows and activities on their queues."""
+    """runtime.notify's workers run the real workflows and activities on their queues.
+
+    On the dev server, in real time with delays of a second or two: the whole
+    escalation (in-app, push after the grace, an email digest after its window)
+    takes a few seconds and depends on no time skipping.
+    """
     from workflows.notify_digest import NotificationDigestWorkflow
     from workflows.notify_message import NotifyMessageWorkflow
 
@@ -813,6 +819,17 @@ async def test_notify_workers_send_a_message_s_push_and_email_digest(
         smtp_host="127.0.0.1",
         smtp_port=smtp_port,
         email_from=f"Missive <notify@{MAIL_DOMAIN}>",
+        notify_grace_seconds=1,
+        notify_email_delay_seconds=2,
+        notify_digest_window_seconds=1,
+    )
+    # Queues of this test's own, on the session's dev server.
+    options = dataclasses.replace(
+        notify_options(settings),
+        task_queue=f"{task_queue}-notify",
+        push_task_queue=f"{task_queue}-push",
+        email_task_queue=f"{task_queue}-email",
+        sms_task_queue=f"{task_queue}-sms",
     )
     stored = await core.messages.persist(
         PersistMessageInput(
@@ -822,10 +839,10 @@ async def test_notify_workers_send_a_message_s_push_and_email_digest(
             body="deploy done",
         )
     )
-    client = time_env.client
+    client = dev_env.client
     async with AsyncExitStack() as stack:
         senders = open_notify(settings, core, stack)
-        for worker in notify_workers(settings, client, core, Emitted(), senders):
+        for worker in notify_workers(settings, client, core, Emitted(), senders, queues=options):
             await stack.enter_async_context(worker)
         handle = await client.start_workflow(
             NotifyMessageWorkflow.run,
@@ -835,10 +852,10 @@ async def test_notify_workers_send_a_message_s_push_and_email_digest(
                 sender_id=world.ana,
                 seq=stored.seq,
                 created_at=stored.created_at,
-                options=notify_options(settings),
+                options=options,
             ),
             id=notify_message_workflow_id(stored.message_id),
-            task_queue=TASK_QUEUE_NOTIFY,
+            task_queue=options.task_queue,
         )
         digests = [
             client.get_workflow_handle_for(
@@ -849,9 +866,9 @@ async def test_notify_workers_send_a_message_s_push_and_email_digest(
         try:
             result = await asyncio.wait_for(handle.result(), E2E_TIMEOUT)
             for digest in digests:
-                assert (await asyncio.wait_for(_closed_result(digest), E2E_TIMEOUT)).digests == 1
+                assert (await asyncio.wait_for(digest.result(), E2E_TIMEOUT)).digests == 1
         finally:
-            # Leave nothing running on the session's time-skipping server.
+            # Leave nothing running on the session's dev server.
             for running in [handle.id, *(d.id for d in digests)]:
                 with suppress(RPCError):
                     await client.get_workflow_handle(running).terminate("test over")
@@ -868,20 +885,3 @@ async def test_notify_workers_send_a_message_s_push_and_email_digest(
         "cy@example.com",
     ]
     assert {mail["Subject"] for _, mail in inbox.emails} == {"New message from Ana in #ops"}
-
-
-T = TypeVar("T")
-
-
-async def _closed_result(handle: WorkflowHandle[Any, T]) -> T:
-    """The workflow's result once it closed.
-
-    The time-skipping server can end a result long-poll with no close event yet
-    (the SDK then raises RuntimeError); polling again goes on skipping time,
-    which describe() would not.
-    """
-    while True:
-        try:
-            return await handle.result()
-        except RuntimeError:
-            continue

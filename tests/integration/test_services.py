@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncpg
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from missive.errors import (
     ConversationNotFound,
@@ -14,6 +16,7 @@ from missive.errors import (
     NotAMember,
 )
 from missive.models import ConversationKind
+from missive.pubsub import connect_args
 from missive.schemas import PersistMessageInput, ReceiptInput, ReceiptStatus
 from missive.services.directory import NewUser
 from runtime.wiring import Core
@@ -194,3 +197,26 @@ async def test_thousand_member_group_tells_its_lifecycle_only_milestones(core: C
             told[status] += sum(_lifecycle_reacts(c, 32) for c in applied.changes)
     assert told == {"delivered": 1, "read": 1}
     assert await _count(core, "SELECT count(*) FROM deliveries WHERE status = 2") == 1000
+
+
+async def test_the_pool_recovers_once_postgresql_dropped_its_connections(
+    core: Core, database_url: str
+) -> None:
+    """No pre-ping (it costs two round trips a checkout): a connection that died fails
+    its first statement, which activities retry, and the pool starts afresh."""
+    uid = await core.directory.create_user(NewUser(handle="ana"))
+    assert await core.directory.user_exists(uid)  # the pool holds a connection now
+    admin = await asyncpg.connect(**connect_args(database_url))
+    try:
+        killed = await admin.fetchval(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+    finally:
+        await admin.close()
+    assert killed >= 1
+
+    with pytest.raises(DBAPIError):
+        await core.directory.user_exists(uid)
+    # SQLAlchemy saw the disconnect and dropped the pool's connections: the next call works.
+    assert await core.directory.user_exists(uid)
