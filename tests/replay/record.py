@@ -65,6 +65,23 @@ def _send(cmid: str, body: str = "hello", **extra: object) -> SendMessageInput:
     )
 
 
+async def _start_acked(
+    env: WorkflowEnvironment, send: SendMessageInput, queue: str
+) -> WorkflowHandle[MessageLifecycleWorkflow, Any]:
+    """Starts ANA's lifecycle and waits for its ack (the ``accepted`` update)."""
+    lifecycle = await env.client.start_workflow(
+        MessageLifecycleWorkflow.run,
+        send,
+        id=message_workflow_id(ANA, send.client_message_id),
+        task_queue=queue,
+    )
+    await lifecycle.execute_update(
+        MessageLifecycleWorkflow.accepted,
+        AcceptInput(send_fingerprint(CONV, send.body), send.request_id),
+    )
+    return lifecycle
+
+
 def _read_by_ben(cmid: str) -> ApplyReceiptResult:
     """What applying BEN's read of ANA's only message returns."""
     return ApplyReceiptResult(
@@ -133,16 +150,8 @@ async def _record_notified(env: WorkflowEnvironment) -> None:
     async with Worker(
         env.client, task_queue=queue, workflows=WORKFLOWS, activities=[*messages, *_notify_fakes()]
     ):
-        send = _send("notified", notify=options, mentions=[BEN])
-        lifecycle = await env.client.start_workflow(
-            MessageLifecycleWorkflow.run,
-            send,
-            id=message_workflow_id(ANA, "notified"),
-            task_queue=queue,
-        )
-        await lifecycle.execute_update(
-            MessageLifecycleWorkflow.accepted,
-            AcceptInput(send_fingerprint(CONV, send.body), send.request_id),
+        lifecycle = await _start_acked(
+            env, _send("notified", notify=options, mentions=[BEN]), queue
         )
         await env.sleep(90)  # past the grace: the agenda dispatches the push step
         fakes.receipt_results.append(_read_by_ben("notified"))
@@ -174,17 +183,7 @@ async def record() -> None:
         client = env.client
 
         # Sent, acked, read by its only recipient through a receipt workflow.
-        send = _send("all-read")
-        lifecycle = await client.start_workflow(
-            MessageLifecycleWorkflow.run,
-            send,
-            id=message_workflow_id(ANA, "all-read"),
-            task_queue=queue,
-        )
-        await lifecycle.execute_update(
-            MessageLifecycleWorkflow.accepted,
-            AcceptInput(send_fingerprint(CONV, send.body), send.request_id),
-        )
+        lifecycle = await _start_acked(env, _send("all-read"), queue)
         fakes.receipt_results.append(_read_by_ben("all-read"))
         receipt = await client.start_workflow(
             ReceiptWorkflow.run,
