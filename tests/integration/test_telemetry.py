@@ -34,19 +34,13 @@ from runtime.process import run_process
 from runtime.telemetry import tracing_interceptors
 from runtime.wiring import WORKFLOWS, Core, activity_methods, message_activities
 from starter.client import MissiveClient
-from tests.conftest import ROOT, base_settings, process_env
+from tests.conftest import ROOT, base_settings, free_port, process_env
 from worker import run_worker
 
 pytestmark = pytest.mark.integration
 
 WAIT = 30.0
 """Upper bound for counts to show up; the work itself takes milliseconds."""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _address(dev_env: WorkflowEnvironment) -> str:
@@ -110,7 +104,7 @@ async def test_worker_serves_project_and_sdk_metrics_after_real_work(
     conversation = await core.directory.create_conversation(
         kind=ConversationKind.GROUP, members=[ana, ben]
     )
-    metrics_port, sdk_port = _free_port(), _free_port()
+    metrics_port, sdk_port = free_port(), free_port()
     worker = await asyncio.create_subprocess_exec(
         sys.executable,
         "worker.py",
@@ -165,7 +159,7 @@ async def gateway_url(
     settings: Settings, dev_env: WorkflowEnvironment
 ) -> AsyncIterator[tuple[str, int]]:
     """The gateway under uvicorn with its SDK metrics on a port of their own."""
-    sdk_port = _free_port()
+    sdk_port = free_port()
     app = create_app(
         base_settings(
             database_url=settings.database_url,

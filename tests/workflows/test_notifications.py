@@ -4,20 +4,15 @@ faked by name, then end to end with the real activities, database and provider s
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email import message_from_bytes, policy
-from email.message import EmailMessage
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
 from temporalio import activity
 from temporalio.client import WorkflowHandle
 from temporalio.exceptions import ApplicationError
@@ -75,7 +70,8 @@ from missive.schemas import (
 from missive.services.directory import NewUser
 from runtime.notify import open_notify
 from runtime.wiring import WORKFLOWS, Core, activity_methods, message_activities
-from tests.conftest import base_settings
+from tests.conftest import base_settings, free_port
+from tests.mailbox import Inbox, start_smtp
 from workflows.message_lifecycle import MessageLifecycleWorkflow
 from workflows.notify_digest import NotificationDigestWorkflow
 from workflows.notify_message import NotifyMessageWorkflow
@@ -741,28 +737,6 @@ class Emitted:
         return [d for e, d, room in self.events if e == event and room == user_room(user_id)]
 
 
-class Inbox:
-    """aiosmtpd handler recording every accepted email."""
-
-    def __init__(self) -> None:
-        self.emails: list[tuple[Envelope, EmailMessage]] = []
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        raw = envelope.original_content or b""
-        self.emails.append((envelope, message_from_bytes(raw, policy=policy.default)))  # type: ignore[arg-type]
-        return "250 Message accepted"
-
-    def to(self, address: str) -> list[EmailMessage]:
-        """The emails delivered to ``address``."""
-        return [mail for envelope, mail in self.emails if address in envelope.rcpt_tos]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def _until(predicate: Callable[[], bool], within: float = 15.0) -> None:
     """Waits (real time) for something a worker does asynchronously; fails after ``within``."""
     deadline = asyncio.get_running_loop().time() + within
@@ -903,9 +877,8 @@ async def rig(
     time_env: WorkflowEnvironment, core: Core, database_url: str, task_queue: str
 ) -> AsyncIterator[Rig]:
     fcm, twilio, inbox = FcmSink(), TwilioSink(), Inbox()
-    smtp_port = _free_port()
-    smtp = Controller(inbox, hostname="127.0.0.1", port=smtp_port)
-    smtp.start()
+    smtp_port = free_port()
+    smtp = start_smtp(inbox, smtp_port)
     emitted = Emitted()
     options = _options(
         task_queue,
