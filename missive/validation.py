@@ -6,9 +6,14 @@ Pure functions with no I/O, so the workflow sandbox can run them too.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 
 from missive.errors import InvalidInput
+
+E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+"""An E.164 phone number: ``+`` then 7 to 15 digits, no leading zero (planning and the
+SMS sender apply the same rule)."""
 
 MAX_CLIENT_MESSAGE_ID = 128
 

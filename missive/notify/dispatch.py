@@ -34,12 +34,15 @@ from missive.notify.content import (
 )
 from missive.notify.log import (
     REASON_GONE,
+    REASON_NO_DEVICE,
+    REASON_NO_EMAIL,
     ClaimedNotification,
     NotificationLog,
     Outcome,
     PushClear,
 )
 from missive.notify.mail import Email, EmailSender
+from missive.notify.preferences import REASON_NO_PHONE
 from missive.notify.push import PushMessage, PushSender
 from missive.notify.sms import SmsSender
 from missive.schemas import Channel, NotificationStatus, SendNotificationsResult
@@ -242,7 +245,7 @@ class ChannelSenders:
         if not row.messages:
             return _outcome(row, NotificationStatus.CANCELLED, REASON_GONE)
         if not row.devices:
-            return _outcome(row, NotificationStatus.SKIPPED, "no push device registered")
+            return _outcome(row, NotificationStatus.SKIPPED, REASON_NO_DEVICE)
         message = max(row.messages, key=lambda m: m.seq)
         content = push_content(row.messages, previews, mention=row.mention)
         data = {
@@ -291,7 +294,7 @@ class ChannelSenders:
             return _outcome(row, NotificationStatus.CANCELLED, REASON_GONE)
         address = (row.recipient.email or "").strip()
         if not address:
-            return _outcome(row, NotificationStatus.SKIPPED, "no email address")
+            return _outcome(row, NotificationStatus.SKIPPED, REASON_NO_EMAIL)
         content = email_content(
             row.messages, previews, recipient_name=row.recipient.display_name, mention=row.mention
         )
@@ -310,7 +313,7 @@ class ChannelSenders:
             return _outcome(row, NotificationStatus.CANCELLED, REASON_GONE)
         phone = (row.recipient.phone or "").strip()
         if not phone:
-            return _outcome(row, NotificationStatus.SKIPPED, "no phone number")
+            return _outcome(row, NotificationStatus.SKIPPED, REASON_NO_PHONE)
         body = sms_text(row.messages, previews, mention=row.mention)
         return _single_outcome(row, await self._call(lambda: self._sms.send(to=phone, body=body)))
 

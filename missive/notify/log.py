@@ -1258,7 +1258,8 @@ class NotificationLog:
                 if reason is not None:
                     cancel.add(s.id, NotificationStatus.CANCELLED, reason)
             cancelled = await cancel.apply(session, now=now, from_statuses=["queued", "sending"])
-            claimable = [s.id for s in states if s.id not in set(cancel.ids)]
+            to_cancel = set(cancel.ids)
+            claimable = [s.id for s in states if s.id not in to_cancel]
             if not claimable:
                 return [], len(cancelled)
             claimed = (

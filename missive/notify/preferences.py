@@ -16,11 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from missive.errors import ConversationNotFound, InvalidInput, NotAMember, UserNotFound
 from missive.models import DevicePlatform
 from missive.schemas import Channel, ConversationPreferences, NotificationPreferences
-from missive.validation import require_uuid
+from missive.validation import E164, require_uuid
 
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-"""An E.164 phone number, the rule SmsSender applies (kept here so planning does not
-import the Twilio client)."""
+REASON_NO_PHONE = "no phone number"
 
 MAX_PUSH_TOKEN = 4_096
 """Longest push token accepted (FCM tokens are a few hundred characters)."""
@@ -225,7 +223,7 @@ def conversation_preferences(
 def phone_problem(phone: str | None) -> str | None:
     """Why SMS cannot go to this number (None: it can)."""
     if phone is None or not phone.strip():
-        return "no phone number"
+        return REASON_NO_PHONE
     if not E164.match(phone):
         return f"phone number {phone!r} is not E.164 (+ then 7-15 digits)"
     return None

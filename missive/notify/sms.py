@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import aiohttp
@@ -15,12 +14,10 @@ from missive.config import Settings
 from missive.errors import InvalidInput, InvalidRecipient, ProviderUnavailable, RateLimited
 from missive.notify.endpoints import twilio_base_url
 from missive.notify.errors import parse_retry_after, twilio_error
+from missive.validation import E164
 
 DEV_SINK_AUTH_TOKEN = "missive-dev-sink"
 """Auth token sent to a local Twilio sink (twilio.com needs TWILIO_AUTH_TOKEN)."""
-
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
-"""An E.164 phone number: ``+`` then 7 to 15 digits, no leading zero."""
 
 
 class _HttpClient(AsyncTwilioHttpClient):

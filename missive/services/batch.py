@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import re
@@ -18,12 +17,13 @@ from typing import Any, Protocol
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from missive.broadcast import Broadcaster, Emitter
-from missive.constants import conversation_room, message_id_for
+from missive.broadcast import Emitter, emit_many, message_new_event
+from missive.constants import EVENT_MESSAGE_NEW, conversation_room, message_id_for
 from missive.crypto import MessageCipher, WrappedKey
 from missive.e2e import E2E
 from missive.errors import InvalidInput, PermanentError
 from missive.jobs import EVENT_MESSAGES_BATCH, batch_client_message_id
+from missive.pubsub import Emit
 from missive.schemas import BatchChunkResult, BatchFailure, BatchKind, BatchReport
 from missive.services.messages import StoredMessage
 from missive.validation import require_body, require_client_message_id, require_uuid
@@ -37,7 +37,6 @@ LIVE_EVENTS_PER_CONVERSATION = 1
 compact ``messages:batch`` event tells clients to catch up. Each live event is
 a publish round trip: per-message events for an import cost half its speed."""
 
-_EMIT_CONCURRENCY = 16
 _DIRECT_NAMESPACE = uuid.UUID("5b0c51a4-3b7e-4e36-9d67-4f1f0c1f2d8e")
 """Of direct_conversation_id; fixed, so later batches derive the same ids."""
 _MAX_LISTED_BAD_LINES = 10
@@ -216,7 +215,6 @@ class BatchService:
         self._engine = engine
         self._cipher = cipher
         self._emitter = emitter
-        self._broadcaster = Broadcaster(emitter) if emitter is not None else None
         self._sinks = list(sinks)
 
     @asynccontextmanager
@@ -326,9 +324,12 @@ class BatchService:
         if step <= 0:
             raise InvalidInput(f"step must be positive, got {step}")
         cursor = from_item if resume_from is None else max(from_item, resume_from)
+        # The sinks are told the batch's kind; it never changes, so it is read once.
+        described = await self.exists(batch_id) if self._sinks else None
+        kind = described[0] if described is not None else ""
         while cursor < to_item:
             end = min(cursor + step, to_item)
-            await self._process_range(batch_id, cursor, end, max_body_bytes)
+            await self._process_range(batch_id, kind, cursor, end, max_body_bytes)
             cursor = end
             if on_progress is not None:
                 await on_progress(cursor)
@@ -349,7 +350,7 @@ class BatchService:
         )
 
     async def _process_range(
-        self, batch_id: str, start: int, end: int, max_body_bytes: int
+        self, batch_id: str, kind: str, start: int, end: int, max_body_bytes: int
     ) -> None:
         announce: list[StoredMessage] = []
         async with self._conn() as conn:
@@ -370,7 +371,7 @@ class BatchService:
             if earlier:
                 announce = await self._load(conn, earlier) + announce
         if announce:
-            await self._announce(batch_id, announce)
+            await self._announce(batch_id, kind, announce)
 
     async def _store(
         self,
@@ -665,46 +666,33 @@ class BatchService:
             )
         return loaded
 
-    async def _announce(self, batch_id: str, messages: list[StoredMessage]) -> None:
-        if self._sinks:
-            described = await self.exists(batch_id)
-            kind = described[0] if described is not None else ""
-            for sink in self._sinks:
-                await sink.messages_stored(messages, kind=kind)
-        if self._broadcaster is None:
+    async def _announce(self, batch_id: str, kind: str, messages: list[StoredMessage]) -> None:
+        for sink in self._sinks:
+            await sink.messages_stored(messages, kind=kind)
+        if self._emitter is None:
             return
         by_conv: dict[str, list[StoredMessage]] = defaultdict(list)
         for message in messages:
             by_conv[message.conversation_id].append(message)
-        emits: list[Callable[[], Awaitable[None]]] = []
+        emits: list[Emit] = []
         for cid, group in by_conv.items():
             if len(group) <= self._live_events:
-                emits.extend(_bind(self._broadcaster.message_new, m) for m in group)
+                emits.extend(
+                    Emit(EVENT_MESSAGE_NEW, message_new_event(m), conversation_room(cid))
+                    for m in group
+                )
             else:
-                emits.append(_bind(self._emit_compact, batch_id, cid, group))
-        gate = asyncio.Semaphore(_EMIT_CONCURRENCY)
-
-        async def run(emit: Callable[[], Awaitable[None]]) -> None:
-            async with gate:
-                await emit()
-
-        await asyncio.gather(*(run(e) for e in emits))
-
-    async def _emit_compact(self, batch_id: str, cid: str, group: list[StoredMessage]) -> None:
-        assert self._emitter is not None
-        first, last = min(m.seq for m in group), max(m.seq for m in group)
-        await self._emitter.emit(
-            EVENT_MESSAGES_BATCH,
-            {
-                "event_id": f"{EVENT_MESSAGES_BATCH}:{batch_id}:{cid}:{first}",
-                "batch_id": batch_id,
-                "conversation_id": cid,
-                "from_seq": first,
-                "to_seq": last,
-                "count": len(group),
-            },
-            room=conversation_room(cid),
-        )
+                first, last = min(m.seq for m in group), max(m.seq for m in group)
+                compact = {
+                    "event_id": f"{EVENT_MESSAGES_BATCH}:{batch_id}:{cid}:{first}",
+                    "batch_id": batch_id,
+                    "conversation_id": cid,
+                    "from_seq": first,
+                    "to_seq": last,
+                    "count": len(group),
+                }
+                emits.append(Emit(EVENT_MESSAGES_BATCH, compact, conversation_room(cid)))
+        await emit_many(self._emitter, emits)
 
     # --- reports -------------------------------------------------------------
 
@@ -768,10 +756,6 @@ ORDER BY x.sender, x.recipient, c.encryption_mode = 'e2e', c.created_at, c.id
 def _found(found: dict[tuple[str, str], str], pair: tuple[str, ...]) -> bool:
     a, b = pair
     return (a, b) in found or (b, a) in found
-
-
-def _bind(fn: Callable[..., Awaitable[None]], *args: Any) -> Callable[[], Awaitable[None]]:
-    return lambda: fn(*args)
 
 
 _ITEM_FIELDS = {
