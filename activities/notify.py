@@ -125,8 +125,7 @@ class NotifyActivities:
         """Emits the in-app notifications just created and counts them."""
         await self._emit_notices(notices)
         if self._metrics is not None:
-            for _ in notices:
-                self._metrics.notification(str(Channel.IN_APP), "sent")
+            self._metrics.notification(str(Channel.IN_APP), "sent", len(notices))
 
     @activity.defn
     @translate_errors
@@ -134,8 +133,7 @@ class NotifyActivities:
         """Moves rows whose channel stayed down to the recipient's next allowed channel."""
         result = await self._log.fall_back(input)
         if self._metrics is not None:
-            for _ in range(result.fell_back):
-                self._metrics.notification(str(input.channel), "fell_back")
+            self._metrics.notification(str(input.channel), "fell_back", result.fell_back)
         return result
 
     @activity.defn

@@ -5,7 +5,7 @@
 Measured in one run, against the same local FCM sink:
 
 * Missive: one message to a group of ``--members`` members, each with one device,
-  sent through Temporal (lifecycle -> notification workflow). ``--members -
+  sent through Temporal (the lifecycle runs its notification agenda). ``--members -
   --offline`` of them receive the message within the grace period; the others get
   a push. The wave is timed from the moment the pushes fell due (the message's
   time plus the grace period, a deliberate wait) until the sink has every push.
@@ -31,7 +31,7 @@ from sqlalchemy import text
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
-from bench.harness import free_port, stack
+from bench.harness import Stack, free_port, stack
 from missive.models import ConversationKind
 from missive.notify.dispatch import SEND_CONCURRENCY
 from missive.notify.push import PushMessage, PushSender, _StaticSinkCredentials
@@ -88,11 +88,8 @@ async def _actions(client: Client, workflow_id: str) -> int:
 
 
 async def _project_round(
-    s: object, core: Core, sink: FcmSink, *, members: int, offline: int, grace: int
+    s: Stack, core: Core, sink: FcmSink, *, members: int, offline: int, grace: int
 ) -> tuple[float, int, int]:
-    from bench.harness import Stack
-
-    assert isinstance(s, Stack)
     sender, ids, conversation = await _group(core, members)
     online = ids[offline:]
     sink.clear()

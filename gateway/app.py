@@ -43,7 +43,7 @@ from missive.errors import (
 from missive.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from missive.metrics import Metrics
 from missive.notify.log import NotificationRow
-from missive.notify.options import notify_options
+from missive.notify.options import send_notify_options
 from missive.notify.preferences import (
     require_platform,
     require_push_token,
@@ -175,6 +175,7 @@ class Gateway:
         self._client: Client | None = None
         self._worker: Worker | None = None
         self._acks = LocalAcks()
+        self._notify = send_notify_options(settings)  # settings never change: built once
         self._search: SearchService | None = None
         self.metrics = Metrics()
         """The project's metrics of this process, served at ``/metrics``."""
@@ -390,7 +391,7 @@ class Gateway:
                 receipt_detail_max_recipients=self.settings.receipt_detail_max_recipients,
                 e2e_header=e2e_header,
                 mentions=mentions,
-                notify=notify_options(self.settings) if self.settings.notify_enabled else None,
+                notify=self._notify,
             )
         )
         _, client = self._services()
@@ -445,7 +446,7 @@ class Gateway:
                 message_id=message_id,
                 lifecycle_window_seconds=self.settings.lifecycle_window_seconds,
                 receipt_detail_max_recipients=self.settings.receipt_detail_max_recipients,
-                notify=notify_options(self.settings) if self.settings.notify_enabled else None,
+                notify=self._notify,
             ),
             eager=True,
             search_attributes=start_attributes(

@@ -253,7 +253,8 @@ class Settings(BaseSettings):
     TWILIO_AUTH_TOKEN is set, else the dev Twilio sink http://127.0.0.1:8792."""
 
     notify_enabled: bool = True
-    """Whether sends start a notification workflow for each new message."""
+    """Whether each new message's lifecycle notifies its recipients (the sender's
+    setting, carried in the send); a worker with it off serves no notification queues."""
 
     notify_grace_seconds: int = Field(default=60, ge=0)
     """Push goes to a recipient whose delivery is still not "delivered" this long

@@ -113,9 +113,10 @@ class Metrics:
         """Counts one permanent refusal, labelled with the error's class name."""
         self.refusals.labels(activity=activity, error=type(error).__name__).inc()
 
-    def notification(self, channel: str, outcome: str) -> None:
-        """Counts one notification attempt's outcome."""
-        self.notifications.labels(channel=channel, outcome=outcome).inc()
+    def notification(self, channel: str, outcome: str, count: int = 1) -> None:
+        """Counts ``count`` notification outcomes of one kind."""
+        if count > 0:
+            self.notifications.labels(channel=channel, outcome=outcome).inc(count)
 
     def batch_chunk(self, *, stored: int, failed: int) -> None:
         """Counts the items of one completed chunk."""

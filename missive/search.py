@@ -92,6 +92,29 @@ def _ms(value: datetime) -> int:
     return (value - _EPOCH) // timedelta(milliseconds=1)
 
 
+def _search_document(
+    mid: str,
+    cid: str,
+    sender: str,
+    seq: int,
+    created_ms: int,
+    edited_ms: int | None,
+    text_: str,
+) -> dict[str, Any]:
+    """A message's Typesense document (the collection's fields; edited_at only if edited)."""
+    document: dict[str, Any] = {
+        "id": mid,
+        "conversation_id": cid,
+        "sender_id": sender,
+        "seq": seq,
+        "created_at": created_ms,
+        "text": text_,
+    }
+    if edited_ms is not None:
+        document["edited_at"] = edited_ms
+    return document
+
+
 def _from_ms(value: int) -> datetime:
     return datetime.fromtimestamp(value / 1000, UTC)
 
@@ -425,17 +448,15 @@ class SearchService:
             message_id=row.id,
             ciphertext=row.body_ciphertext,
         )
-        document: dict[str, Any] = {
-            "id": row.id,
-            "conversation_id": row.conversation_id,
-            "sender_id": row.sender_id,
-            "seq": row.seq,
-            "created_at": _ms(row.created_at),
-            "text": body.decode("utf-8"),
-        }
-        if row.edited_at is not None:
-            document["edited_at"] = _ms(row.edited_at)
-        return document
+        return _search_document(
+            row.id,
+            row.conversation_id,
+            row.sender_id,
+            row.seq,
+            _ms(row.created_at),
+            None if row.edited_at is None else _ms(row.edited_at),
+            body.decode("utf-8"),
+        )
 
     def _change(self, row: Any) -> _Doc:
         if row.deleted_at is not None:
@@ -709,17 +730,7 @@ class SearchService:
             except (DecryptionFailed, KeyVersionMissing, UnicodeDecodeError) as err:
                 log.error("message %s cannot be indexed: %s", mid, type(err).__name__)
                 continue
-            document = {
-                "id": mid,
-                "conversation_id": cid,
-                "sender_id": sender,
-                "seq": seq,
-                "created_at": created_ms,
-                "text": plain,
-            }
-            if edited_ms is not None:
-                document["edited_at"] = edited_ms
-            documents.append(document)
+            documents.append(_search_document(mid, cid, sender, seq, created_ms, edited_ms, plain))
         return documents
 
     async def finish_rebuild(self, collection: str, started_at: datetime) -> RebuildFinishResult:

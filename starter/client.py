@@ -37,7 +37,7 @@ from missive.errors import (
     PermanentError,
     ProviderUnavailable,
 )
-from missive.notify.options import notify_options
+from missive.notify.options import send_notify_options
 from missive.schemas import (
     MessageStatus,
     ReceiptInput,
@@ -114,7 +114,7 @@ def send_input(
         lifecycle_window_seconds=settings.lifecycle_window_seconds,
         receipt_detail_max_recipients=settings.receipt_detail_max_recipients,
         e2e_header=header,
-        notify=notify_options(settings) if settings.notify_enabled else None,
+        notify=send_notify_options(settings),
     )
 
 
@@ -144,7 +144,7 @@ def receipt_input(
         message_id=require_uuid(message_id, "message_id") if message_id is not None else None,
         lifecycle_window_seconds=settings.lifecycle_window_seconds,
         receipt_detail_max_recipients=settings.receipt_detail_max_recipients,
-        notify=notify_options(settings) if settings.notify_enabled else None,
+        notify=send_notify_options(settings),
     )
 
 

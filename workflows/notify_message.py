@@ -195,9 +195,9 @@ class NotificationAgenda:
         self._planned += plan.planned
         self._skipped += plan.skipped
         next_due = plan.next_due
-        dispatched = plan.dispatched is not None
         if plan.dispatched is not None:
             self._took(plan.dispatched, input.options)
+        dispatched = plan.dispatched is not None
         while next_due is not None:
             wait = next_due - workflow.now()
             if dispatched and wait < MIN_PAUSE:

@@ -140,9 +140,10 @@ SEARCH_CHECK_RETRY = RetryPolicy(
 
 # --- notifications ---
 
-# plan_notifications, dispatch_due, fall_back, prepare_digest and settle_notifications are
-# a few bulk statements on the local database (a 2,000-member group is one INSERT ...
-# SELECT); dispatch_due also emits one in-app event per recipient. Milliseconds to a
+# plan_notifications, dispatch_due, fall_back and prepare_digest are a few bulk statements
+# on the local database (a 2,000-member group is one INSERT ... SELECT); plan and dispatch
+# also emit the in-app events, as batched publishes. (settle_notifications runs inside a
+# receipt, under DB_WRITE_TIMEOUT.) Milliseconds to a
 # second when healthy; 30 s only trips on a stuck connection or lock.
 NOTIFY_DB_TIMEOUT = timedelta(seconds=30)
 

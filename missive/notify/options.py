@@ -7,6 +7,11 @@ from missive.constants import TASK_QUEUE_EMAIL, TASK_QUEUE_NOTIFY, TASK_QUEUE_PU
 from missive.schemas import NotifyOptions
 
 
+def send_notify_options(settings: Settings) -> NotifyOptions | None:
+    """What a send or a receipt carries: the options, or None when NOTIFY_ENABLED is off."""
+    return notify_options(settings) if settings.notify_enabled else None
+
+
 def notify_options(settings: Settings) -> NotifyOptions:
     """The delays, deadlines, batch size and queues a message's notifications use.
 
