@@ -14,10 +14,13 @@ from datetime import timedelta
 from typing import Any, TypeVar
 
 import socketio
-from temporalio.client import Client
+from sqlalchemy.exc import SQLAlchemyError
+from temporalio.client import Client, RPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
+from gateway.admission import TEMPORAL_DOWN, Admission
+from missive.broadcast import Broadcaster
 from missive.config import Settings
 from missive.constants import (
     EVENT_DEVICE_REGISTER,
@@ -32,6 +35,7 @@ from missive.constants import (
     conversation_room,
     user_room,
 )
+from missive.db import session_factory
 from missive.e2e import require_e2e_header
 from missive.errors import (
     InvalidInput,
@@ -51,17 +55,18 @@ from missive.notify.preferences import (
     validate_conversation_preferences,
     validate_user_preferences,
 )
+from missive.ratelimit import PostgresBuckets, RedisBuckets, SendLimiter
 from missive.schemas import (
     ConversationPreferences,
     MessageAccepted,
     NotificationPreferences,
     PersistMessageInput,
     PersistMessageResult,
-    ReceiptInput,
     ReceiptStatus,
     SendMessageInput,
 )
 from missive.search import SearchService, parse_search_request, result_json
+from missive.services.receipts import Watermark
 from missive.tokens import verify_token
 from missive.validation import (
     require_body,
@@ -70,13 +75,15 @@ from missive.validation import (
     require_uuid,
 )
 from runtime.client import connect
-from runtime.messaging import apply_receipt, send_message, with_request_id
+from runtime.messaging import send_message, with_request_id
+from runtime.receipt_batcher import ReceiptBatcher
 from runtime.search import open_search
-from runtime.search_attributes import KIND_MESSAGE, KIND_RECEIPT, start_attributes
+from runtime.search_attributes import KIND_MESSAGE, start_attributes
 from runtime.telemetry import open_telemetry
 from runtime.wiring import (
     WORKFLOWS,
     Core,
+    MessageQueueActivities,
     activity_methods,
     client_manager,
     message_activities,
@@ -86,20 +93,8 @@ from runtime.wiring import (
 
 log = logging.getLogger("missive.gateway")
 
-ACK_TIMEOUT_SECONDS = 30.0
-"""How long an event waits for its workflow's answer before acking a Timeout error.
-
-Persisting takes milliseconds; 30 s only trips while PostgreSQL or Temporal is
-down, and the client may resend then (the same client_message_id never makes a
-second message)."""
-
 HEALTH_PATH = "/healthz"
 METRICS_PATH = "/metrics"
-
-_TEMPORAL_DOWN = frozenset(
-    {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED}
-)
-"""RPC failures that mean "try again later" rather than a bug."""
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -177,9 +172,12 @@ class Gateway:
         self._acks = LocalAcks()
         self._notify = send_notify_options(settings)  # settings never change: built once
         self._search: SearchService | None = None
+        self._receipts: ReceiptBatcher | None = None
         self.metrics = Metrics()
         """The project's metrics of this process, served at ``/metrics``."""
+        self._admission = Admission(settings, None, self.metrics)
         self.sio.on("connect", self._on_connect)
+        self.sio.on("disconnect", self._on_disconnect)
         self.sio.on(EVENT_MESSAGE_SEND, self._guarded(EVENT_MESSAGE_SEND, self._send))
         self.sio.on(
             EVENT_MESSAGE_SEARCH, self._guarded(EVENT_MESSAGE_SEARCH, self._search_messages)
@@ -232,7 +230,16 @@ class Gateway:
             if hasattr(manager, "close"):
                 stack.push_async_callback(manager.close)
             stack.push_async_callback(self.sio.shutdown)
-            worker = await self._start_worker(client, core, stack)
+            acts = message_activities(
+                core, self.sio, persist_listener=self._acks, metrics=self.metrics
+            )
+            worker = await self._start_worker(client, acts, stack)
+            self._admission = Admission(
+                self.settings, await _send_limiter(self.settings, core, stack), self.metrics
+            )
+            receipts = self._receipt_batcher(core, client, acts)
+            receipts.start()
+            stack.push_async_callback(receipts.close)
             # Listen for other processes' emits now rather than on the first connection.
             if not self.sio.manager_initialized:
                 self.sio.manager_initialized = True
@@ -241,6 +248,7 @@ class Gateway:
             await stack.aclose()
             raise
         self._stack, self._core, self._client, self._worker = stack, core, client, worker
+        self._receipts = receipts
         log.info(
             "gateway ready: worker on %s at %s (namespace %s)",
             TASK_QUEUE_MESSAGES,
@@ -254,6 +262,7 @@ class Gateway:
         # New events answer "unavailable" at once instead of waiting on a stopping worker.
         self._core = self._client = self._worker = None
         self._search = None
+        self._receipts = None
         if stack is not None:
             log.info("draining in-flight work (up to %ss)", self.settings.graceful_shutdown_seconds)
             await stack.aclose()
@@ -268,16 +277,33 @@ class Gateway:
         finally:
             await self.stop()
 
-    async def _start_worker(self, client: Client, core: Core, stack: AsyncExitStack) -> Worker:
+    def _receipt_batcher(
+        self, core: Core, client: Client, acts: MessageQueueActivities
+    ) -> ReceiptBatcher:
+        settings = self.settings
+        return ReceiptBatcher(
+            receipts=core.receipts,
+            broadcaster=Broadcaster(self.sio),
+            client=client,
+            notify_activities=acts.notify,
+            notify=self._notify,
+            lifecycle_window_seconds=settings.lifecycle_window_seconds,
+            detail_max_recipients=settings.receipt_detail_max_recipients,
+            window_seconds=settings.receipt_batch_window_ms / 1000,
+            max_batch=settings.receipt_batch_max,
+            max_queued=settings.receipt_queue_max,
+            signal_window_seconds=settings.receipt_signal_window_ms / 1000,
+            metrics=self.metrics,
+        )
+
+    async def _start_worker(
+        self, client: Client, acts: MessageQueueActivities, stack: AsyncExitStack
+    ) -> Worker:
         worker = Worker(
             client,
             task_queue=TASK_QUEUE_MESSAGES,
             workflows=WORKFLOWS,
-            activities=activity_methods(
-                message_activities(
-                    core, self.sio, persist_listener=self._acks, metrics=self.metrics
-                )
-            ),
+            activities=activity_methods(acts),
             graceful_shutdown_timeout=timedelta(seconds=self.settings.graceful_shutdown_seconds),
             workflow_runner=workflow_runner(self.settings),
         )
@@ -340,6 +366,9 @@ class Gateway:
             raise InvalidToken("the connection is not authenticated")
         return user_id
 
+    async def _on_disconnect(self, sid: str, *args: object) -> None:
+        self._admission.forget(sid)
+
     # -- events -------------------------------------------------------------
 
     def _guarded(
@@ -348,20 +377,29 @@ class Gateway:
         """Wraps an event handler so that it always acks and never raises."""
 
         async def event(sid: str, *args: object) -> Ack:
+            timeout = self.settings.gateway_ack_timeout_seconds
             try:
-                async with asyncio.timeout(ACK_TIMEOUT_SECONDS):
+                async with asyncio.timeout(timeout):
                     return await handler(sid, args[0] if args else None)
             except MessagingError as err:
-                return _error(err.type, str(err))
-            except TimeoutError:
-                log.warning("%s from %s got no answer in %ss", name, sid, ACK_TIMEOUT_SECONDS)
+                return _error(err.type, str(err), retry_after=getattr(err, "retry_after", None))
+            except (TimeoutError, RPCTimeoutOrCancelledError):
+                log.warning("%s from %s got no answer in %ss", name, sid, timeout)
                 return _error("Timeout", "no answer in time; sending it again is safe")
             except RPCError as err:
-                if err.status not in _TEMPORAL_DOWN:
+                answer = _rpc_answer(err)
+                if answer is None:
                     log.exception("%s from %s failed", name, sid)
                     return _error("InternalError", "internal error")
-                log.warning("%s from %s: Temporal unavailable (%s)", name, sid, err.message)
-                return _error("ProviderUnavailable", "Temporal is unavailable; try again shortly")
+                log.warning("%s from %s: %s (%s)", name, sid, answer["error"]["type"], err.message)
+                return answer
+            except SQLAlchemyError as err:
+                log.warning("%s from %s: database unavailable (%s)", name, sid, _first_line(err))
+                return _error(
+                    "ProviderUnavailable",
+                    "the database is unavailable; try again shortly",
+                    retry_after=1.0,
+                )
             except Exception:
                 log.exception("%s from %s failed", name, sid)
                 return _error("InternalError", "internal error")
@@ -380,6 +418,21 @@ class Gateway:
         raw_header = payload.get("e2e_header")
         e2e_header = require_e2e_header(raw_header) if raw_header is not None else None
         mentions = _require_mentions(payload.get("mentions"))
+        async with self._admission.admit(sid, user_id):
+            return await self._start_send(
+                sid, user_id, conversation_id, client_message_id, body, e2e_header, mentions
+            )
+
+    async def _start_send(
+        self,
+        sid: str,
+        user_id: str,
+        conversation_id: str,
+        client_message_id: str,
+        body: str,
+        e2e_header: dict[str, Any] | None,
+        mentions: list[str],
+    ) -> Ack:
         send = with_request_id(
             SendMessageInput(
                 conversation_id=conversation_id,
@@ -397,14 +450,17 @@ class Gateway:
         _, client = self._services()
         local_ack = self._acks.expect(send.request_id)
         try:
-            accepted = await send_message(
-                client,
-                send,
-                eager=True,
-                local_ack=local_ack,
-                search_attributes=start_attributes(
-                    self.settings, KIND_MESSAGE, conversation_id=conversation_id
-                ),
+            accepted = await self._admission.temporal_call(
+                send_message(
+                    client,
+                    send,
+                    eager=True,
+                    local_ack=local_ack,
+                    rpc_timeout=timedelta(seconds=self.settings.gateway_ack_timeout_seconds),
+                    search_attributes=start_attributes(
+                        self.settings, KIND_MESSAGE, conversation_id=conversation_id
+                    ),
+                )
             )
         finally:
             self._acks.forget(send.request_id)
@@ -426,7 +482,11 @@ class Gateway:
         return {"ok": True, **result_json(await self._search.search(user_id, query))}
 
     async def _receipt(self, sid: str, data: object, *, status: ReceiptStatus) -> Ack:
-        """``message:delivered`` / ``message:read``: applies a watermark, acks what changed."""
+        """``message:delivered`` / ``message:read``: a watermark, acked once its batch committed.
+
+        No workflow per receipt: the process's ReceiptBatcher applies every receipt
+        of a short window in one statement (runtime/receipt_batcher.py).
+        """
         user_id = await self._user_of(sid)
         payload = _require_object(data)
         conversation_id = require_uuid(payload.get("conversation_id"), "conversation_id")
@@ -435,25 +495,19 @@ class Gateway:
             raise InvalidInput("give exactly one of up_to_seq and message_id")
         up_to_seq = require_seq(raw_seq) if raw_seq is not None else None
         message_id = require_uuid(raw_message_id, "message_id") if up_to_seq is None else None
-        _, client = self._services()
-        result = await apply_receipt(
-            client,
-            ReceiptInput(
+        self._services()
+        if self._receipts is None:
+            raise ProviderUnavailable("the gateway is not ready; try again shortly")
+        applied = await self._receipts.submit(
+            Watermark(
                 user_id=user_id,
                 conversation_id=conversation_id,
                 status=status,
                 up_to_seq=up_to_seq,
                 message_id=message_id,
-                lifecycle_window_seconds=self.settings.lifecycle_window_seconds,
-                receipt_detail_max_recipients=self.settings.receipt_detail_max_recipients,
-                notify=self._notify,
-            ),
-            eager=True,
-            search_attributes=start_attributes(
-                self.settings, KIND_RECEIPT, conversation_id=conversation_id
-            ),
+            )
         )
-        return {"ok": True, "changed": result.changed, "up_to_seq": result.up_to_seq}
+        return {"ok": True, "changed": applied.changed, "up_to_seq": applied.up_to_seq}
 
     # -- notification settings and the bell ----------------------------------
 
@@ -635,8 +689,50 @@ async def _respond(send: Send, status: int, payload: bytes, content_type: bytes)
     await send({"type": "http.response.body", "body": payload})
 
 
-def _error(type: str, message: str) -> Ack:
-    return {"ok": False, "error": {"type": type, "message": message}}
+def _error(type: str, message: str, *, retry_after: float | None = None) -> Ack:
+    error: dict[str, Any] = {"type": type, "message": message}
+    if retry_after is not None:
+        error["retry_after_ms"] = max(1, round(retry_after * 1000))
+    return {"ok": False, "error": error}
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(getattr(err, "orig", None) or err).splitlines()
+    return lines[0][:200] if lines else type(err).__name__
+
+
+def _rpc_answer(err: RPCError) -> Ack | None:
+    """The honest ack for a Temporal RPC failure, or None for a bug (InternalError).
+
+    A deadline means the call may have happened (Timeout: resend the same
+    client_message_id); unavailable and a lifecycle whose workflow task is failing
+    (PostgreSQL down while it persists) mean try again later. Either way a resend
+    stores the message at most once.
+    """
+    if err.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
+        return _error("Timeout", "no answer in time; sending it again is safe")
+    if err.status in TEMPORAL_DOWN:
+        return _error(
+            "ProviderUnavailable", "Temporal is unavailable; try again shortly", retry_after=1.0
+        )
+    if err.status is RPCStatusCode.FAILED_PRECONDITION and "failed state" in err.message:
+        return _error(
+            "ProviderUnavailable",
+            "the message's lifecycle is retrying (a dependency is down); send it again shortly",
+            retry_after=1.0,
+        )
+    return None
+
+
+async def _send_limiter(settings: Settings, core: Core, stack: AsyncExitStack) -> SendLimiter:
+    """The per-user send limit over Redis when REDIS_URL is set, else PostgreSQL."""
+    if settings.redis_url:
+        redis_buckets = RedisBuckets(settings.redis_url)
+        stack.push_async_callback(redis_buckets.close)
+        store: PostgresBuckets | RedisBuckets = redis_buckets
+    else:
+        store = PostgresBuckets(session_factory(core.engine))
+    return SendLimiter(store, rate=settings.send_rate_per_second, burst=settings.send_burst)
 
 
 def _require_object(data: object) -> dict[str, Any]:

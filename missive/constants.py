@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 
 TASK_QUEUE_MESSAGES = "missive-messages"
@@ -36,6 +37,15 @@ def message_workflow_id(sender_id: str, client_message_id: str) -> str:
 def receipt_workflow_id(user_id: str, conversation_id: str, status: str, up_to: str) -> str:
     """The receipt workflow id: one per (reader, conversation, status, watermark)."""
     return f"{RECEIPT_WORKFLOW_PREFIX}-{user_id}-{conversation_id}-{status}-{up_to}"
+
+
+CLEAR_PUSHES_WORKFLOW_PREFIX = "clear-pushes"
+
+
+def clear_pushes_workflow_id(notification_ids: list[str]) -> str:
+    """One clear per set of shown pushes (a retried batch joins the same workflow)."""
+    digest = hashlib.sha256(",".join(sorted(notification_ids)).encode()).hexdigest()[:32]
+    return f"{CLEAR_PUSHES_WORKFLOW_PREFIX}-{digest}"
 
 
 def conversation_room(conversation_id: str) -> str:

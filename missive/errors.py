@@ -61,15 +61,16 @@ class InvalidRecipient(PermanentError):
 class TransientError(MessagingError):
     """A dependency is unavailable for now; retrying later may succeed."""
 
-
-class ProviderUnavailable(TransientError):
-    """A provider or server did not answer or answered with a server error."""
-
-
-class RateLimited(TransientError):
-    """A provider asked us to slow down."""
-
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-        """Seconds the provider asked us to wait, when it said."""
+        """Seconds to wait before trying again, when known."""
+
+
+class ProviderUnavailable(TransientError):
+    """A provider or server did not answer or answered with a server error (or a
+    gateway is too busy to take more work right now)."""
+
+
+class RateLimited(TransientError):
+    """A provider asked us to slow down, or a user sends faster than their limit."""

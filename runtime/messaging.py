@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Awaitable
+from datetime import timedelta
 
 from temporalio.client import (
     Client,
@@ -85,6 +86,7 @@ async def send_message(
     local_ack: Awaitable[MessageAccepted] | None = None,
     local_ack_grace: float = 0.5,
     search_attributes: TypedSearchAttributes | None = None,
+    rpc_timeout: timedelta | None = None,
 ) -> MessageAccepted:
     """Starts or joins a message's lifecycle and returns its ack.
 
@@ -98,6 +100,7 @@ async def send_message(
             seconds, the ack is asked of the workflow.
         local_ack_grace: See ``local_ack``.
         search_attributes: Set on a new lifecycle (see runtime.search_attributes).
+        rpc_timeout: Bounds each call into Temporal (its retries included).
 
     Raises:
         PermanentError: the lifecycle refused the message (the subclass names why).
@@ -117,36 +120,43 @@ async def send_message(
             id_reuse_policy=LIFECYCLE_ID_REUSE,
             request_eager_start=eager,
             search_attributes=search_attributes,
+            rpc_timeout=rpc_timeout,
         )
     except WorkflowAlreadyStartedError as err:
         # An earlier send's lifecycle completed; it still knows the answer.
         closed = client.get_workflow_handle_for(
             MessageLifecycleWorkflow.run, workflow_id, run_id=err.run_id
         )
-        return await acceptance(closed, check)
+        return await acceptance(closed, check, rpc_timeout=rpc_timeout)
     if local_ack is not None:
         # Nothing within the grace: the workflow task ran elsewhere, or this was a
         # resend that joined a running lifecycle. Then the workflow is asked.
         with contextlib.suppress(TimeoutError):
             return await asyncio.wait_for(asyncio.shield(local_ack), local_ack_grace)
-    return await request_ack(handle, check)
+    return await request_ack(handle, check, rpc_timeout=rpc_timeout)
 
 
-async def request_ack(handle: LifecycleHandle, check: AcceptInput) -> MessageAccepted:
+async def request_ack(
+    handle: LifecycleHandle, check: AcceptInput, *, rpc_timeout: timedelta | None = None
+) -> MessageAccepted:
     """The ``accepted`` update; a lifecycle that closed meanwhile answers by query."""
     try:
-        return await handle.execute_update(MessageLifecycleWorkflow.accepted, check)
+        return await handle.execute_update(
+            MessageLifecycleWorkflow.accepted, check, rpc_timeout=rpc_timeout
+        )
     except WorkflowUpdateFailedError as err:
         raise to_domain_error(err) from None
     except RPCError as err:
         if err.status is not RPCStatusCode.NOT_FOUND:
             raise
-    return await acceptance(handle, check)
+    return await acceptance(handle, check, rpc_timeout=rpc_timeout)
 
 
-async def acceptance(handle: LifecycleHandle, check: AcceptInput) -> MessageAccepted:
+async def acceptance(
+    handle: LifecycleHandle, check: AcceptInput, *, rpc_timeout: timedelta | None = None
+) -> MessageAccepted:
     """The ack of a closed lifecycle, from its ``acceptance`` query."""
-    answer = await handle.query(MessageLifecycleWorkflow.acceptance, check)
+    answer = await handle.query(MessageLifecycleWorkflow.acceptance, check, rpc_timeout=rpc_timeout)
     if answer.accepted is not None:
         return answer.accepted
     if answer.error_type is not None:

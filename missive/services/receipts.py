@@ -1,13 +1,31 @@
-"""Delivered/read receipts: forward-only, applied as a watermark in one statement."""
+"""Delivered/read receipts: forward-only watermarks, many readers' applied in one statement.
+
+A receipt says "every message up to seq N in conversation C is delivered (or read)
+for me". Only the highest seq per reader, conversation and status matters, so a
+batch of receipts coalesces into one (delivered_seq, read_seq) pair per reader and
+conversation before it is written: 100 receipts from one reader in a burst are one
+row in the statement, and a batch mixing readers, conversations and statuses is
+still one ``UPDATE ... FROM unnest(...)``. Applying a batch twice changes nothing
+the second time.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from missive.errors import ConversationNotFound, InvalidInput, MessageNotVisible, NotAMember
+from missive.errors import (
+    ConversationNotFound,
+    InvalidInput,
+    MessageNotVisible,
+    MessagingError,
+    NotAMember,
+)
 from missive.models import DeliveryStatus
 from missive.schemas import (
     ApplyReceiptResult,
@@ -19,47 +37,60 @@ from missive.schemas import (
 from missive.validation import require_seq, require_uuid
 
 MAX_CHANGES_REPORTED = 500
-"""A receipt lists at most this many changed messages (newest first) for events and
-lifecycle signals; a reader catching up on a backlog still moves every row."""
+"""A reader's watermark lists at most this many changed messages (newest first) for
+events and lifecycle signals; a reader catching up on a backlog still moves every row."""
 
+# Who may report what: one row per receipt of the batch (a receipt by message id
+# is resolved to that message's seq).
 _RESOLVE = text(
     """
-    SELECT c.last_seq,
-           p.user_id IS NOT NULL AS is_member,
-           (SELECT m.seq FROM messages m
-             WHERE m.id = :mid AND m.conversation_id = c.id AND m.deleted_at IS NULL) AS message_seq
-    FROM conversations c
-    LEFT JOIN participants p ON p.conversation_id = c.id AND p.user_id = :uid
-    WHERE c.id = :cid
+    SELECT r.idx, c.id IS NOT NULL AS found, c.last_seq,
+           p.user_id IS NOT NULL AS is_member, m.seq AS message_seq
+      FROM unnest(CAST(:idx AS int[]), CAST(:uids AS uuid[]), CAST(:cids AS uuid[]),
+                  CAST(:mids AS uuid[])) AS r(idx, uid, cid, mid)
+      LEFT JOIN conversations c ON c.id = r.cid
+      LEFT JOIN participants p ON p.conversation_id = r.cid AND p.user_id = r.uid
+      LEFT JOIN messages m ON m.id = r.mid AND m.conversation_id = r.cid
+                          AND m.deleted_at IS NULL
     """
 )
 
-# Moves every earlier delivery of this reader forward in one statement (the
-# partial index on pending deliveries finds them), and the watermarks with them.
+# Every reader's watermarks in one statement: each pending delivery up to the
+# delivered watermark moves to delivered, or to read up to the read watermark
+# (the partial index on pending deliveries finds them); never backward. The
+# participants' watermarks move with them.
 _APPLY = text(
     """
-    WITH changed AS (
+    WITH w AS (
+        SELECT * FROM unnest(CAST(:uids AS uuid[]), CAST(:cids AS uuid[]),
+                             CAST(:dseqs AS bigint[]), CAST(:rseqs AS bigint[]))
+               AS w(uid, cid, dseq, rseq)
+    ), changed AS (
         UPDATE deliveries d
-           SET status = :status,
+           SET status = CASE WHEN d.seq <= w.rseq THEN 2 ELSE 1 END,
                delivered_at = COALESCE(d.delivered_at, :now),
-               read_at = CASE WHEN :status = 2 THEN COALESCE(d.read_at, :now) ELSE d.read_at END
-         WHERE d.recipient_id = :uid AND d.conversation_id = :cid
-           AND d.seq <= :seq AND d.status < :status
-        RETURNING d.message_id, d.seq
+               read_at = CASE WHEN d.seq <= w.rseq THEN COALESCE(d.read_at, :now)
+                              ELSE d.read_at END
+          FROM w
+         WHERE d.recipient_id = w.uid AND d.conversation_id = w.cid AND d.seq <= w.dseq
+           AND d.status < CASE WHEN d.seq <= w.rseq THEN 2 ELSE 1 END
+        RETURNING d.recipient_id, d.conversation_id, d.message_id, d.seq, d.status
     ), watermark AS (
-        UPDATE participants
-           SET delivered_seq = GREATEST(delivered_seq, :seq),
-               read_seq = CASE WHEN :status = 2 THEN GREATEST(read_seq, :seq) ELSE read_seq END
-         WHERE conversation_id = :cid AND user_id = :uid
+        UPDATE participants p
+           SET delivered_seq = GREATEST(p.delivered_seq, w.dseq),
+               read_seq = GREATEST(p.read_seq, w.rseq)
+          FROM w
+         WHERE p.conversation_id = w.cid AND p.user_id = w.uid
     )
-    SELECT c.message_id::text AS message_id, c.seq, m.sender_id::text AS sender_id,
-           m.client_message_id, m.created_at
+    SELECT c.recipient_id::text AS recipient_id, c.conversation_id::text AS conversation_id,
+           c.message_id::text AS message_id, c.seq, c.status,
+           m.sender_id::text AS sender_id, m.client_message_id, m.created_at
       FROM changed c JOIN messages m ON m.id = c.message_id
      ORDER BY c.seq DESC
     """
 )
 
-# Read after commit: of two receipts committing together, the later read sees
+# Read after commit: of two batches committing together, the later read sees
 # both, so "everyone has read" is never missed.
 _COUNTS = text(
     """
@@ -79,6 +110,86 @@ _STATUS = text(
 )
 
 _STATUS_NAMES = {s.value: s.name.lower() for s in DeliveryStatus}
+
+
+@dataclass(frozen=True)
+class Watermark:
+    """One receipt, checked for form: "``status`` up to ``up_to_seq`` (or this message)"."""
+
+    user_id: str
+    """The reader."""
+    conversation_id: str
+    """The conversation."""
+    status: ReceiptStatus
+    """delivered or read (read implies delivered)."""
+    up_to_seq: int | None = None
+    """Every message with seq <= this one."""
+    message_id: str | None = None
+    """Or this message's seq."""
+
+    @classmethod
+    def of(cls, req: ReceiptInput) -> Watermark:
+        """The watermark a ReceiptInput asks for.
+
+        Raises:
+            InvalidInput: malformed ids, an unknown status, not exactly one of
+                up_to_seq and message_id, a seq that is not a positive integer.
+        """
+        uid = require_uuid(req.user_id, "user_id")
+        cid = require_uuid(req.conversation_id, "conversation_id")
+        try:
+            status = ReceiptStatus(req.status)
+        except ValueError:
+            raise InvalidInput(
+                f"status must be 'delivered' or 'read', got {req.status!r}"
+            ) from None
+        if (req.up_to_seq is None) == (req.message_id is None):
+            raise InvalidInput("give exactly one of up_to_seq and message_id")
+        if req.message_id is not None:
+            return cls(uid, cid, status, message_id=require_uuid(req.message_id, "message_id"))
+        return cls(uid, cid, status, up_to_seq=require_seq(req.up_to_seq))
+
+
+@dataclass(frozen=True)
+class ReceiptApplied:
+    """What one receipt of a batch did."""
+
+    up_to_seq: int
+    """The watermark applied (a receipt by message id: that message's seq)."""
+    changed: int
+    """Deliveries this receipt covers (seq <= up_to_seq) that moved forward in the
+    statement that applied it; 0 for a repeated or late receipt."""
+
+
+@dataclass(frozen=True)
+class ReaderChanges:
+    """One reader's coalesced watermarks in one conversation, and what they moved."""
+
+    user_id: str
+    """The reader."""
+    conversation_id: str
+    """The conversation."""
+    delivered_seq: int
+    """Delivered up to here (at least read_seq)."""
+    read_seq: int
+    """Read up to here (0: no read receipt in the batch)."""
+    changed: int
+    """Deliveries that moved forward."""
+    changes: list[ReceiptChange] = field(default_factory=list)
+    """The changed messages inside the lifecycle window (newest first, capped), each
+    with its new status and its counts after the batch."""
+
+
+@dataclass(frozen=True)
+class BatchApplied:
+    """The outcome of apply_many: one entry per receipt, one per reader and conversation."""
+
+    outcomes: list[ReceiptApplied | MessagingError]
+    """In the order of the receipts given: what each did, or why it was refused."""
+    readers: list[ReaderChanges]
+    """Per (reader, conversation) that was applied."""
+    at: datetime
+    """When the batch was applied (every change's ``at``)."""
 
 
 class ReceiptService:
@@ -101,71 +212,110 @@ class ReceiptService:
             MessageNotVisible: the message is not in the conversation (or deleted),
                 or the watermark is past the conversation's last message.
         """
-        uid = require_uuid(req.user_id, "user_id")
-        cid = require_uuid(req.conversation_id, "conversation_id")
-        try:
-            status = ReceiptStatus(req.status)
-        except ValueError:
-            raise InvalidInput(
-                f"status must be 'delivered' or 'read', got {req.status!r}"
-            ) from None
-        if (req.up_to_seq is None) == (req.message_id is None):
-            raise InvalidInput("give exactly one of up_to_seq and message_id")
-        mid = require_uuid(req.message_id, "message_id") if req.message_id is not None else None
-        wanted = require_seq(req.up_to_seq) if req.up_to_seq is not None else None
-        code = DeliveryStatus.READ if status is ReceiptStatus.READ else DeliveryStatus.DELIVERED
-        now = now or datetime.now(UTC)
+        watermark = Watermark.of(req)
+        batch = await self.apply_many(
+            [watermark], lifecycle_window_seconds=req.lifecycle_window_seconds, now=now
+        )
+        outcome = batch.outcomes[0]
+        if isinstance(outcome, MessagingError):
+            raise outcome
+        reader = batch.readers[0]
+        return ApplyReceiptResult(
+            user_id=watermark.user_id,
+            conversation_id=watermark.conversation_id,
+            status=watermark.status,
+            up_to_seq=outcome.up_to_seq,
+            changed=outcome.changed,
+            changes=reader.changes,
+        )
 
+    async def apply_many(
+        self,
+        receipts: Sequence[Watermark],
+        *,
+        lifecycle_window_seconds: int,
+        now: datetime | None = None,
+    ) -> BatchApplied:
+        """Applies many readers' receipts in one transaction of two statements.
+
+        Each receipt is checked on its own (conversation, membership, seq in
+        range); a refused one gets its error in ``outcomes`` and the others apply.
+        The rest coalesce to one (delivered, read) watermark per reader and
+        conversation, written in one statement. Idempotent and commutative: any
+        order, any repetition, the same rows in the end.
+
+        Raises:
+            sqlalchemy errors: the database failed; nothing was applied (retry).
+        """
+        now = now or datetime.now(UTC)
+        outcomes: list[ReceiptApplied | MessagingError | None] = [None] * len(receipts)
+        seqs: dict[int, int] = {}
         async with self._sessions() as session, session.begin():
-            row = (
-                await session.execute(_RESOLVE, {"cid": cid, "uid": uid, "mid": mid})
-            ).one_or_none()
-            if row is None:
-                raise ConversationNotFound(f"conversation {cid} does not exist")
-            if not row.is_member:
-                raise NotAMember(f"user {uid} is not a participant of conversation {cid}")
-            if mid is not None:
-                if row.message_seq is None:
-                    raise MessageNotVisible(f"message {mid} is not in conversation {cid}")
-                seq = int(row.message_seq)
-            else:
-                assert wanted is not None
-                if wanted > row.last_seq:
-                    raise MessageNotVisible(
-                        f"conversation {cid} has no message {wanted} (its last is {row.last_seq})"
-                    )
-                seq = wanted
-            changed = (
+            resolved = (
                 await session.execute(
-                    _APPLY, {"uid": uid, "cid": cid, "seq": seq, "status": int(code), "now": now}
+                    _RESOLVE,
+                    {
+                        "idx": list(range(len(receipts))),
+                        "uids": [r.user_id for r in receipts],
+                        "cids": [r.conversation_id for r in receipts],
+                        "mids": [r.message_id for r in receipts],
+                    },
                 )
             ).all()
+            for row in resolved:
+                checked = _check(receipts[row.idx], row)
+                if isinstance(checked, MessagingError):
+                    outcomes[row.idx] = checked
+                else:
+                    seqs[row.idx] = checked
+            marks = _coalesce(receipts, seqs)
+            changed: Sequence[Any] = []
+            if marks:
+                keys = list(marks)
+                changed = (
+                    await session.execute(
+                        _APPLY,
+                        {
+                            "uids": [k[0] for k in keys],
+                            "cids": [k[1] for k in keys],
+                            "dseqs": [marks[k][0] for k in keys],
+                            "rseqs": [marks[k][1] for k in keys],
+                            "now": now,
+                        },
+                    )
+                ).all()
 
-        cutoff = now - timedelta(seconds=req.lifecycle_window_seconds)
-        reported = [r for r in changed if r.created_at >= cutoff][:MAX_CHANGES_REPORTED]
-        counts = await self._counts([r.message_id for r in reported])
-        return ApplyReceiptResult(
-            user_id=uid,
-            conversation_id=cid,
-            status=status,
-            up_to_seq=seq,
-            changed=len(changed),
-            changes=[
-                ReceiptChange(
-                    message_id=r.message_id,
-                    sender_id=r.sender_id,
-                    client_message_id=r.client_message_id,
-                    seq=r.seq,
-                    status=status,
-                    at=now,
-                    recipient_count=counts[r.message_id][0],
-                    delivered_count=counts[r.message_id][1],
-                    read_count=counts[r.message_id][2],
-                    within_window=True,
-                )
-                for r in reported
-            ],
+        by_reader: dict[tuple[str, str], list[Any]] = {key: [] for key in marks}
+        for row in changed:
+            by_reader[(row.recipient_id, row.conversation_id)].append(row)
+        for idx, seq in seqs.items():
+            receipt = receipts[idx]
+            wanted = _code(receipt.status)
+            rows = by_reader[(receipt.user_id, receipt.conversation_id)]
+            moved = sum(1 for r in rows if r.seq <= seq and r.status >= wanted)
+            outcomes[idx] = ReceiptApplied(up_to_seq=seq, changed=moved)
+
+        cutoff = now - timedelta(seconds=lifecycle_window_seconds)
+        reported = {
+            key: [r for r in rows if r.created_at >= cutoff][:MAX_CHANGES_REPORTED]
+            for key, rows in by_reader.items()
+        }
+        counts = await self._counts(
+            sorted({r.message_id for rows in reported.values() for r in rows})
         )
+        readers = [
+            ReaderChanges(
+                user_id=uid,
+                conversation_id=cid,
+                delivered_seq=marks[(uid, cid)][0],
+                read_seq=marks[(uid, cid)][1],
+                changed=len(by_reader[(uid, cid)]),
+                changes=[_change(r, now, counts) for r in reported[(uid, cid)]],
+            )
+            for uid, cid in marks
+        ]
+        assert all(outcome is not None for outcome in outcomes)
+        return BatchApplied(outcomes=outcomes, readers=readers, at=now)  # type: ignore[arg-type]
 
     async def _counts(self, message_ids: list[str]) -> dict[str, tuple[int, int, int]]:
         if not message_ids:
@@ -185,3 +335,62 @@ class ReceiptService:
             )
             for r in rows
         }
+
+
+def _code(status: ReceiptStatus) -> int:
+    return int(DeliveryStatus.READ if status is ReceiptStatus.READ else DeliveryStatus.DELIVERED)
+
+
+def _check(receipt: Watermark, row: object) -> int | MessagingError:
+    """The seq a receipt applies up to, or why it is refused."""
+    cid, uid = receipt.conversation_id, receipt.user_id
+    if not row.found:  # type: ignore[attr-defined]
+        return ConversationNotFound(f"conversation {cid} does not exist")
+    if not row.is_member:  # type: ignore[attr-defined]
+        return NotAMember(f"user {uid} is not a participant of conversation {cid}")
+    if receipt.message_id is not None:
+        if row.message_seq is None:  # type: ignore[attr-defined]
+            return MessageNotVisible(f"message {receipt.message_id} is not in conversation {cid}")
+        return int(row.message_seq)  # type: ignore[attr-defined]
+    assert receipt.up_to_seq is not None
+    last = int(row.last_seq)  # type: ignore[attr-defined]
+    if receipt.up_to_seq > last:
+        return MessageNotVisible(
+            f"conversation {cid} has no message {receipt.up_to_seq} (its last is {last})"
+        )
+    return receipt.up_to_seq
+
+
+def _coalesce(
+    receipts: Sequence[Watermark], seqs: dict[int, int]
+) -> dict[tuple[str, str], tuple[int, int]]:
+    """(delivered_seq, read_seq) per (reader, conversation): the highest of each.
+
+    Read implies delivered, so delivered_seq is at least read_seq; read_seq 0 means
+    no read in the batch (GREATEST keeps the stored one).
+    """
+    marks: dict[tuple[str, str], tuple[int, int]] = {}
+    for idx, seq in seqs.items():
+        receipt = receipts[idx]
+        key = (receipt.user_id, receipt.conversation_id)
+        delivered, read = marks.get(key, (0, 0))
+        if receipt.status is ReceiptStatus.READ:
+            read = max(read, seq)
+        marks[key] = (max(delivered, read, seq), read)
+    return marks
+
+
+def _change(row: object, now: datetime, counts: dict[str, tuple[int, int, int]]) -> ReceiptChange:
+    total, delivered, read = counts.get(row.message_id, (0, 0, 0))  # type: ignore[attr-defined]
+    return ReceiptChange(
+        message_id=row.message_id,  # type: ignore[attr-defined]
+        sender_id=row.sender_id,  # type: ignore[attr-defined]
+        client_message_id=row.client_message_id,  # type: ignore[attr-defined]
+        seq=row.seq,  # type: ignore[attr-defined]
+        status=ReceiptStatus.READ if row.status == DeliveryStatus.READ else ReceiptStatus.DELIVERED,  # type: ignore[attr-defined]
+        at=now,
+        recipient_count=total,
+        delivered_count=delivered,
+        read_count=read,
+        within_window=True,
+    )

@@ -1,0 +1,155 @@
+"""What the gateway lets in: per-user send limits, in-flight caps, and a Temporal breaker.
+
+Every refusal here is immediate and starts nothing, so the ack is honest: a
+``RateLimited`` or ``ProviderUnavailable`` from this module means the message
+was not stored, and ``retry_after_ms`` says when to try again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+from sqlalchemy.exc import SQLAlchemyError
+from temporalio.client import RPCTimeoutOrCancelledError
+from temporalio.service import RPCError, RPCStatusCode
+
+from missive.config import Settings
+from missive.constants import EVENT_MESSAGE_SEND
+from missive.errors import ProviderUnavailable, RateLimited
+from missive.metrics import Metrics
+from missive.ratelimit import SendLimiter
+
+log = logging.getLogger("missive.gateway")
+
+T = TypeVar("T")
+
+LIMIT_CHECK_TIMEOUT = 1.0
+"""Longest the shared bucket may take to answer before the send is refused
+ProviderUnavailable (the store is down: nothing is started)."""
+
+BREAKER_FAILURES = 3
+"""Consecutive "Temporal unavailable" answers that open the breaker."""
+
+BREAKER_OPEN_SECONDS = 2.0
+"""While open, sends are answered ProviderUnavailable at once instead of each
+waiting out the client's RPC retries; then sends go through again."""
+
+TEMPORAL_DOWN = frozenset(
+    {RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.RESOURCE_EXHAUSTED}
+)
+"""RPC failures that mean "try again later" rather than a bug."""
+
+
+class Admission:
+    """The gateway's front door for ``message:send`` (one per process)."""
+
+    def __init__(
+        self, settings: Settings, limiter: SendLimiter | None, metrics: Metrics | None
+    ) -> None:
+        self._limiter = limiter
+        self._metrics = metrics
+        self._per_socket_cap = settings.send_max_in_flight_per_socket
+        self._process_cap = settings.gateway_max_in_flight
+        self._per_socket: dict[str, int] = {}
+        self._in_flight = 0
+        self._failures = 0
+        self._open_until = 0.0
+
+    @property
+    def in_flight(self) -> int:
+        """Sends of this process waiting for their ack."""
+        return self._in_flight
+
+    def forget(self, sid: str) -> None:
+        """A socket disconnected (its sends in flight still finish and are counted down)."""
+        if self._per_socket.get(sid) == 0:
+            del self._per_socket[sid]
+
+    @asynccontextmanager
+    async def admit(self, sid: str, user_id: str) -> AsyncIterator[None]:
+        """Holds one in-flight place for a send, or refuses it at once.
+
+        Raises:
+            RateLimited: the socket has too many sends in flight, or the user's
+                bucket is empty.
+            ProviderUnavailable: the process is at its in-flight cap, Temporal
+                answered unavailable just now (the breaker), or the bucket's
+                store did not answer.
+        """
+        if self._per_socket.get(sid, 0) >= self._per_socket_cap:
+            self._rejected("in_flight")
+            raise RateLimited(
+                f"{self._per_socket_cap} sends of this connection are waiting for their ack;"
+                " wait for one",
+                retry_after=0.1,
+            )
+        if self._in_flight >= self._process_cap:
+            self._rejected("overloaded")
+            raise ProviderUnavailable("the gateway is at capacity; try again", retry_after=0.2)
+        wait = self._open_until - time.monotonic()
+        if wait > 0:
+            self._rejected("temporal_unavailable")
+            raise ProviderUnavailable(
+                "Temporal is unavailable; try again shortly", retry_after=wait
+            )
+        self._per_socket[sid] = self._per_socket.get(sid, 0) + 1
+        self._in_flight += 1
+        try:
+            await self._take(user_id)
+            yield
+        finally:
+            self._in_flight -= 1
+            self._per_socket[sid] -= 1
+
+    async def _take(self, user_id: str) -> None:
+        if self._limiter is None:
+            return
+        try:
+            async with asyncio.timeout(LIMIT_CHECK_TIMEOUT):
+                await self._limiter.take(user_id)
+        except RateLimited:
+            self._rejected("rate_limited")
+            raise
+        except (TimeoutError, SQLAlchemyError, OSError, ConnectionError) as err:
+            self._rejected("limit_store_unavailable")
+            log.warning("the send limit could not be checked: %s", type(err).__name__)
+            raise ProviderUnavailable(
+                "the send limit could not be checked (its store is unavailable); try again",
+                retry_after=1.0,
+            ) from None
+        except Exception as err:  # a Redis error: the store is unavailable
+            if type(err).__module__.split(".")[0] != "redis":
+                raise
+            self._rejected("limit_store_unavailable")
+            raise ProviderUnavailable(
+                "the send limit could not be checked (its store is unavailable); try again",
+                retry_after=1.0,
+            ) from None
+
+    async def temporal_call(self, call: Awaitable[T]) -> T:
+        """Awaits a call into Temporal, opening the breaker when Temporal is down."""
+        try:
+            result = await call
+        except RPCError as err:
+            if err.status in TEMPORAL_DOWN:
+                self._failed()
+            raise
+        except RPCTimeoutOrCancelledError:
+            self._failed()
+            raise
+        self._failures = 0
+        return result
+
+    def _failed(self) -> None:
+        self._failures += 1
+        if self._failures >= BREAKER_FAILURES:
+            self._open_until = time.monotonic() + BREAKER_OPEN_SECONDS
+
+    def _rejected(self, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.gateway_rejected(EVENT_MESSAGE_SEND, reason)
