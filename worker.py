@@ -9,7 +9,7 @@ import asyncio
 import logging
 import signal
 import sys
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from datetime import timedelta
 
 from temporalio.client import Client
@@ -24,7 +24,7 @@ from missive.search import SearchService
 from runtime.client import connect
 from runtime.jobs import batch_worker, ensure_retention_schedule, ensure_search_attributes
 from runtime.keys import key_worker
-from runtime.notify import notify_workers, open_notify
+from runtime.notify import notify_workers, open_notify, watch_overdue
 from runtime.process import run_process
 from runtime.search import open_search, search_worker, start_indexer
 from runtime.telemetry import open_telemetry
@@ -121,6 +121,11 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
                 await ensure_retention_schedule(client, settings)
             if search is not None:
                 await start_indexer(client, settings)
+            if notify is not None:
+                watcher = asyncio.create_task(
+                    watch_overdue(settings, core.notifications, telemetry.metrics)
+                )
+                running.push_async_callback(_cancel, watcher)
             log.info(
                 "worker polling %s on %s (namespace %s)",
                 ", ".join(w.task_queue for w in workers),
@@ -130,6 +135,12 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
             await stop.wait()
             log.info("draining in-flight work (up to %ss)", settings.graceful_shutdown_seconds)
         log.info("worker stopped")
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
 
 
 def main() -> int:

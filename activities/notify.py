@@ -103,9 +103,13 @@ class NotifyActivities:
         await self._announce(notices)
         if planned.next_due is None or planned.next_due > input.now:
             return planned
+        # The agenda's first dispatch: every queued row nobody claimed is a lost one's.
         dispatched = await self._dispatch(
             DispatchDueInput(
-                message_id=input.message.message_id, options=input.message.options, now=input.now
+                message_id=input.message.message_id,
+                options=input.message.options,
+                now=input.now,
+                handed_out_at=[],
             )
         )
         return dataclasses.replace(planned, next_due=dispatched.next_due, dispatched=dispatched)

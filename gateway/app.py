@@ -360,7 +360,10 @@ class Gateway:
         log.debug("user %s connected as %s (%d conversations)", user_id, sid, len(conversations))
 
     async def _user_of(self, sid: str) -> str:
-        session = await self.sio.get_session(sid)
+        try:
+            session = await self.sio.get_session(sid)
+        except KeyError:  # the client disconnected before its event was handled
+            raise InvalidToken("the connection is closed") from None
         user_id = session.get("user_id") if isinstance(session, dict) else None
         if not isinstance(user_id, str):
             raise InvalidToken("the connection is not authenticated")

@@ -294,6 +294,15 @@ class Settings(BaseSettings):
     """Pushes per send activity; the push queue runs at most
     NOTIFY_PUSH_PER_SECOND / NOTIFY_PUSH_BATCH_SIZE activities per second."""
 
+    notify_overdue_seconds: int = Field(default=3_600, gt=0)
+    """A notification row still open (pending, queued, sending) this long after its
+    due time is overdue: ``starter stuck`` lists it and the worker's
+    ``missive_notifications_overdue`` gauge counts it. Longer than a channel's
+    deadline plus the digest window, so a row waiting out a provider outage is not."""
+
+    notify_overdue_check_seconds: float = Field(default=30.0, gt=0)
+    """How often the worker counts overdue notification rows for its metrics."""
+
     @field_validator("database_url")
     @classmethod
     def _asyncpg_driver(cls, value: str | None) -> str | None:

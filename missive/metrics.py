@@ -87,6 +87,19 @@ class Metrics:
             registry=r,
         )
         """Seam for the search indexer: set after each pass (see observe_index_lag)."""
+        self.notifications_overdue = Gauge(
+            "missive_notifications_overdue",
+            "Notification rows still open (pending, queued, sending) longer than "
+            "NOTIFY_OVERDUE_SECONDS past their due time.",
+            registry=r,
+        )
+        """Set by the worker's periodic check (see observe_overdue); 0 when healthy."""
+        self.notifications_overdue_seconds = Gauge(
+            "missive_notifications_overdue_oldest_seconds",
+            "How long past its due time the oldest overdue notification row is (0 when none).",
+            registry=r,
+        )
+        """Set with missive_notifications_overdue."""
         self.index_lag_seconds = Gauge(
             "missive_index_lag_seconds",
             "Age of the oldest message waiting for the search indexer (0 when none).",
@@ -134,6 +147,27 @@ class Metrics:
         """Sets the index-lag gauges from one look at the indexer's backlog."""
         self.index_pending.set(pending)
         self.index_lag_seconds.set(oldest_age_seconds if pending > 0 else 0.0)
+
+    def receipt_batch(self, *, receipts: int, readers: int, moved: int, seconds: float) -> None:
+        """Counts one applied receipt batch (``readers``: coalesced watermarks written)."""
+        self.receipt_batches.inc()
+        self.receipts_batched.inc(receipts)
+        self.receipt_batch_seconds.observe(seconds)
+        if moved > 0:
+            self.deliveries_moved.labels(status="batched").inc(moved)
+
+    def lifecycle_signal(self, outcome: str) -> None:
+        """Counts one receipt signal to a lifecycle by outcome."""
+        self.lifecycle_signals.labels(outcome=outcome).inc()
+
+    def gateway_rejected(self, event: str, reason: str) -> None:
+        """Counts one event answered at once (rate limited, in-flight cap, overloaded)."""
+        self.gateway_rejections.labels(event=event, reason=reason).inc()
+
+    def observe_overdue(self, *, overdue: int, oldest_seconds: float) -> None:
+        """Sets the overdue-notification gauges from one look at the log."""
+        self.notifications_overdue.set(overdue)
+        self.notifications_overdue_seconds.set(oldest_seconds if overdue > 0 else 0.0)
 
     def render(self) -> bytes:
         """The registry in Prometheus' text exposition format."""

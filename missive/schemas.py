@@ -1223,6 +1223,10 @@ class DispatchDueInput:
     """Options (quiet hours are read from the database)."""
     now: datetime
     """The workflow's time."""
+    handed_out_at: list[datetime] | None = None
+    """When the caller's earlier dispatches of this message ran (and its plan, if that
+    dispatched): rows queued at any other time were queued by a dispatch whose result
+    was lost, and are handed out again. None: no such recovery (callers before it)."""
 
 
 @dataclass(frozen=True)
@@ -1243,6 +1247,8 @@ class DispatchDueResult:
     """Rows moved to the end of the recipient's quiet hours."""
     next_due: datetime | None = None
     """Earliest due time of a row still pending; None: none left."""
+    recovered: int = 0
+    """Of ``push`` and ``digests``, rows a dispatch whose result was lost had queued."""
 
 
 @dataclass(frozen=True)

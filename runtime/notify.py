@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio.client import Client
@@ -22,6 +23,7 @@ from missive.constants import (
 )
 from missive.metrics import Metrics
 from missive.notify.dispatch import ChannelSenders
+from missive.notify.log import NotificationLog
 from missive.notify.mail import EmailSender
 from missive.notify.options import notify_options
 from missive.notify.push import PushSender
@@ -29,6 +31,8 @@ from missive.notify.sms import SmsSender
 from missive.schemas import BatchKind, NotifyMessageInput, NotifyOptions
 from missive.services.messages import StoredMessage
 from runtime.wiring import Core, workflow_runner
+
+log = logging.getLogger("missive.notify")
 
 MAX_CONCURRENT_NOTIFY_ACTIVITIES = 16
 """Planning / dispatch / digest activities one worker runs at once: each holds a
@@ -125,6 +129,43 @@ def notify_workers(
         ),
         provider_worker(queues.sms_task_queue, [channels.send_sms], settings.notify_sms_per_second),
     ]
+
+
+async def watch_overdue(
+    settings: Settings,
+    log_: NotificationLog,
+    metrics: Metrics,
+    *,
+    clock: Callable[[], datetime] | None = None,
+) -> None:
+    """Sets the overdue-notification gauges every NOTIFY_OVERDUE_CHECK_SECONDS, forever.
+
+    One indexed count per look (see NotificationLog.overdue). A failed look (the
+    database restarting) keeps the last values and is logged; the next one tries again.
+    Overdue rows are also logged as a warning, at most once a minute while any remain.
+    """
+    now = clock or (lambda: datetime.now(UTC))
+    margin = timedelta(seconds=settings.notify_overdue_seconds)
+    warned_at: datetime | None = None
+    while True:
+        at = now()
+        try:
+            summary = await log_.overdue(before=at - margin, examples=0)
+        except Exception as err:
+            log.warning("counting overdue notifications failed: %s: %s", type(err).__name__, err)
+        else:
+            oldest = (at - summary.oldest_due).total_seconds() if summary.oldest_due else 0.0
+            metrics.observe_overdue(overdue=summary.count, oldest_seconds=oldest)
+            if summary.count and (warned_at is None or at - warned_at >= timedelta(minutes=1)):
+                warned_at = at
+                log.warning(
+                    "%d notification row(s) open more than %d s past due (oldest: %d s);"
+                    " see `python -m starter stuck`",
+                    summary.count,
+                    settings.notify_overdue_seconds,
+                    oldest,
+                )
+        await asyncio.sleep(settings.notify_overdue_check_seconds)
 
 
 class AnnouncementNotifier:

@@ -1,4 +1,4 @@
-"""Operating Missive: health, failure analysis, stuck activities and retries through Temporal."""
+"""Operating Missive: health, failure analysis, stuck activities and notifications, retries."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Literal, TypeVar
 import asyncpg
 import httpx
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from temporalio.api.common.v1 import WorkflowExecution
 from temporalio.api.enums.v1 import (
     EventType,
@@ -45,8 +46,10 @@ from missive.constants import (
     TASK_QUEUE_PUSH,
     TASK_QUEUE_SMS,
 )
+from missive.db import create_engine, describe, session_factory
 from missive.errors import InvalidInput, PermanentError, ProviderUnavailable
 from missive.jobs import TASK_QUEUE_BATCH
+from missive.notify.log import NotificationLog, OverdueSummary
 
 POLLER_STALE_AFTER = timedelta(minutes=1)
 """A poller last seen longer ago than this no longer counts as a live worker."""
@@ -651,6 +654,44 @@ async def stuck(
 
     found = await _gather([lambda e=e: one(e) for e in running], concurrency)  # type: ignore[misc]
     return sorted((a for batch in found for a in batch), key=lambda a: (-a.attempt, a.workflow_id))
+
+
+OVERDUE_EXAMPLES = 20
+"""Overdue notification rows ``stuck`` lists (the oldest first; the count covers all)."""
+
+
+async def overdue_notifications(
+    settings: Settings,
+    *,
+    older_than: timedelta | None = None,
+    examples: int = OVERDUE_EXAMPLES,
+    now: datetime | None = None,
+) -> OverdueSummary:
+    """Notification rows still open (pending, queued, sending) ``older_than`` past their due
+    time (default NOTIFY_OVERDUE_SECONDS): a lifecycle that completed may have left them,
+    so only the log shows them.
+
+    Raises:
+        InvalidInput: DATABASE_URL is unset, or older_than is not positive.
+        ProviderUnavailable: PostgreSQL did not answer.
+    """
+    if not settings.database_url:
+        raise InvalidInput("DATABASE_URL is required to look for overdue notifications")
+    margin = older_than or timedelta(seconds=settings.notify_overdue_seconds)
+    if margin <= timedelta(0):
+        raise InvalidInput(f"the overdue margin must be positive, got {margin}")
+    engine = create_engine(settings.database_url, pool_size=1)
+    try:
+        log = NotificationLog(session_factory(engine))
+        at = now or datetime.now(UTC)
+        return await log.overdue(before=at - margin, examples=examples)
+    except (SQLAlchemyError, OSError) as err:
+        reason = str(getattr(err, "orig", None) or err).splitlines()[0][:200]
+        raise ProviderUnavailable(
+            f"cannot reach PostgreSQL at {describe(settings.database_url)}: {reason}"
+        ) from None
+    finally:
+        await engine.dispose()
 
 
 # --- retry ----------------------------------------------------------------------------

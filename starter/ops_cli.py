@@ -11,6 +11,7 @@ from typing import Any
 
 from missive.config import Settings
 from missive.errors import InvalidInput, PermanentError, ProviderUnavailable
+from missive.notify.log import OverdueSummary
 from starter import ops
 from starter.bulk import DEFAULT_CONCURRENCY, BulkSummary, JsonlSends, send_many
 from starter.client import MissiveClient
@@ -63,12 +64,21 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     failures.add_argument("--query", metavar="Q", help="a visibility clause ANDed to the query")
 
     stuck = commands.add_parser(
-        "stuck", parents=[common], help="running workflows' activities that keep failing"
+        "stuck",
+        parents=[common],
+        help="running workflows' activities that keep failing, and notification rows open "
+        "long past due (with DATABASE_URL)",
     )
     stuck.add_argument(
         "--min-attempts", type=int, default=3, metavar="N", help="attempt N or later (default 3)"
     )
     stuck.add_argument("--query", metavar="Q", help="a visibility clause ANDed to the query")
+    stuck.add_argument(
+        "--overdue-after",
+        metavar="DURATION",
+        help="a notification row open this long past its due time is listed "
+        "(e.g. 30m; default NOTIFY_OVERDUE_SECONDS)",
+    )
 
     retry = commands.add_parser(
         "retry", parents=[common], help="re-run failed workflows by reset or re-start"
@@ -96,6 +106,12 @@ async def run(args: argparse.Namespace, settings: Settings) -> None:
         raise InvalidInput(f"--concurrency must be at least 1, got {args.concurrency}")
     if args.command == "stuck" and args.min_attempts < 1:
         raise InvalidInput(f"--min-attempts must be at least 1, got {args.min_attempts}")
+    overdue_after = None
+    if args.command == "stuck" and args.overdue_after is not None:
+        try:
+            overdue_after = ops.parse_duration(args.overdue_after)
+        except InvalidInput as err:
+            raise InvalidInput(str(err).replace("--since", "--overdue-after")) from None
     async with await MissiveClient.connect(
         settings, call_timeout=timedelta(seconds=args.timeout)
     ) as missive:
@@ -116,7 +132,19 @@ async def run(args: argparse.Namespace, settings: Settings) -> None:
             activities = await ops.stuck(
                 client, min_attempts=args.min_attempts, extra_query=args.query
             )
-            _out(args, {"activities": activities}, _describe_stuck(activities, args.min_attempts))
+            overdue = (
+                await ops.overdue_notifications(settings, older_than=overdue_after)
+                if settings.database_url
+                else None
+            )
+            margin = overdue_after or timedelta(seconds=settings.notify_overdue_seconds)
+            _out(
+                args,
+                {"activities": activities, "overdue_notifications": overdue},
+                _describe_stuck(activities, args.min_attempts)
+                + "\n"
+                + _describe_overdue(overdue, margin),
+            )
         else:
             done = await ops.retry(
                 client,
@@ -236,6 +264,29 @@ def _describe_stuck(activities: list[ops.StuckActivity], min_attempts: int) -> s
         lines.append(
             f"{a.workflow_id} ({a.workflow_type}): {a.activity_type} attempt {a.attempt}: {last}"
         )
+    return "\n".join(lines)
+
+
+def _describe_overdue(overdue: OverdueSummary | None, margin: timedelta) -> str:
+    if overdue is None:
+        return "notification rows: not checked (set DATABASE_URL to look for overdue ones)"
+    after = f"{int(margin.total_seconds())} s"
+    if not overdue.count:
+        return f"no notification row is open more than {after} past its due time"
+    lines = [
+        f"{overdue.count} notification row(s) open more than {after} past their due time "
+        f"(oldest due {overdue.oldest_due.isoformat() if overdue.oldest_due else '?'}):"
+    ]
+    for row in overdue.examples:
+        about = f"message {row.message_id}" if row.message_id else row.dedupe_key
+        last = f": {row.reason}" if row.reason else ""
+        lines.append(
+            f"  {row.id} {row.channel} to {row.recipient_id} ({about}): {row.status} since "
+            f"{row.updated_at.isoformat()}, due {row.due_at.isoformat()}, "
+            f"{row.attempts} attempt(s){last}"
+        )
+    if overdue.count > len(overdue.examples):
+        lines.append(f"  ... {overdue.count - len(overdue.examples)} more")
     return "\n".join(lines)
 
 

@@ -91,14 +91,20 @@ class MessageLifecycleWorkflow:
         )
 
         agenda: asyncio.Task[NotifyMessageResult] | None = None
-        notify = input.notify is not None and persisted.created and persisted.recipient_count > 0
+        notify = input.notify is not None and persisted.recipient_count > 0
+        # Plan whichever attempt stored the message: created=False in this run means an
+        # attempt whose workflow task was lost committed it (a resend joins the running
+        # lifecycle instead). Planning is idempotent (deterministic row ids), so it
+        # writes what is missing and leaves the rest. Older runs replay as they ran.
+        notify = notify and (persisted.created or workflow.patched("plan-whoever-stored"))
         if notify and workflow.patched("plan-with-broadcast"):
             # One local activity announces the message and plans its notifications.
             notify_input = _notify_input(input, persisted)
-            planned = await self._broadcast(
-                persisted.message_id, PlanNotificationsInput(notify_input, workflow.now())
+            plan_input = PlanNotificationsInput(notify_input, workflow.now())
+            planned = await self._broadcast(persisted.message_id, plan_input)
+            agenda = asyncio.create_task(
+                NotificationAgenda().run(notify_input, planned, planned_at=plan_input.now)
             )
-            agenda = asyncio.create_task(NotificationAgenda().run(notify_input, planned))
         else:
             await self._broadcast(persisted.message_id)
             # Runs started before notifications existed never plan them on replay.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
@@ -167,6 +167,11 @@ class NotificationAgenda:
     costs no workflow of its own; plan and dispatch are local activities on the
     lifecycle's own task queue (the first ones run in the same workflow task as
     the persist and the broadcast).
+
+    What it hands out depends on the log alone, never on which workflow task or
+    attempt wrote the rows: each dispatch is told when the agenda's earlier
+    dispatches ran, and also hands out the rows queued at any other time (by a
+    dispatch whose workflow task was lost: no send was ever started for them).
     """
 
     def __init__(self) -> None:
@@ -177,17 +182,22 @@ class NotificationAgenda:
         self._skipped = 0
         self._sends = SendCounts.empty()
         self._tasks: list[asyncio.Task[None]] = []
+        self._handed_out_at: list[datetime] = []
 
     async def run(
-        self, input: NotifyMessageInput, planned: PlanNotificationsResult | None = None
+        self,
+        input: NotifyMessageInput,
+        planned: PlanNotificationsResult | None = None,
+        planned_at: datetime | None = None,
     ) -> NotifyMessageResult:
-        """Plans (unless ``planned`` says it was, with the broadcast), then dispatches
-        until no row is pending; returns the counts."""
+        """Plans (unless ``planned`` says it was, with the broadcast, at ``planned_at``),
+        then dispatches until no row is pending; returns the counts."""
         plan = planned
         if plan is None:
+            planned_at = workflow.now()
             plan = await workflow.execute_local_activity_method(
                 NotifyActivities.plan_notifications,
-                PlanNotificationsInput(message=input, now=workflow.now()),
+                PlanNotificationsInput(message=input, now=planned_at),
                 start_to_close_timeout=policies.NOTIFY_DB_TIMEOUT,
                 retry_policy=policies.NOTIFY_DB_RETRY,
                 local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
@@ -195,6 +205,8 @@ class NotificationAgenda:
         self._planned += plan.planned
         self._skipped += plan.skipped
         next_due = plan.next_due
+        if planned_at is not None:
+            self._handed_out_at.append(planned_at)
         if plan.dispatched is not None:
             self._took(plan.dispatched, input.options)
         dispatched = plan.dispatched is not None
@@ -204,15 +216,20 @@ class NotificationAgenda:
                 wait = MIN_PAUSE
             if wait > timedelta(0):
                 await workflow.sleep(wait)
+            now = workflow.now()
             due: DispatchDueResult = await workflow.execute_local_activity_method(
                 NotifyActivities.dispatch_due,
                 DispatchDueInput(
-                    message_id=input.message_id, options=input.options, now=workflow.now()
+                    message_id=input.message_id,
+                    options=input.options,
+                    now=now,
+                    handed_out_at=list(self._handed_out_at),
                 ),
                 start_to_close_timeout=policies.NOTIFY_DB_TIMEOUT,
                 retry_policy=policies.NOTIFY_DB_RETRY,
                 local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
             )
+            self._handed_out_at.append(now)
             dispatched = True
             self._took(due, input.options)
             next_due = due.next_due
@@ -223,6 +240,10 @@ class NotificationAgenda:
 
     def _took(self, due: DispatchDueResult, options: NotifyOptions) -> None:
         """Counts one dispatch and starts its sends."""
+        if due.recovered:
+            workflow.logger.warning(
+                "%d notification rows queued by a lost dispatch handed out again", due.recovered
+            )
         self._in_app += due.in_app
         self._cancelled += due.cancelled
         self._skipped += due.skipped

@@ -3,16 +3,24 @@
 The notification log is the record of what went out: a row is claimed
 (``sending``) before its provider call and its outcome is written after, in one
 statement per outcome kind. A retry of the same ids sends only the rows still
-``queued`` or ``sending``; rows already sent, failed or cancelled are left alone.
+``queued``, or ``sending`` under a claim that lapsed (CLAIM_LEASE); rows already sent,
+failed or cancelled are left alone, and so are rows another live attempt holds.
+
+An attempt uses its claim only within SEND_WITHIN (provider calls start) and
+RECORD_WITHIN (outcomes recorded, retried through a database outage) of claiming,
+both well inside CLAIM_LEASE: by the time another attempt may claim a row again, the
+one that held it has stopped touching it, so no row is sent by two attempts at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from missive.errors import (
     DecryptionFailed,
@@ -33,6 +41,7 @@ from missive.notify.content import (
     sms_text,
 )
 from missive.notify.log import (
+    CLAIM_LEASE,
     REASON_GONE,
     REASON_NO_DEVICE,
     REASON_NO_EMAIL,
@@ -59,6 +68,23 @@ LOAD_CONCURRENCY = 4
 
 MAX_IDS = 1_000
 """Most rows one send activity takes (the workflows send push_batch_size, digests one)."""
+
+SEND_WITHIN = timedelta(seconds=45)
+"""Provider calls start only this long after the claim; later rows are put back queued.
+A call started by then ends within its client timeout (10-30 s) before CLAIM_LEASE."""
+
+RECORD_WITHIN = timedelta(seconds=100)
+"""Outcomes are recorded (retried through a database outage) only this long after the
+claim: sent rows must not be claimed and sent again, and past CLAIM_LEASE another
+attempt may own them."""
+
+RECORD_RETRY_DELAY = (0.2, 2.0)
+"""First and longest pause between tries to record outcomes (seconds, doubling)."""
+
+_SEND_BY: contextvars.ContextVar[datetime | None] = contextvars.ContextVar(
+    "missive_notify_send_by", default=None
+)
+"""The latest time the current send may start a provider call (its claim + SEND_WITHIN)."""
 
 
 def collapse_key(conversation_id: str) -> str:
@@ -186,18 +212,40 @@ class ChannelSenders:
         checked = _require_ids(ids)
         if not checked:
             return SendNotificationsResult()
-        claimed, cancelled = await self._log.claim(checked, channel, now=self._clock())
+        claimed_at = self._clock()
+        claimed, cancelled = await self._log.claim(checked, channel, now=claimed_at)
         if self._metrics is not None and cancelled:
             for _ in range(cancelled):
                 self._metrics.notification(str(channel), "cancelled")
+        held: list[str] = []
+        if len(claimed) + cancelled < len(checked):
+            # Rows another attempt holds (e.g. one whose record failed, retrying it):
+            # not sent here; the activity is retried until that claim settles or lapses.
+            mine = {row.id for row in claimed}
+            held = [
+                i for i in await self._log.held(checked, channel, now=claimed_at) if i not in mine
+            ]
         previews = await self._previews(claimed)
-        attempts = list(await asyncio.gather(*(send(row, previews) for row in claimed)))
-        await self._log.record([a.outcome for a in attempts], now=self._clock())
+        send_by = _SEND_BY.set(claimed_at + SEND_WITHIN)  # read by _call in the tasks below
+        try:
+            attempts = list(await asyncio.gather(*(send(row, previews) for row in claimed)))
+        finally:
+            _SEND_BY.reset(send_by)
+        outcomes = [
+            dataclasses.replace(a.outcome, claim=row.attempts)
+            for a, row in zip(attempts, claimed, strict=True)
+        ]
+        await self._record(outcomes, until=claimed_at + RECORD_WITHIN)
         tokens = [token for attempt in attempts for token in attempt.invalid_tokens]
         removed = await self._log.remove_tokens(tokens) if tokens else 0
         for attempt in attempts:
             self._count_metric(channel, None, attempt)
         _raise_if_transient(channel, attempts)
+        if held:
+            raise ProviderUnavailable(
+                f"{len(held)} {channel} notification(s) are being sent by another attempt "
+                f"(claimed less than {int(CLAIM_LEASE.total_seconds())} s ago); retried"
+            )
         counts = _count(attempts)
         return SendNotificationsResult(
             sent=counts[NotificationStatus.SENT],
@@ -206,6 +254,31 @@ class ChannelSenders:
             skipped=counts[NotificationStatus.SKIPPED],
             removed_tokens=removed,
         )
+
+    async def _record(self, outcomes: list[Outcome], *, until: datetime) -> None:
+        """Records outcomes, retrying through a database outage until ``until``.
+
+        The provider calls are made: giving up here would leave sent rows ``sending``
+        for a later attempt to send again once the claim lapses.
+        """
+        delay, longest = RECORD_RETRY_DELAY
+        while True:
+            try:
+                await self._log.record(outcomes, now=self._clock())
+                return
+            except InvalidInput:
+                raise
+            except Exception as err:
+                if self._clock() + timedelta(seconds=delay) >= until:
+                    raise
+                log.warning(
+                    "recording %d notification outcome(s) failed (%s: %s); retrying",
+                    len(outcomes),
+                    type(err).__name__,
+                    err,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, longest)
 
     async def _previews(self, rows: Sequence[ClaimedNotification]) -> dict[str, str]:
         """Decrypted previews of the rows' messages, standard conversations only, once each."""
@@ -231,6 +304,12 @@ class ChannelSenders:
     async def _call(self, call: Callable[[], Awaitable[str]]) -> str | Exception:
         """One provider call within the concurrency limit; its error returned, not raised."""
         async with self._limit:
+            send_by = _SEND_BY.get()
+            if send_by is not None and self._clock() >= send_by:
+                return ProviderUnavailable(
+                    f"not sent within {int(SEND_WITHIN.total_seconds())} s of its claim "
+                    "(waited for a free provider call); queued again"
+                )
             try:
                 return await call()
             except (PermanentError, TransientError) as err:

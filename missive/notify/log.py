@@ -46,6 +46,20 @@ from missive.schemas import (
 )
 from missive.validation import require_seq, require_uuid
 
+CLAIM_LEASE = timedelta(seconds=120)
+"""How long a claim (``sending``) belongs to the attempt that made it. Only after this
+may another attempt claim the row again: the attempt that made it stops starting
+provider calls and recording outcomes well before (see missive.notify.dispatch), so a
+row is never sent by two live attempts at once. Four times a send activity's
+start_to_close (PROVIDER_CALL_TIMEOUT, 30 s): past that Temporal has retried it."""
+
+OPEN_STATUSES = (
+    NotificationStatus.PENDING,
+    NotificationStatus.QUEUED,
+    NotificationStatus.SENDING,
+)
+"""Rows still to be sent (or decided); the others are settled."""
+
 NOTIFICATION_NAMESPACE = uuid.UUID("5d0c7a52-8f0e-4f4e-9a57-1f4f2b0c6e31")
 """Namespace of notification ids (UUID5); never change it, or reruns stop matching."""
 
@@ -163,6 +177,9 @@ class Outcome:
     """Why (the error), for anything but SENT."""
     provider_ref: str | None = None
     """What the provider answered (FCM message name, Message-ID, Twilio SID)."""
+    claim: int | None = None
+    """The row's ``attempts`` when it was claimed for this send: the outcome is recorded
+    only while that claim holds (None: whatever claim holds it)."""
 
 
 @dataclass(frozen=True)
@@ -193,6 +210,18 @@ class PushClear:
     """Messages up to this sequence number are read."""
     devices: list[str]
     """The reader's push tokens."""
+
+
+@dataclass(frozen=True)
+class OverdueSummary:
+    """Open notification rows past their due time by more than a margin."""
+
+    count: int
+    """How many."""
+    oldest_due: datetime | None
+    """The earliest due time among them (None: none)."""
+    examples: list[NotificationRow]
+    """The oldest few, every column."""
 
 
 @dataclass(frozen=True)
@@ -345,16 +374,71 @@ _UNREAD_OF = text(
     """
 )
 
+# Rows a lost dispatch queued, now handed out by this one: stamped with its time, so
+# a rerun of this call finds them again and a later dispatch knows they are taken.
+_ADOPT = text(
+    """
+    UPDATE notifications SET updated_at = :now
+     WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'queued' AND attempts = 0
+    RETURNING id::text AS id
+    """
+)
+
+# A digest deferred to the end of quiet hours: its items are due then (due_at says
+# when a row is expected to go out, which the overdue check reads). updated_at is
+# left alone: it tells which dispatch queued the row (see _DUE_ROWS).
+_DEFER_ITEMS = text(
+    """
+    UPDATE notifications SET due_at = :until
+     WHERE id = ANY(CAST(:ids AS uuid[])) AND status = 'queued' AND due_at < :until
+    """
+)
+
+# Open rows past their due time by more than the caller's margin: the count, the
+# oldest due time and a few examples (oldest first). ix_notifications_overdue
+# (due_at, open rows only) keeps this a range scan of the overdue rows alone.
+_OVERDUE_SUMMARY = text(
+    """
+    SELECT count(*) AS overdue, min(due_at) AS oldest_due
+      FROM notifications
+     WHERE status IN ('pending', 'queued', 'sending') AND due_at < :before
+    """
+)
+_OVERDUE_ROWS = text(
+    """
+    SELECT id::text AS id FROM notifications
+     WHERE status IN ('pending', 'queued', 'sending') AND due_at < :before
+     ORDER BY due_at, id LIMIT :limit
+    """
+)
+
 _NEXT_DUE = text(
     "SELECT min(due_at) FROM notifications WHERE message_id = :mid AND status = 'pending'"
 )
 
-# Rows due now, and (a rerun of the same call: same workflow time) the rows that
-# call already queued or sent, so a retried dispatch hands them out again.
+# A rerun of plan: the next due time, or now when a dispatch whose result was lost left
+# rows queued that no sender claimed (the agenda dispatches at once and takes them).
+_NEXT_DUE_ON_RERUN = text(
+    """
+    SELECT LEAST(
+               min(due_at) FILTER (WHERE status = 'pending'),
+               CASE WHEN bool_or(status = 'queued' AND attempts = 0 AND source_id IS NULL
+                                 AND channel <> 'in_app')
+                    THEN CAST(:now AS timestamptz) END)
+      FROM notifications WHERE message_id = :mid AND status IN ('pending', 'queued')
+    """
+)
+
+# Rows due now; (a rerun of the same call: same workflow time) the rows that call
+# already queued or sent, so a retried dispatch hands them out again; and, when the
+# caller lists the times of its own earlier dispatches (:adopt), the rows a dispatch
+# whose result was lost queued: still queued, never claimed (attempts = 0), queued
+# at none of those times. No sender holds those (an agenda starts sends only from
+# results it received), so this dispatch hands them out again.
 _DUE_ROWS = text(
     f"""
     SELECT n.id::text AS id, n.recipient_id::text AS recipient_id, n.channel, n.status,
-           n.mention, d.status AS delivery_status, u.email, u.phone, u.timezone,
+           n.updated_at, n.mention, d.status AS delivery_status, u.email, u.phone, u.timezone,
            n.channel = 'push' AND EXISTS (
                SELECT 1 FROM devices dv WHERE dv.user_id = n.recipient_id) AS has_device,
            {_PREF_COLUMNS}
@@ -364,7 +448,10 @@ _DUE_ROWS = text(
       {_prefs_sql("n.recipient_id", "n.conversation_id")}
      WHERE n.message_id = :mid
        AND ((n.status = 'pending' AND n.due_at <= :now)
-            OR (n.status IN ('queued', 'sent') AND n.updated_at = :now AND n.source_id IS NULL))
+            OR (n.status IN ('queued', 'sent') AND n.updated_at = :now AND n.source_id IS NULL)
+            OR (CAST(:adopt AS boolean) AND n.status = 'queued' AND n.attempts = 0
+                AND n.source_id IS NULL AND n.channel <> 'in_app'
+                AND n.updated_at <> ALL(CAST(:handed_out_at AS timestamptz[]))))
     """
 )
 
@@ -474,20 +561,31 @@ _CLAIM_STATE = text(
       LEFT JOIN deliveries d ON d.message_id = n.message_id AND d.recipient_id = n.recipient_id
       LEFT JOIN messages m ON m.id = n.message_id
      WHERE n.id = ANY(CAST(:ids AS uuid[])) AND n.channel = :channel
-       AND n.status IN ('queued', 'sending')
+       AND (n.status = 'queued' OR (n.status = 'sending' AND n.updated_at <= :stale_before))
     """
 )
 
+# Queued rows, and rows whose claim lapsed (CLAIM_LEASE): a live attempt's claim is
+# never taken over.
 _CLAIM = text(
     """
     UPDATE notifications
        SET status = 'sending', attempts = attempts + 1, updated_at = :now
      WHERE id = ANY(CAST(:ids AS uuid[])) AND channel = :channel
-       AND status IN ('queued', 'sending')
+       AND (status = 'queued' OR (status = 'sending' AND updated_at <= :stale_before))
     RETURNING id::text AS id, recipient_id::text AS recipient_id,
               message_id::text AS message_id,
               CASE WHEN message_id IS NULL THEN COALESCE(digest_id, id)::text END AS items_of,
               mention, attempts
+    """
+)
+
+# Rows another attempt's claim still holds (see CLAIM_LEASE).
+_HELD = text(
+    """
+    SELECT id::text AS id FROM notifications
+     WHERE id = ANY(CAST(:ids AS uuid[])) AND channel = :channel
+       AND status = 'sending' AND updated_at > :stale_before
     """
 )
 
@@ -523,8 +621,9 @@ _RECORD = text(
            sent_at = CASE WHEN u.status = 'sent' THEN :now ELSE n.sent_at END,
            updated_at = :now
       FROM unnest(CAST(:ids AS uuid[]), CAST(:statuses AS text[]), CAST(:reasons AS text[]),
-                  CAST(:refs AS text[])) AS u(id, status, reason, provider_ref)
-     WHERE n.id = u.id AND n.status = 'sending'
+                  CAST(:refs AS text[]), CAST(:claims AS int[]))
+           AS u(id, status, reason, provider_ref, claim)
+     WHERE n.id = u.id AND n.status = 'sending' AND (u.claim IS NULL OR n.attempts = u.claim)
     """
 )
 
@@ -762,7 +861,9 @@ class NotificationLog:
         statement, the unread counts read with the recipients, and returned as notices to emit
         (``dispatched`` says so): what dispatch_due would decide for them a moment
         later was just decided here. A rerun returns the notices again for those
-        rows still unread. Otherwise the rows are written pending and dispatch_due
+        rows still unread, and ``next_due`` is now when an earlier run's dispatch left
+        rows queued that nobody claimed (its result was lost: the agenda dispatches at
+        once and takes them). Otherwise the rows are written pending and dispatch_due
         hands out whatever is due.
 
         Raises:
@@ -867,7 +968,9 @@ class NotificationLog:
                 still = {r.id for r in unread_ids}
                 in_app = {row_id: rid for row_id, rid in in_app.items() if row_id in still}
             if rerun:
-                next_due = (await session.execute(_NEXT_DUE, {"mid": mid})).scalar_one()
+                next_due = (
+                    await session.execute(_NEXT_DUE_ON_RERUN, {"mid": mid, "now": now})
+                ).scalar_one()
             else:
                 next_due = min(later, default=None)
         if message is not None:
@@ -899,6 +1002,11 @@ class NotificationLog:
         queued (returned for send_push), email / SMS rows queued (returned as digest
         items). A rerun with the same ``now`` returns what the first run handed out.
 
+        With ``input.handed_out_at`` (the times of the caller's earlier dispatches of
+        this message), queued rows no sender ever claimed and queued at none of those
+        times are handed out again too (``recovered``): a dispatch queued them and its
+        result was lost with the workflow task that ran it, so nobody sends them.
+
         Raises:
             InvalidInput: a malformed message id.
         """
@@ -909,15 +1017,33 @@ class NotificationLog:
         digests: list[DigestItem] = []
         in_app: dict[str, str] = {}  # row id -> recipient
         cancelled = skipped = deferred = 0
+        adopt = input.handed_out_at is not None
+        params = {
+            "mid": mid,
+            "now": now,
+            "adopt": adopt,
+            "handed_out_at": list(input.handed_out_at or []),
+        }
         async with self._sessions() as session, session.begin():
-            rows = (await session.execute(_DUE_ROWS, {"mid": mid, "now": now})).mappings().all()
+            rows = (await session.execute(_DUE_ROWS, params)).mappings().all()
+            lost = [
+                r["id"]
+                for r in rows
+                if r["status"] == NotificationStatus.QUEUED and r["updated_at"] != now
+            ]
+            recovered: set[str] = set()
+            if lost:
+                found = await session.execute(_ADOPT, {"ids": sorted(lost), "now": now})
+                recovered = {r.id for r in found}
+                rows = [r for r in rows if r["id"] in recovered or r["id"] not in lost]
             notices = await _notice_messages(session, [mid]) if rows else {}
             message = notices.get(mid)
             for row in rows:
                 channel = Channel(row["channel"])
                 rid = row["recipient_id"]
                 if row["status"] != NotificationStatus.PENDING:
-                    # Handed out by an earlier run of this same call.
+                    # Handed out by an earlier run of this same call, or queued by a
+                    # dispatch whose result was lost (recovered).
                     if channel is Channel.IN_APP:
                         in_app[row["id"]] = rid
                     elif channel is Channel.PUSH:
@@ -980,6 +1106,7 @@ class NotificationLog:
             skipped=skipped,
             deferred=deferred,
             next_due=next_due,
+            recovered=len(recovered),
         )
         return result, emitted
 
@@ -1195,6 +1322,9 @@ class NotificationLog:
                 user_preferences(keep[0], prefix="np_"), keep[0]["timezone"], now, mention=mention
             )
             if until is not None:
+                await session.execute(
+                    _DEFER_ITEMS, {"ids": sorted(r["id"] for r in keep), "until": until}
+                )
                 return PrepareDigestResult(cancelled=cancelled, skipped=skipped, defer_until=until)
             item_ids = sorted(r["id"] for r in keep)
             new = _NewRows.empty()
@@ -1233,10 +1363,11 @@ class NotificationLog:
     ) -> tuple[list[ClaimedNotification], int]:
         """Marks rows ``sending`` (one UPDATE) and loads what it takes to send them.
 
-        Only rows still queued (or left ``sending`` by an attempt that died) are
-        claimed: rows already sent, failed or cancelled are never sent again. Just
-        before, push rows whose message was delivered / read and digest rows whose
-        items are all read are cancelled.
+        Only rows still queued, or left ``sending`` by an attempt whose claim is older
+        than CLAIM_LEASE (it died, or gave up), are claimed: rows already sent, failed
+        or cancelled are never sent again, and a row a live attempt is sending is left
+        to it (see ``held``). Just before, push rows whose message was delivered / read
+        and digest rows whose items are all read are cancelled.
 
         Returns:
             The claimed rows, and how many rows were cancelled here.
@@ -1248,9 +1379,13 @@ class NotificationLog:
         ch = _channel(channel)
         if not wanted:
             return [], 0
+        stale_before = now - CLAIM_LEASE
         async with self._sessions() as session, session.begin():
             states = (
-                await session.execute(_CLAIM_STATE, {"ids": wanted, "channel": ch.value})
+                await session.execute(
+                    _CLAIM_STATE,
+                    {"ids": wanted, "channel": ch.value, "stale_before": stale_before},
+                )
             ).all()
             cancel = _Decisions.empty()
             for s in states:
@@ -1263,7 +1398,15 @@ class NotificationLog:
             if not claimable:
                 return [], len(cancelled)
             claimed = (
-                await session.execute(_CLAIM, {"ids": claimable, "channel": ch.value, "now": now})
+                await session.execute(
+                    _CLAIM,
+                    {
+                        "ids": claimable,
+                        "channel": ch.value,
+                        "now": now,
+                        "stale_before": stale_before,
+                    },
+                )
             ).all()
             if not claimed:
                 return [], len(cancelled)
@@ -1300,12 +1443,28 @@ class NotificationLog:
             )
         return result, len(cancelled)
 
+    async def held(self, ids: list[str], channel: Channel, *, now: datetime) -> list[str]:
+        """The rows among ``ids`` another attempt's claim still holds (CLAIM_LEASE).
+
+        Raises:
+            InvalidInput: a malformed id or channel.
+        """
+        wanted = sorted({require_uuid(i, "notification_id") for i in ids})
+        ch = _channel(channel)
+        if not wanted:
+            return []
+        params = {"ids": wanted, "channel": ch.value, "stale_before": now - CLAIM_LEASE}
+        async with self._sessions() as session:
+            return [r.id for r in await session.execute(_HELD, params)]
+
     async def record(self, outcomes: list[Outcome], *, now: datetime) -> None:
         """Records what sending claimed rows came to, in one statement.
 
         SENT sets provider_ref and sent_at; FAILED / SKIPPED / CANCELLED set the
         reason; QUEUED (a transient error) puts the row back with the error as reason,
-        so the next attempt claims it again. Only rows still ``sending`` change.
+        so the next attempt claims it again. Only rows still ``sending`` change, and
+        with an outcome's ``claim``, only while that claim holds (another attempt that
+        claimed the row since, its lease lapsed, owns its outcome).
 
         Raises:
             InvalidInput: an outcome status other than those five, a malformed id.
@@ -1326,6 +1485,7 @@ class NotificationLog:
             "statuses": [NotificationStatus(o.status).value for o in latest.values()],
             "reasons": [o.reason for o in latest.values()],
             "refs": [o.provider_ref for o in latest.values()],
+            "claims": [o.claim for o in latest.values()],
             "now": now,
         }
         async with self._sessions() as session, session.begin():
@@ -1416,6 +1576,40 @@ class NotificationLog:
             for row in found
         ]
 
+    async def overdue(self, *, before: datetime, examples: int = 5) -> OverdueSummary:
+        """Open rows (pending, queued, sending) due before ``before``: what an operator
+        must see, since the row of a healthy agenda moves on soon after it falls due.
+
+        Two statements on ix_notifications_overdue (open rows only, by due time), so
+        the cost grows with the overdue rows, not with the log.
+
+        Raises:
+            InvalidInput: ``examples`` below 0.
+        """
+        if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
+            raise InvalidInput(f"examples must be a non-negative integer, got {examples!r}")
+        async with self._sessions() as session:
+            summary = (await session.execute(_OVERDUE_SUMMARY, {"before": before})).one()
+            ids: list[str] = []
+            if summary.overdue and examples:
+                found = await session.execute(_OVERDUE_ROWS, {"before": before, "limit": examples})
+                ids = [r.id for r in found]
+            rows = await self._rows_by_id(session, ids)
+        return OverdueSummary(
+            count=int(summary.overdue), oldest_due=summary.oldest_due, examples=rows
+        )
+
+    @staticmethod
+    async def _rows_by_id(session: AsyncSession, ids: list[str]) -> list[NotificationRow]:
+        if not ids:
+            return []
+        sql = text(
+            f"SELECT {_ROW_COLUMNS} FROM notifications WHERE id = ANY(CAST(:ids AS uuid[]))"
+            " ORDER BY due_at, id"
+        )
+        found = (await session.execute(sql, {"ids": ids})).mappings().all()
+        return [_notification_row(row) for row in found]
+
     async def rows(
         self, *, message_id: str | None = None, recipient_id: str | None = None
     ) -> list[NotificationRow]:
@@ -1497,6 +1691,16 @@ class NotificationLog:
             clear_push_ids=list(row.cleared or []),
         )
         return result, unread
+
+
+def _notification_row(row: Mapping[Any, Any]) -> NotificationRow:
+    return NotificationRow(
+        **{
+            **row,
+            "channel": Channel(row["channel"]),
+            "status": NotificationStatus(row["status"]),
+        }
+    )
 
 
 def _channel(value: object) -> Channel:

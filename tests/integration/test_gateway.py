@@ -10,6 +10,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,16 +95,9 @@ def _temporal_address(dev_env: WorkflowEnvironment) -> str:
     return dev_env.client.service_client.config.target_host
 
 
-@pytest.fixture
-async def gateway(
-    settings: Settings, dev_env: WorkflowEnvironment
-) -> AsyncIterator[RunningGateway]:
-    """create_app() under uvicorn (lifespan on), against the test's database."""
-    gateway_settings = base_settings(
-        database_url=settings.database_url,
-        temporal_address=_temporal_address(dev_env),
-        graceful_shutdown_seconds=2,
-    )
+@asynccontextmanager
+async def serve_gateway(gateway_settings: Settings) -> AsyncIterator[RunningGateway]:
+    """create_app() under uvicorn (lifespan on) on a free local port."""
     app = create_app(gateway_settings)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -130,19 +124,46 @@ async def gateway(
         sock.close()
 
 
+def gateway_settings(
+    settings: Settings, dev_env: WorkflowEnvironment, **overrides: object
+) -> Settings:
+    """The test's settings for a gateway on the dev server."""
+    return base_settings(
+        database_url=settings.database_url,
+        temporal_address=_temporal_address(dev_env),
+        graceful_shutdown_seconds=2,
+        **overrides,
+    )
+
+
+@pytest.fixture
+async def gateway(
+    settings: Settings, dev_env: WorkflowEnvironment
+) -> AsyncIterator[RunningGateway]:
+    """create_app() under uvicorn (lifespan on), against the test's database."""
+    async with serve_gateway(gateway_settings(settings, dev_env)) as running:
+        yield running
+
+
+async def open_peer(gateway: RunningGateway, user_id: str) -> Peer:
+    """A client connected as ``user_id`` (a fresh token) that records what it is sent."""
+    peer = Peer(user_id, socketio.AsyncClient(reconnection=False))
+    for event in (EVENT_MESSAGE_NEW, EVENT_MESSAGE_RECEIPT):
+        peer.client.on(event, peer.inbox[event].put_nowait)
+    token = issue_token(gateway.settings.gateway_secret, user_id, ttl_seconds=60)
+    await peer.client.connect(
+        gateway.url, auth={"token": token}, transports=["websocket"], wait_timeout=WAIT
+    )
+    return peer
+
+
 @pytest.fixture
 async def connect(gateway: RunningGateway) -> AsyncIterator[Callable[[str], Awaitable[Peer]]]:
     """Connects a client as a user (with a fresh token); all are closed at teardown."""
     peers: list[Peer] = []
 
     async def _connect(user_id: str) -> Peer:
-        peer = Peer(user_id, socketio.AsyncClient(reconnection=False))
-        for event in (EVENT_MESSAGE_NEW, EVENT_MESSAGE_RECEIPT):
-            peer.client.on(event, peer.inbox[event].put_nowait)
-        token = issue_token(gateway.settings.gateway_secret, user_id, ttl_seconds=60)
-        await peer.client.connect(
-            gateway.url, auth={"token": token}, transports=["websocket"], wait_timeout=WAIT
-        )
+        peer = await open_peer(gateway, user_id)
         peers.append(peer)
         return peer
 

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import pytest
@@ -41,7 +41,8 @@ from missive.db import session_factory
 from missive.errors import InvalidInput, ProviderUnavailable, RateLimited
 from missive.metrics import Metrics
 from missive.models import ConversationKind, EncryptionMode
-from missive.notify.dispatch import ChannelSenders
+from missive.notify.dispatch import SEND_WITHIN, ChannelSenders
+from missive.notify.log import CLAIM_LEASE, Outcome
 from missive.notify.mail import EmailSender, message_id
 from missive.notify.options import notify_options
 from missive.notify.preferences import PreferenceService
@@ -55,6 +56,7 @@ from missive.schemas import (
     DigestItems,
     DispatchDueInput,
     NotificationDigestInput,
+    NotificationDigestResult,
     NotificationPreferences,
     NotificationStatus,
     NotifyMessageInput,
@@ -344,6 +346,105 @@ async def test_rate_limit_raises_with_retry_after_and_only_the_unsent_row_goes_a
     assert [m["message"]["token"] for m in sink.received[2:]] == ["cy-only-token"]
     cy_row = await row(core, planned.push[world.cy])
     assert (cy_row.status, cy_row.attempts) == (NotificationStatus.SENT, 2)
+
+
+def _senders_at(core: Core, channels: Senders, clock: Any, log: Any = None) -> ChannelSenders:
+    """The fixture's providers with another clock (and log)."""
+    s = channels.senders
+    return ChannelSenders(
+        log or core.notifications,
+        core.messages,
+        push=s._push,
+        email=s._email,
+        sms=s._sms,
+        metrics=channels.metrics,
+        clock=clock,
+    )
+
+
+async def test_a_row_another_attempt_holds_is_sent_only_once_its_claim_lapsed(
+    core: Core, world: World, channels: Senders, fcm: tuple[FcmSink, str]
+) -> None:
+    sink, _ = fcm
+    planned = await send_and_plan(core, world.ana, world.ops, "hello")
+    ids = list(planned.push.values())
+    ben_row = planned.push[world.ben]
+    # An attempt claimed ben's row and is still sending it (or retrying its record).
+    now = datetime.now(UTC)
+    [held], _ = await core.notifications.claim([ben_row], Channel.PUSH, now=now)
+
+    # Another attempt of the same send: cy's row goes, ben's is left to its holder,
+    # and the activity fails transiently so Temporal retries it.
+    with pytest.raises(ProviderUnavailable, match="being sent by another attempt"):
+        await _senders_at(core, channels, lambda: now).send_push(ids)
+    assert [m["message"]["token"] for m in sink.received] == ["cy-only-token"]
+    assert (await row(core, ben_row)).status == NotificationStatus.SENDING
+
+    # The holder died: once its claim lapsed, a retry sends ben's row, once.
+    later = now + CLAIM_LEASE + timedelta(seconds=1)
+    result = await _senders_at(core, channels, lambda: later).send_push(ids)
+    assert result.sent == 1
+    assert sorted(m["message"]["token"] for m in sink.received) == [
+        "ben-phone-token",
+        "ben-tablet-token",
+        "cy-only-token",
+    ]
+    # The first holder's late outcome does not overwrite the row it no longer owns.
+    await core.notifications.record(
+        [Outcome(ben_row, NotificationStatus.QUEUED, "late", claim=held.attempts)], now=later
+    )
+    stored = await row(core, ben_row)
+    assert (stored.status, stored.attempts) == (NotificationStatus.SENT, 2)
+
+
+async def test_outcomes_are_recorded_through_a_database_outage_and_never_sent_twice(
+    core: Core, world: World, channels: Senders, fcm: tuple[FcmSink, str]
+) -> None:
+    sink, _ = fcm
+    planned = await send_and_plan(core, world.ana, world.ops, "hello")
+    ids = list(planned.push.values())
+
+    class Restarting:
+        """The log, whose first two records fail as during a PostgreSQL restart."""
+
+        failures = 2
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(core.notifications, name)
+
+        async def record(self, outcomes: list[Outcome], *, now: datetime) -> None:
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionRefusedError("PostgreSQL is restarting")
+            await core.notifications.record(outcomes, now=now)
+
+    restarting = Restarting()
+    senders = _senders_at(core, channels, lambda: datetime.now(UTC), log=restarting)
+    result = await senders.send_push(ids)
+    assert result.sent == 2 and restarting.failures == 0
+    assert len(sink.received) == 3  # ben's two devices and cy's, once each
+    assert {(await row(core, i)).status for i in ids} == {NotificationStatus.SENT}
+    assert (await channels.senders.send_push(ids)).sent == 0
+    assert len(sink.received) == 3
+
+
+async def test_rows_not_started_soon_enough_after_their_claim_are_queued_again(
+    core: Core, world: World, channels: Senders, fcm: tuple[FcmSink, str]
+) -> None:
+    sink, _ = fcm
+    planned = await send_and_plan(core, world.ana, world.ops, "hello")
+    ids = list(planned.push.values())
+    claimed_at = datetime.now(UTC)
+    times = iter([claimed_at])  # the claim's time, then every provider call is late
+
+    def clock() -> datetime:
+        return next(times, claimed_at + SEND_WITHIN)
+
+    with pytest.raises(ProviderUnavailable, match="not sent within"):
+        await _senders_at(core, channels, clock).send_push(ids)
+    assert sink.received == []
+    assert {(await row(core, i)).status for i in ids} == {NotificationStatus.QUEUED}
+    assert (await channels.senders.send_push(ids)).sent == 2
 
 
 async def test_read_before_sending_cancels_the_push(
@@ -849,3 +950,98 @@ async def test_notify_workers_send_a_message_s_push_and_email_digest(
         "cy@example.com",
     ]
     assert {mail["Subject"] for _, mail in inbox.emails} == {"New message from Ana in #ops"}
+
+
+async def test_an_agenda_sends_once_what_an_attempt_whose_task_was_lost_queued(
+    core: Core,
+    world: World,
+    fcm: tuple[FcmSink, str],
+    smtp_port: int,
+    inbox: Inbox,
+    dev_env: WorkflowEnvironment,
+    database_url: str,
+    task_queue: str,
+) -> None:
+    """An attempt stored the message, planned it and dispatched its push and email rows
+    (queued), then its workflow task was lost: no send was ever started for them. The
+    attempt that replaces it plans again (a rerun) and must send each row exactly once."""
+    from workflows.notify_message import NotifyMessageWorkflow
+
+    settings = base_settings(
+        database_url=database_url,
+        fcm_endpoint=fcm[1],
+        smtp_host="127.0.0.1",
+        smtp_port=smtp_port,
+        email_from=f"Missive <notify@{MAIL_DOMAIN}>",
+        notify_grace_seconds=0,
+        notify_email_delay_seconds=0,
+        notify_digest_window_seconds=1,
+    )
+    options = dataclasses.replace(
+        notify_options(settings),
+        task_queue=f"{task_queue}-notify",
+        push_task_queue=f"{task_queue}-push",
+        email_task_queue=f"{task_queue}-email",
+        sms_task_queue=f"{task_queue}-sms",
+    )
+    stored = await core.messages.persist(
+        PersistMessageInput(world.ops, world.ana, "c-lost", "deploy done")
+    )
+    message = NotifyMessageInput(
+        message_id=stored.message_id,
+        conversation_id=world.ops,
+        sender_id=world.ana,
+        seq=stored.seq,
+        created_at=stored.created_at,
+        options=options,
+    )
+    # The lost attempt: its plan and its dispatch committed, their results went nowhere.
+    lost_at = stored.created_at + timedelta(milliseconds=1)
+    await core.notifications.plan(PlanNotificationsInput(message, now=lost_at))
+    lost, _ = await core.notifications.dispatch_due(
+        DispatchDueInput(stored.message_id, options, lost_at)
+    )
+    assert len(lost.push) == 2 and len(lost.digests) == 2
+    client = dev_env.client
+    async with AsyncExitStack() as stack:
+        senders = open_notify(settings, core, stack)
+        for worker in notify_workers(settings, client, core, Emitted(), senders, queues=options):
+            await stack.enter_async_context(worker)
+        handle = await client.start_workflow(
+            NotifyMessageWorkflow.run,
+            message,
+            id=notify_message_workflow_id(stored.message_id),
+            task_queue=options.task_queue,
+        )
+        digests = [
+            client.get_workflow_handle(
+                notify_digest_workflow_id("email", user), result_type=NotificationDigestResult
+            )
+            for user in (world.ben, world.cy)
+        ]
+        try:
+            result = await asyncio.wait_for(handle.result(), E2E_TIMEOUT)
+            for digest in digests:
+                assert (await asyncio.wait_for(digest.result(), E2E_TIMEOUT)).digests == 1
+        finally:
+            for running in [handle.id, *(d.id for d in digests)]:
+                with suppress(RPCError):
+                    await client.get_workflow_handle(running).terminate("test over")
+
+    assert result.pushed == 2
+    sink, _ = fcm
+    assert sorted(m["message"]["token"] for m in sink.received) == [
+        "ben-phone-token",
+        "ben-tablet-token",
+        "cy-only-token",
+    ]
+    assert sorted(envelope.rcpt_tos[0] for envelope, _ in inbox.emails) == [
+        "ben@example.com",
+        "cy@example.com",
+    ]
+    rows = await core.notifications.rows(message_id=stored.message_id)
+    assert {(r.channel, r.status) for r in rows} == {
+        (Channel.IN_APP, NotificationStatus.SENT),
+        (Channel.PUSH, NotificationStatus.SENT),
+        (Channel.EMAIL, NotificationStatus.DIGESTED),
+    }

@@ -17,6 +17,7 @@ from missive.db import session_factory
 from missive.errors import ConversationNotFound, InvalidInput, NotAMember, UserNotFound
 from missive.models import ConversationKind
 from missive.notify.log import (
+    CLAIM_LEASE,
     REASON_ALL_OFF,
     REASON_DELIVERED,
     REASON_NO_DEVICE,
@@ -437,6 +438,87 @@ async def test_dispatch_cancels_what_preferences_now_forbid_and_counts_unread(
         assert (rows[key].status, rows[key].reason) == (CANCELLED, REASON_PREFERENCES)
 
 
+# --- rows a lost attempt left ---
+
+
+async def test_dispatch_hands_out_again_what_a_lost_dispatch_queued(world: World) -> None:
+    await world.user("ana")
+    for handle in ("ben", "cy"):
+        await world.user(handle, device=True, email=f"{handle}@example.com")
+    await world.group()
+    sent = await world.send()
+    await world.log.plan(world.plan_input(sent))
+    lost_at = T0 + GRACE  # a dispatch whose workflow task was lost: nobody got its result
+    lost, _ = await world.log.dispatch_due(DispatchDueInput(sent.message_id, OPTIONS, lost_at))
+    assert len(lost.push) == 2
+    rows = await world.table(sent)
+    ben_push, cy_push = rows[("ben", PUSH)].id, rows[("cy", PUSH)].id
+
+    # The replacement task dispatches at its own time: without the agenda's times (as
+    # before) it finds nothing; with them, it takes the rows nobody holds.
+    again_at = lost_at + timedelta(seconds=11)
+    before, _ = await world.log.dispatch_due(DispatchDueInput(sent.message_id, OPTIONS, again_at))
+    assert (before.push, before.recovered) == ([], 0)
+    # ...one of them meanwhile claimed by a sender (a live one holds it): never handed out.
+    claimed, _ = await world.log.claim([cy_push], PUSH, now=again_at)
+    assert [c.id for c in claimed] == [cy_push]
+    took = DispatchDueInput(sent.message_id, OPTIONS, again_at, handed_out_at=[T0])
+    recovered, _ = await world.log.dispatch_due(took)
+    assert (recovered.push, recovered.recovered) == ([ben_push], 1)
+    assert (await world.table(sent))[("ben", PUSH)].updated_at == again_at
+    # A rerun of that call (same time) hands them out again; a later dispatch that
+    # knows that time does not.
+    assert (await world.log.dispatch_due(took))[0].push == [ben_push]
+    later = DispatchDueInput(
+        sent.message_id, OPTIONS, again_at + timedelta(seconds=5), handed_out_at=[T0, again_at]
+    )
+    assert (await world.log.dispatch_due(later))[0].push == []
+
+
+async def test_a_rerun_plan_dispatches_at_once_when_a_lost_dispatch_left_rows_queued(
+    world: World,
+) -> None:
+    await world.user("ana")
+    await world.user("ben", device=True, email="ben@example.com")
+    await world.group()
+    sent = await world.send()
+    first, _ = await world.log.plan(world.plan_input(sent))
+    assert first.next_due == T0 + GRACE
+    # A rerun before anything was dispatched: the next due time, as before.
+    rerun_at = T0 + timedelta(seconds=5)
+    rerun, _ = await world.log.plan(world.plan_input(sent, now=rerun_at))
+    assert rerun.next_due == T0 + GRACE
+    await world.dispatch(sent, T0 + GRACE)  # lost: the push row stays queued
+    late = T0 + GRACE + timedelta(seconds=30)
+    replanned, _ = await world.log.plan(world.plan_input(sent, now=late))
+    assert replanned.next_due == late
+
+
+async def test_overdue_counts_open_rows_long_past_their_due_time(world: World) -> None:
+    await world.user("ana")
+    await world.user("ben", device=True, email="ben@example.com")
+    await world.user("cy", device=True)
+    await world.group()
+    sent = await world.send()
+    await world.log.plan(world.plan_input(sent))
+    minute, hour = timedelta(minutes=1), timedelta(hours=1)
+    # Push due at T0 + GRACE, email at T0 + EMAIL_DELAY, all pending (none sent).
+    assert (await world.log.overdue(before=T0)).count == 0
+    found = await world.log.overdue(before=T0 + GRACE + minute, examples=1)
+    assert (found.count, found.oldest_due) == (2, T0 + GRACE)
+    [example] = found.examples
+    assert (example.channel, example.status, example.due_at) == (PUSH, PENDING, T0 + GRACE)
+    everything = await world.log.overdue(before=T0 + EMAIL_DELAY + minute)
+    assert everything.count == 3 and {r.channel for r in everything.examples} == {PUSH, EMAIL}
+    # Settled rows are not overdue, whatever their age.
+    await world.receipt("ben", ReceiptStatus.READ, 1)
+    await world.receipt("cy", ReceiptStatus.READ, 1)
+    await world.dispatch(sent, T0 + EMAIL_DELAY)
+    assert (await world.log.overdue(before=T0 + 10 * hour)).count == 0
+    with pytest.raises(InvalidInput, match="examples must be"):
+        await world.log.overdue(before=T0, examples=-1)
+
+
 # --- claim / record ---
 
 
@@ -488,19 +570,28 @@ async def test_claim_and_record_never_send_a_row_twice(world: World) -> None:
     )
     assert rows[("dee", PUSH)].status is SENDING
 
-    # The retry claims cy (queued) and dee (sending) again, never ben (sent).
+    # A retry claims cy (queued) again, never ben (sent), and not yet dee: its claim
+    # may belong to an attempt still sending it.
     again, _ = await world.log.claim(list(ids.values()), PUSH, now=now)
-    assert {c.id: c.attempts for c in again} == {ids["cy"]: 2, ids["dee"]: 2}
+    assert {c.id: c.attempts for c in again} == {ids["cy"]: 2}
+    # Both are held now: dee by the attempt that died, cy by this retry.
+    held = await world.log.held(list(ids.values()), PUSH, now=now)
+    assert sorted(held) == sorted([ids["cy"], ids["dee"]])
+    # Once dee's claim lapsed, a retry takes it over.
+    later = now + CLAIM_LEASE
+    assert await world.log.held(list(ids.values()), PUSH, now=later) == []
+    taken, _ = await world.log.claim([ids["dee"]], PUSH, now=later)
+    assert {c.id: c.attempts for c in taken} == {ids["dee"]: 2}
     await world.log.record(
         [
-            Outcome(ids["cy"], FAILED, reason="push token is invalid"),
-            Outcome(ids["dee"], SENT, provider_ref="projects/p/messages/2"),
+            Outcome(ids["cy"], FAILED, reason="push token is invalid", claim=2),
+            Outcome(ids["dee"], SENT, provider_ref="projects/p/messages/2", claim=2),
             # An outcome for a row that is not being sent is ignored.
             Outcome(ids["ben"], FAILED, reason="late duplicate"),
         ],
-        now=now,
+        now=later,
     )
-    assert await world.log.claim(list(ids.values()), PUSH, now=now) == ([], 0)
+    assert await world.log.claim(list(ids.values()), PUSH, now=later) == ([], 0)
     rows = await world.table(world.sent[0])
     assert rows[("ben", PUSH)].status is SENT and rows[("ben", PUSH)].reason is None
     assert rows[("cy", PUSH)].status is FAILED and rows[("dee", PUSH)].attempts == 2
@@ -682,6 +773,9 @@ async def test_prepare_digest_waits_for_the_end_of_quiet_hours(world: World) -> 
     assert prepared.notification_id is None and prepared.defer_until == TOKYO_MORNING
     rows = await world.log.rows(recipient_id=world.users["ben"])
     assert {r.status for r in rows if r.id in items} == {QUEUED}
+    # Due in the morning now: not overdue during the night.
+    assert {r.due_at for r in rows if r.id in items} == {TOKYO_MORNING}
+    assert (await world.log.overdue(before=TOKYO_MORNING - timedelta(minutes=1))).count == 0
     # The next try, in the morning, sends them.
     morning = await world.log.prepare_digest(
         PrepareDigestInput(world.users["ben"], EMAIL, items, TOKYO_MORNING)
