@@ -123,7 +123,8 @@ async def stack(
             "codec_keys": f"1:{_key()}" if codec else "",
             "gateway_secret": _key(),
         }
-        probe = Settings(**keys)  # type: ignore[arg-type]
+        # The no-codec side of bench.codec_cost runs with plaintext payloads on purpose.
+        probe = Settings(**keys, allow_plaintext_payloads=not codec)  # type: ignore[arg-type]
         temporal = await WorkflowEnvironment.start_local(
             dev_server_existing_path=_binary("temporal"),
             data_converter=data_converter(probe),
@@ -135,6 +136,7 @@ async def stack(
             database_url=database_url,
             temporal_address=temporal.client.service_client.config.target_host,
             gateway_port=port,
+            allow_plaintext_payloads=not codec,
             **keys,  # type: ignore[arg-type]
         )
         child_env = {
@@ -143,6 +145,7 @@ async def stack(
             "TEMPORAL_ADDRESS": settings.temporal_address,
             "MASTER_KEYS": keys["master_keys"],
             "CODEC_KEYS": keys["codec_keys"],
+            "ALLOW_PLAINTEXT_PAYLOADS": "false" if codec else "true",
             "GATEWAY_SECRET": keys["gateway_secret"],
             "GATEWAY_PORT": str(port),
             "LOG_LEVEL": "WARNING",

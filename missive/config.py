@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from missive.errors import InvalidInput
+from missive.validation import MAX_LIFECYCLE_WINDOW_SECONDS, MAX_RECEIPT_DETAIL_RECIPIENTS
 
 
 def parse_keyring(spec: str, *, name: str) -> dict[int, bytes]:
@@ -66,10 +67,15 @@ class Settings(BaseSettings):
 
     codec_keys: str = ""
     """Payload-codec keys for Temporal payloads, same format as master_keys.
-    Unset: payloads are not encrypted (the dev command always sets them)."""
+    Required unless ALLOW_PLAINTEXT_PAYLOADS (the dev command always sets them)."""
 
     codec_key_version: int | None = None
     """Which codec key encodes new payloads; default the highest version."""
+
+    allow_plaintext_payloads: bool = False
+    """Let a process without CODEC_KEYS start anyway, its Temporal payloads (message
+    bodies among them) in clear. False: the worker, the gateway and the starter
+    refuse to start without CODEC_KEYS."""
 
     gateway_secret: str = ""
     """HMAC key that signs gateway connection tokens. Required by the gateway
@@ -91,10 +97,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=16_384, gt=0)
     """Largest message body accepted, in UTF-8 bytes."""
 
-    lifecycle_window_seconds: int = Field(default=86_400, gt=0)
+    lifecycle_window_seconds: int = Field(default=86_400, gt=0, le=MAX_LIFECYCLE_WINDOW_SECONDS)
     """How long a message's lifecycle follows receipts before it ends unread."""
 
-    receipt_detail_max_recipients: int = Field(default=32, ge=0)
+    receipt_detail_max_recipients: int = Field(default=32, ge=0, le=MAX_RECEIPT_DETAIL_RECIPIENTS)
     """Up to this many recipients, the lifecycle workflow is told of every
     receipt and its query shows each recipient; above it (large groups) it is
     told only of milestones (all delivered, all read), keeping history small."""
@@ -330,6 +336,18 @@ class Settings(BaseSettings):
         if not origins:
             return None
         return "*" if origins == ["*"] else origins
+
+    def require_payload_codec(self) -> None:
+        """Refuses plaintext Temporal payloads unless ALLOW_PLAINTEXT_PAYLOADS says so.
+
+        Raises:
+            InvalidInput: CODEC_KEYS is not set and ALLOW_PLAINTEXT_PAYLOADS is not true.
+        """
+        if not self.codec_keys and not self.allow_plaintext_payloads:
+            raise InvalidInput(
+                "CODEC_KEYS is not set: Temporal payloads (message bodies) would be stored "
+                "in clear; set CODEC_KEYS, or ALLOW_PLAINTEXT_PAYLOADS=true to allow that"
+            )
 
     def require_database_url(self) -> str:
         """The database URL, or a clear error when it is unset."""

@@ -12,6 +12,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from missive.validation import MAX_LIFECYCLE_WINDOW_SECONDS, MAX_RECEIPT_DETAIL_RECIPIENTS, bounds
+
+_WINDOW = bounds(1, MAX_LIFECYCLE_WINDOW_SECONDS)
+_DETAIL = bounds(0, MAX_RECEIPT_DETAIL_RECIPIENTS)
+
 
 class ReceiptStatus(StrEnum):
     """What a recipient says about a message."""
@@ -44,12 +49,13 @@ class SendMessageInput:
     body: str
     """The text. It travels only through the payload codec (encrypted) and is
     stored only encrypted; it never reaches a log."""
-    max_body_bytes: int = 16_384
-    """Largest body accepted, in UTF-8 bytes (from settings at start)."""
-    lifecycle_window_seconds: int = 86_400
-    """How long the lifecycle follows receipts before it ends unread."""
-    receipt_detail_max_recipients: int = 32
-    """Up to this many recipients the workflow tracks each one."""
+    max_body_bytes: int = field(default=16_384, metadata=bounds(1))
+    """Largest body accepted, in UTF-8 bytes (the sender's MAX_BODY_BYTES). It can
+    only lower the limit: the persisting worker enforces its own MAX_BODY_BYTES."""
+    lifecycle_window_seconds: int = field(default=86_400, metadata=_WINDOW)
+    """How long the lifecycle follows receipts before it ends unread (1 s to 30 days)."""
+    receipt_detail_max_recipients: int = field(default=32, metadata=_DETAIL)
+    """Up to this many recipients the workflow tracks each one (at most 1,024)."""
     request_id: str = ""
     """A random id of the send request that started the lifecycle: a later
     request with the same client_message_id is acked as a duplicate."""
@@ -75,9 +81,9 @@ class PersistMessageInput:
     """The sender's id for the message."""
     body: str
     """The plaintext body; encrypted before it touches the database."""
-    max_body_bytes: int = 16_384
-    """Size limit in UTF-8 bytes."""
-    receipt_detail_max_recipients: int = 32
+    max_body_bytes: int = field(default=16_384, metadata=bounds(1))
+    """Size limit in UTF-8 bytes; the service's own MAX_BODY_BYTES caps it."""
+    receipt_detail_max_recipients: int = field(default=32, metadata=_DETAIL)
     """Return recipient ids only up to this many."""
     request_id: str = ""
     """The send request that started the lifecycle (see SendMessageInput)."""
@@ -180,9 +186,9 @@ class ReceiptInput:
     """Watermark: every message with seq <= this one."""
     message_id: str | None = None
     """Or a message id, taken as the watermark at its seq."""
-    lifecycle_window_seconds: int = 86_400
+    lifecycle_window_seconds: int = field(default=86_400, metadata=_WINDOW)
     """Messages older than this have no running lifecycle to tell."""
-    receipt_detail_max_recipients: int = 32
+    receipt_detail_max_recipients: int = field(default=32, metadata=_DETAIL)
     """Lifecycles of messages with more recipients hear only of milestones."""
     notify: NotifyOptions | None = None
     """Notification settings (as for a send); set, the receipt also settles the reader's
@@ -377,16 +383,16 @@ class BatchInput:
     """Chunks running at once (the sliding window)."""
     failure_threshold: float = 0.0
     """Share of the items that may fail before the batch fails."""
-    max_body_bytes: int = 16_384
-    """Largest body, in UTF-8 bytes."""
+    max_body_bytes: int = field(default=16_384, metadata=bounds(1))
+    """Largest body, in UTF-8 bytes; the worker's own MAX_BODY_BYTES caps it."""
     heartbeat_every: int = 500
     """Items per transaction inside a chunk; the cursor is heartbeated after each."""
-    max_chunks_per_run: int = 0
+    max_chunks_per_run: int = field(default=0, metadata=bounds(0))
     """Continue as new after this many chunks in one run (0: only when Temporal
     suggests it). Keeps each run's history bounded."""
     upsert_search_attributes: bool = True
     """Keep MissiveBatchProgress / MissiveBatchStatus current for the Web UI."""
-    heartbeat_timeout_seconds: float = 30.0
+    heartbeat_timeout_seconds: float = field(default=30.0, metadata=bounds(1, 3_600))
     """A chunk whose worker stops heartbeating this long is retried elsewhere."""
     state: BatchState | None = None
     """Carried over by continue-as-new; None on the first run."""
@@ -402,9 +408,9 @@ class BatchChunkInput:
     """First item number of the chunk."""
     to_item: int
     """One past its last item number."""
-    max_body_bytes: int = 16_384
-    """Largest body, in UTF-8 bytes."""
-    heartbeat_every: int = 500
+    max_body_bytes: int = field(default=16_384, metadata=bounds(1))
+    """Largest body, in UTF-8 bytes; the worker's own MAX_BODY_BYTES caps it."""
+    heartbeat_every: int = field(default=500, metadata=bounds(1, 100_000))
     """Items per transaction; the cursor is heartbeated after each."""
 
 

@@ -39,6 +39,23 @@ def require_client_message_id(value: object) -> str:
     return value
 
 
+MAX_LIFECYCLE_WINDOW_SECONDS = 30 * 86_400
+"""Longest lifecycle window a workflow input may ask for (30 days)."""
+
+MAX_RECEIPT_DETAIL_RECIPIENTS = 1_024
+"""Most recipients a lifecycle may track one by one: each costs it history and state."""
+
+
+def bounds(low: float | None = None, high: float | None = None) -> dict[str, object]:
+    """Dataclass field metadata: a number's allowed range in a workflow input.
+
+    Read by the payload converter (runtime.converter), which refuses a value
+    outside it as InvalidInput naming the field:
+    ``field(default=86_400, metadata=bounds(1, MAX_LIFECYCLE_WINDOW_SECONDS))``.
+    """
+    return {"missive_bounds": (low, high)}
+
+
 def require_body(value: object, *, max_bytes: int) -> bytes:
     """Returns the UTF-8 body, or raises InvalidInput if empty or too large."""
     if not isinstance(value, str):

@@ -13,14 +13,27 @@ from temporalio.runtime import Runtime
 from missive.config import Settings
 from missive.errors import ProviderUnavailable
 from runtime.codec import EncryptionCodec
+from runtime.converter import StrictPayloadConverter
 
 
 def data_converter(settings: Settings) -> DataConverter:
-    """The converter every client and worker uses: encrypted payloads and failures."""
+    """The converter every client and worker uses: encrypted payloads and failures.
+
+    Values are checked against their types as they are read (StrictPayloadConverter):
+    a workflow started with input of the wrong shape fails at once as InvalidInput.
+
+    Raises:
+        InvalidInput: CODEC_KEYS is not set and ALLOW_PLAINTEXT_PAYLOADS is not
+            true: message bodies would reach Temporal's history in clear.
+    """
+    strict = dataclasses.replace(
+        temporalio.converter.default(), payload_converter_class=StrictPayloadConverter
+    )
+    settings.require_payload_codec()
     if not settings.codec_keys:
-        return temporalio.converter.default()
+        return strict
     return dataclasses.replace(
-        temporalio.converter.default(),
+        strict,
         payload_codec=EncryptionCodec(
             settings.codec_keyring, current_version=settings.codec_key_version
         ),
@@ -39,12 +52,14 @@ async def connect(
 
     Raises:
         ProviderUnavailable: the frontend at TEMPORAL_ADDRESS did not answer.
+        InvalidInput: no CODEC_KEYS and plaintext payloads not allowed (see data_converter).
     """
+    converter = data_converter(settings)
     try:
         return await Client.connect(
             settings.temporal_address,
             namespace=settings.temporal_namespace,
-            data_converter=data_converter(settings),
+            data_converter=converter,
             interceptors=interceptors,
             runtime=runtime,
         )

@@ -12,16 +12,37 @@ from collections.abc import Iterable, Sequence
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf.message import DecodeError
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
+from temporalio.exceptions import ApplicationError
 
 ENCODING = b"binary/encrypted"
 KEY_ID = "encryption-key-id"
 _NONCE = 12
+_SHOWN_KEY_ID = 16
+"""Most characters of a requested key id an error quotes (real ids are versions)."""
 
 
-class PayloadDecryptionError(ValueError):
-    """A payload could not be decoded: unknown key id or failed authentication."""
+class PayloadDecryptionError(ApplicationError, ValueError):
+    """A payload could not be decoded: unknown key id or failed authentication.
+
+    A non-retryable ``InvalidInput`` ApplicationError: a worker that cannot
+    decode a workflow's input fails the workflow at once instead of retrying its
+    first task forever (the codec server answers it with a 422). Add a codec key
+    to every process before any process encodes with it (CODEC_KEY_VERSION).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, type="InvalidInput", non_retryable=True)
+
+
+def shown_key_id(key_id: bytes) -> str:
+    """A requested key id as an error may quote it: bounded, printable."""
+    text = key_id.decode("utf-8", "replace")
+    if len(text) <= _SHOWN_KEY_ID:
+        return repr(text)
+    return f"{text[:_SHOWN_KEY_ID]!r}... ({len(key_id)} bytes)"
 
 
 class EncryptionCodec(PayloadCodec):
@@ -56,18 +77,25 @@ class EncryptionCodec(PayloadCodec):
     def _decode_one(self, p: Payload) -> Payload:
         if p.metadata.get("encoding") != ENCODING:
             return p
-        key_id = p.metadata.get(KEY_ID, b"").decode()
-        key = self._keys.get(key_id)
+        raw_id = p.metadata.get(KEY_ID, b"")
+        key = self._keys.get(raw_id.decode("utf-8", "replace"))
         if key is None:
-            raise PayloadDecryptionError(f"payload encrypted with unknown codec key id {key_id!r}")
+            raise PayloadDecryptionError(
+                f"payload encrypted with unknown codec key id {shown_key_id(raw_id)}"
+            )
         try:
             plain = key.decrypt(p.data[:_NONCE], p.data[_NONCE:], None)
         except (InvalidTag, ValueError) as err:
             raise PayloadDecryptionError(
-                f"payload with codec key id {key_id!r} failed authentication"
+                f"payload with codec key id {shown_key_id(raw_id)} failed authentication"
             ) from err
         decoded = Payload()
-        decoded.ParseFromString(plain)
+        try:
+            decoded.ParseFromString(plain)
+        except DecodeError as err:
+            raise PayloadDecryptionError(
+                f"payload with codec key id {shown_key_id(raw_id)} is not a payload once decrypted"
+            ) from err
         return decoded
 
     @property

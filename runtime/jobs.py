@@ -75,7 +75,9 @@ def batch_service(
     the notifications of announcements; indexing needs nothing: batch-inserted
     messages are pending for the search indexer.
     """
-    return BatchService(core.engine, core.cipher, emitter, sinks=sinks)
+    return BatchService(
+        core.engine, core.cipher, emitter, sinks=sinks, max_body_bytes=core.max_body_bytes
+    )
 
 
 def retention_service(

@@ -27,6 +27,7 @@ from missive.notify.preferences import PreferenceService
 from missive.services.directory import DirectoryService
 from missive.services.messages import MessageService
 from missive.services.receipts import ReceiptService
+from runtime.converter import InputCheckingRunner
 from workflows.message_lifecycle import MessageLifecycleWorkflow
 from workflows.receipts import ReceiptWorkflow
 
@@ -46,6 +47,8 @@ class Core:
     notifications: NotificationLog
     preferences: PreferenceService
     """Users' notification preferences, timezones and push devices (the gateway's API)."""
+    max_body_bytes: int = 16_384
+    """This process's MAX_BODY_BYTES: the most any input may ask its services to store."""
 
 
 async def open_core(settings: Settings, stack: AsyncExitStack, *, pool_size: int = 10) -> Core:
@@ -68,11 +71,12 @@ async def open_core(settings: Settings, stack: AsyncExitStack, *, pool_size: int
     return Core(
         engine=engine,
         cipher=cipher,
-        messages=MessageService(sessions, cipher),
+        messages=MessageService(sessions, cipher, max_body_bytes=settings.max_body_bytes),
         receipts=ReceiptService(sessions),
         directory=DirectoryService(sessions, cipher),
         notifications=NotificationLog(sessions),
         preferences=PreferenceService(sessions),
+        max_body_bytes=settings.max_body_bytes,
     )
 
 
@@ -88,10 +92,14 @@ def client_manager(settings: Settings, *, write_only: bool) -> AsyncPubSubManage
 
 
 def workflow_runner(settings: Settings) -> WorkflowRunner:
-    """The sandboxed runner when WORKFLOW_SANDBOX is on, else the unsandboxed one."""
+    """The sandboxed runner when WORKFLOW_SANDBOX is on, else the unsandboxed one.
+
+    Either way a start with no input or several fails as InvalidInput
+    (runtime.converter.InputCheckingRunner) instead of retrying its first task.
+    """
     if settings.workflow_sandbox:
-        return SandboxedWorkflowRunner()
-    return UnsandboxedWorkflowRunner()
+        return InputCheckingRunner(SandboxedWorkflowRunner())
+    return InputCheckingRunner(UnsandboxedWorkflowRunner())
 
 
 @dataclass

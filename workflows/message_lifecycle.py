@@ -51,16 +51,22 @@ class MessageLifecycleWorkflow:
     """
 
     @workflow.init
-    def __init__(self, input: SendMessageInput) -> None:
-        self._fingerprint = send_fingerprint(input.conversation_id, input.body)
-        self._request_id = input.request_id
+    def __init__(self, input: SendMessageInput | None = None) -> None:
+        # None only for a start without input (runtime.converter.InputCheckingRunner
+        # passes null); run then fails it as InvalidInput.
+        self._fingerprint = send_fingerprint(input.conversation_id, input.body) if input else ""
+        self._request_id = input.request_id if input else ""
         self._status = MessageStatus()
         self._accepted: MessageAccepted | None = None
         self._rejection: ApplicationError | None = None
 
     @workflow.run
-    async def run(self, input: SendMessageInput) -> MessageLifecycleResult:
+    async def run(self, input: SendMessageInput | None = None) -> MessageLifecycleResult:
         """Runs the lifecycle; fails only with a non-retryable ApplicationError."""
+        if input is None:
+            # Optional only so that a start without input reaches this line (the
+            # SDK builds the object with run's arguments before any of its code).
+            raise ApplicationError("input: is required", type="InvalidInput", non_retryable=True)
         try:
             persisted = await self._persist(input)
         except ApplicationError as err:

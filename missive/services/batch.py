@@ -210,7 +210,10 @@ class BatchService:
         *,
         sinks: Sequence[StoredMessagesSink] = (),
         live_events_per_conversation: int = LIVE_EVENTS_PER_CONVERSATION,
+        max_body_bytes: int | None = None,
     ):
+        self._max_body_bytes = max_body_bytes
+        """This process's MAX_BODY_BYTES: a chunk's own limit can only lower it."""
         self._live_events = live_events_per_conversation
         self._engine = engine
         self._cipher = cipher
@@ -323,6 +326,8 @@ class BatchService:
         """
         if step <= 0:
             raise InvalidInput(f"step must be positive, got {step}")
+        if self._max_body_bytes is not None:
+            max_body_bytes = min(max_body_bytes, self._max_body_bytes)
         cursor = from_item if resume_from is None else max(from_item, resume_from)
         # The sinks are told the batch's kind; it never changes, so it is read once.
         described = await self.exists(batch_id) if self._sinks else None

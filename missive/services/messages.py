@@ -103,10 +103,18 @@ class StoredMessage:
 class MessageService:
     """Stores and loads messages; bodies exist only as ciphertext in the database."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], cipher: MessageCipher):
+    def __init__(
+        self,
+        sessions: async_sessionmaker[AsyncSession],
+        cipher: MessageCipher,
+        *,
+        max_body_bytes: int | None = None,
+    ):
         self._sessions = sessions
         self._autocommit = autocommit(sessions)
         self._cipher = cipher
+        self._max_body_bytes = max_body_bytes
+        """This process's MAX_BODY_BYTES: a request's own limit can only lower it."""
 
     async def persist(self, req: PersistMessageInput) -> PersistMessageResult:
         """Validates and stores a message with one delivery row per other participant.
@@ -123,7 +131,7 @@ class MessageService:
         cid = require_uuid(req.conversation_id, "conversation_id")
         sender = require_uuid(req.sender_id, "sender_id")
         cmid = require_client_message_id(req.client_message_id)
-        body = require_body(req.body, max_bytes=req.max_body_bytes)
+        body = require_body(req.body, max_bytes=self._body_limit(req.max_body_bytes))
         mid = message_id_for(sender, cmid)
         for attempt in (1, 2):
             try:
@@ -134,6 +142,12 @@ class MessageService:
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
+
+    def _body_limit(self, requested: int) -> int:
+        """The smaller of the request's limit and this process's own."""
+        if self._max_body_bytes is None:
+            return requested
+        return min(requested, self._max_body_bytes)
 
     async def _persist_once(
         self,

@@ -7,7 +7,10 @@ import socketio
 from temporalio.worker import UnsandboxedWorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from missive.errors import InvalidInput
 from missive.pubsub import BatchEmits, PostgresPubSubManager
+from runtime.client import data_converter
+from runtime.converter import InputCheckingRunner
 from runtime.wiring import client_manager, workflow_runner
 from tests.conftest import base_settings
 
@@ -43,7 +46,17 @@ def test_broadcasts_cross_processes_through_redis_when_set_else_postgres() -> No
 
 
 def test_sandbox_is_a_setting() -> None:
-    assert isinstance(workflow_runner(base_settings()), UnsandboxedWorkflowRunner)
-    assert isinstance(
-        workflow_runner(base_settings(workflow_sandbox=True)), SandboxedWorkflowRunner
-    )
+    plain = workflow_runner(base_settings())
+    sandboxed = workflow_runner(base_settings(workflow_sandbox=True))
+    # Either way inside the runner that refuses a start with no input or several.
+    assert isinstance(plain, InputCheckingRunner) and isinstance(sandboxed, InputCheckingRunner)
+    assert isinstance(plain.inner, UnsandboxedWorkflowRunner)
+    assert isinstance(sandboxed.inner, SandboxedWorkflowRunner)
+
+
+def test_no_codec_keys_is_refused_unless_plaintext_is_allowed() -> None:
+    with pytest.raises(InvalidInput, match=r"^CODEC_KEYS is not set: .*ALLOW_PLAINTEXT_PAYLOADS"):
+        data_converter(base_settings(codec_keys=""))
+    plain = data_converter(base_settings(codec_keys="", allow_plaintext_payloads=True))
+    assert plain.payload_codec is None
+    assert data_converter(base_settings()).payload_codec is not None
