@@ -6,7 +6,9 @@ import os
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from missive.errors import DecryptionFailed, InvalidInput, KeyVersionMissing
 
@@ -24,6 +26,75 @@ class WrappedKey:
     """nonce || AES-256-GCM(master, data key)."""
 
 
+class StagingCipher:
+    """Seals staged batch items (``batch_items.payload_sealed``) with AES-256-GCM.
+
+    Its keys are derived (HKDF-SHA256, their own label) from a keyring: CODEC_KEYS
+    where the process has them, so the starter can stage a batch without
+    MASTER_KEYS; else MASTER_KEYS (see MessageCipher.staging). Each sealed item
+    names its key (``codec:1``, ``master:2``) and is bound to its batch and item
+    number, so an item copied elsewhere does not open.
+    """
+
+    def __init__(self, keys: dict[str, AESGCM], current: str) -> None:
+        self._keys = keys
+        self.current = current
+        """The label of the key new items are sealed with."""
+
+    @classmethod
+    def derive(
+        cls, keyring: dict[int, bytes], *, source: str, current_version: int | None = None
+    ) -> StagingCipher:
+        """Staging keys derived from ``keyring`` (``source`` is ``codec`` or ``master``)."""
+        if not keyring:
+            raise InvalidInput(f"{source} keys: at least one key is required to stage a batch")
+        keys = {
+            f"{source}:{version}": AESGCM(
+                HKDF(
+                    algorithm=hashes.SHA256(),
+                    length=32,
+                    salt=None,
+                    info=b"missive:batch-staging:v1",
+                ).derive(key)
+            )
+            for version, key in keyring.items()
+        }
+        return cls(keys, f"{source}:{current_version or max(keyring)}")
+
+    def with_fallback(self, other: StagingCipher) -> StagingCipher:
+        """This cipher, also opening what ``other`` sealed."""
+        return StagingCipher({**other._keys, **self._keys}, self.current)
+
+    @staticmethod
+    def _aad(batch_id: str, item_no: int) -> bytes:
+        return f"missive:batch-item:{batch_id}:{item_no}".encode()
+
+    def seal(self, batch_id: str, item_no: int, plaintext: bytes) -> bytes:
+        """``nonce || ciphertext || tag`` of one item under the current key."""
+        nonce = os.urandom(NONCE_BYTES)
+        return nonce + self._keys[self.current].encrypt(
+            nonce, plaintext, self._aad(batch_id, item_no)
+        )
+
+    def open(self, label: str, batch_id: str, item_no: int, sealed: bytes) -> bytes:
+        """The item's plaintext.
+
+        Raises:
+            KeyVersionMissing: no key with that label is configured here.
+            DecryptionFailed: the item was tampered with or belongs elsewhere.
+        """
+        key = self._keys.get(label)
+        if key is None:
+            raise KeyVersionMissing(f"staged item sealed with key {label[:32]!r}, not configured")
+        try:
+            aad = self._aad(batch_id, item_no)
+            return key.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:], aad)
+        except (InvalidTag, ValueError):
+            raise DecryptionFailed(
+                f"staged item {item_no} of batch {batch_id} failed authentication"
+            ) from None
+
+
 class MessageCipher:
     """Wraps data keys and encrypts message bodies with AES-256-GCM.
 
@@ -39,6 +110,10 @@ class MessageCipher:
         if self.current_version not in self._masters:
             raise InvalidInput(f"MASTER_KEY_VERSION {self.current_version} is not in MASTER_KEYS")
         self._unwrapped: dict[tuple[str, int, bytes], AESGCM] = {}
+        self.staging = StagingCipher.derive(
+            master_keys, source="master", current_version=self.current_version
+        )
+        """Staging keys derived from the master keys, for a process without CODEC_KEYS."""
 
     @property
     def master_versions(self) -> list[int]:

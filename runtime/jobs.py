@@ -76,7 +76,12 @@ def batch_service(
     messages are pending for the search indexer.
     """
     return BatchService(
-        core.engine, core.cipher, emitter, sinks=sinks, max_body_bytes=core.max_body_bytes
+        core.engine,
+        core.cipher,
+        emitter,
+        sinks=sinks,
+        max_body_bytes=core.max_body_bytes,
+        staging=core.staging,
     )
 
 

@@ -18,7 +18,7 @@ from activities.messages import MessageActivities, PersistListener
 from activities.notify import NotifyActivities
 from missive.broadcast import Broadcaster, Emitter
 from missive.config import Settings
-from missive.crypto import MessageCipher
+from missive.crypto import MessageCipher, StagingCipher
 from missive.db import create_engine, describe, session_factory
 from missive.errors import ProviderUnavailable
 from missive.metrics import Metrics
@@ -49,6 +49,8 @@ class Core:
     """Users' notification preferences, timezones and push devices (the gateway's API)."""
     max_body_bytes: int = 16_384
     """This process's MAX_BODY_BYTES: the most any input may ask its services to store."""
+    staging: StagingCipher | None = None
+    """Seals staged batch items: keys derived from CODEC_KEYS (None without them)."""
 
 
 async def open_core(settings: Settings, stack: AsyncExitStack, *, pool_size: int = 10) -> Core:
@@ -77,6 +79,16 @@ async def open_core(settings: Settings, stack: AsyncExitStack, *, pool_size: int
         notifications=NotificationLog(sessions),
         preferences=PreferenceService(sessions),
         max_body_bytes=settings.max_body_bytes,
+        staging=staging_cipher(settings),
+    )
+
+
+def staging_cipher(settings: Settings) -> StagingCipher | None:
+    """The staging keys the worker and the starter share: derived from CODEC_KEYS."""
+    if not settings.codec_keys:
+        return None
+    return StagingCipher.derive(
+        settings.codec_keyring, source="codec", current_version=settings.codec_key_version
     )
 
 

@@ -57,6 +57,7 @@ from runtime.client import connect
 from runtime.jobs import ensure_retention_schedule, ensure_search_attributes
 from runtime.messaging import domain_error
 from runtime.search_attributes import KIND_BATCH, start_attributes
+from runtime.wiring import staging_cipher
 from workflows.batch import BatchWorkflow
 
 T = TypeVar("T")
@@ -145,7 +146,10 @@ class BatchClient:
             cipher = MessageCipher(
                 self._settings.master_keyring, current_version=self._settings.master_key_version
             )
-            self._batches = BatchService(self._engine(), cipher, None)
+            # Items are staged sealed with CODEC_KEYS-derived keys, which the worker shares.
+            self._batches = BatchService(
+                self._engine(), cipher, None, staging=staging_cipher(self._settings)
+            )
         return self._batches
 
     @property

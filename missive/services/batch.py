@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from missive.broadcast import Emitter, emit_many, message_new_event
 from missive.constants import EVENT_MESSAGE_NEW, conversation_room, message_id_for
-from missive.crypto import MessageCipher, WrappedKey
+from missive.crypto import MessageCipher, StagingCipher, WrappedKey
 from missive.e2e import E2E
 from missive.errors import InvalidInput, PermanentError
 from missive.jobs import EVENT_MESSAGES_BATCH, batch_client_message_id
@@ -211,7 +211,11 @@ class BatchService:
         sinks: Sequence[StoredMessagesSink] = (),
         live_events_per_conversation: int = LIVE_EVENTS_PER_CONVERSATION,
         max_body_bytes: int | None = None,
+        staging: StagingCipher | None = None,
     ):
+        # Staged items are sealed with ``staging`` (CODEC_KEYS-derived in the worker
+        # and the starter), else with the master keys'; either opens here.
+        self._staging = (staging or cipher.staging).with_fallback(cipher.staging)
         self._max_body_bytes = max_body_bytes
         """This process's MAX_BODY_BYTES: a chunk's own limit can only lower it."""
         self._live_events = live_events_per_conversation
@@ -294,10 +298,15 @@ class BatchService:
                             "choose another batch id"
                         )
                     return False
+                # Sealed, never in clear: the item is plaintext until its chunk stores it.
+                seal, label = self._staging.seal, self._staging.current
                 await conn.copy_records_to_table(
                     "batch_items",
-                    records=records(),
-                    columns=["batch_id", "item_no", "line_no", "payload"],
+                    records=(
+                        (bid, n, line_no, seal(bid, n, item.encode()), label)
+                        for bid, n, line_no, item in records()
+                    ),
+                    columns=["batch_id", "item_no", "line_no", "payload_sealed", "payload_key"],
                 )
         return True
 
@@ -361,7 +370,8 @@ class BatchService:
         async with self._conn() as conn:
             async with conn.transaction():
                 rows = await conn.fetch(
-                    "SELECT item_no, payload, state, message_id FROM batch_items"
+                    "SELECT item_no, payload, payload_sealed, payload_key, state, message_id"
+                    " FROM batch_items"
                     " WHERE batch_id = $1 AND item_no >= $2 AND item_no < $3"
                     " ORDER BY item_no FOR UPDATE",
                     batch_id,
@@ -378,6 +388,18 @@ class BatchService:
         if announce:
             await self._announce(batch_id, kind, announce)
 
+    def _opened(self, batch_id: str, row: asyncpg.Record) -> object:
+        """A staged item's JSON: opened, or as staged before items were sealed (0010).
+
+        Raises:
+            DecryptionFailed, KeyVersionMissing: the sealed item does not open here.
+        """
+        if row["payload_sealed"] is None:
+            return row["payload"]
+        return self._staging.open(
+            row["payload_key"], batch_id, row["item_no"], bytes(row["payload_sealed"])
+        ).decode("utf-8")
+
     async def _store(
         self,
         conn: asyncpg.Connection,
@@ -390,7 +412,8 @@ class BatchService:
         now = datetime.now(UTC)
         for row in rows:
             try:
-                items.append(_parse_item(batch_id, row, max_body_bytes, now=now))
+                raw = self._opened(batch_id, row)
+                items.append(_parse_item(batch_id, row, raw, max_body_bytes, now=now))
             except PermanentError as err:
                 failures[row["item_no"]] = f"{err.type}: {err}"
         if any(i.recipient is not None for i in items):
@@ -468,7 +491,9 @@ class BatchService:
             reasons.append(reason[:1000])
             mids.append(None)
         await conn.execute(
-            "UPDATE batch_items b SET state = x.state, reason = x.reason, message_id = x.mid"
+            # A settled item's staged payload goes: the message holds it, encrypted.
+            "UPDATE batch_items b SET state = x.state, reason = x.reason, message_id = x.mid,"
+            "   payload = NULL, payload_sealed = NULL"
             " FROM unnest($2::int[], $3::int2[], $4::text[], $5::uuid[])"
             "   AS x(item_no, state, reason, mid)"
             " WHERE b.batch_id = $1 AND b.item_no = x.item_no",
@@ -773,8 +798,9 @@ _ITEM_FIELDS = {
 }
 
 
-def _parse_item(batch_id: str, row: asyncpg.Record, max_body_bytes: int, *, now: datetime) -> _Item:
-    raw = row["payload"]
+def _parse_item(
+    batch_id: str, row: asyncpg.Record, raw: object, max_body_bytes: int, *, now: datetime
+) -> _Item:
     payload = json.loads(raw) if isinstance(raw, str) else raw
     if not isinstance(payload, dict):
         raise InvalidInput("item is not a JSON object")
