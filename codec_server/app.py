@@ -164,7 +164,8 @@ async def decode(request: web.Request) -> web.Response:
     try:
         decoded = await request.app[_CODEC].decode(payloads)
     except PayloadDecryptionError as err:
-        raise BadRequest(422, str(err)) from None
+        # The reason quotes at most 16 characters of the requested key id.
+        raise BadRequest(422, err.message) from None
     return web.json_response(payloads_json(decoded))
 
 

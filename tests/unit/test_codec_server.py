@@ -99,6 +99,25 @@ async def test_unknown_key_id_and_truncated_ciphertext_are_refused_by_name(
     assert "failed authentication" in (await answer.json())["error"]
 
 
+async def test_a_huge_requested_key_id_is_not_echoed(http: TestClient) -> None:
+    sealed = await (
+        await http.post("/encode", json={"payloads": [_plain("x")]}, headers=AUTH)
+    ).json()
+    payload = sealed["payloads"][0]
+    cases = [
+        (b"A" * 200_000, "unknown codec key id 'AAAAAAAAAAAAAAAA'... (200000 bytes)"),
+        (b"\xff\xfe" * 1000, "unknown codec key id '\ufffd\ufffd"),  # not UTF-8: no 500
+    ]
+    for key_id, reason in cases:
+        metadata = {**payload["metadata"], "encryption-key-id": base64.b64encode(key_id).decode()}
+        answer = await http.post(
+            "/decode", json={"payloads": [{**payload, "metadata": metadata}]}, headers=AUTH
+        )
+        assert answer.status == 422
+        assert len(await answer.read()) < 300
+        assert reason in (await answer.json())["error"]
+
+
 async def test_cors_preflight_is_answered_for_the_web_ui_only(http: TestClient) -> None:
     preflight = {
         "Origin": UI,
