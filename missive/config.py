@@ -194,11 +194,19 @@ class Settings(BaseSettings):
 
     metrics_port: int | None = Field(default=None, gt=0, lt=65_536)
     """Port where ``worker.py`` serves the project's Prometheus metrics
-    (``/metrics``). Unset: off. The gateway serves its own on ``GATEWAY_PORT``."""
+    (``/metrics``). Unset: off. The gateway's: GATEWAY_METRICS_PORT."""
 
     sdk_metrics_port: int | None = Field(default=None, gt=0, lt=65_536)
     """Port where ``worker.py`` serves the Temporal SDK's Prometheus metrics
     (task latencies, failures, slots). Unset: off."""
+
+    gateway_metrics_port: int | None = Field(default=None, gt=0, lt=65_536)
+    """Port where the gateway serves the project's metrics (``/metrics``) on its own
+    listener at METRICS_HOST (default loopback). Unset: off."""
+
+    gateway_metrics_token: str = ""
+    """Bearer token for ``/metrics`` on the gateway's public port. Empty: the public
+    port answers ``/metrics`` with 404 (use GATEWAY_METRICS_PORT)."""
 
     gateway_sdk_metrics_port: int | None = Field(default=None, gt=0, lt=65_536)
     """Port where the gateway serves the Temporal SDK's Prometheus metrics; a

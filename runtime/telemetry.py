@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,7 +16,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from missive.config import Settings
 from missive.errors import InvalidInput, ProviderUnavailable
-from missive.metrics import Metrics
+from missive.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger("missive.telemetry")
 
@@ -74,6 +76,28 @@ def serve_metrics(settings: Settings, metrics: Metrics, port: int, stack: AsyncE
         await asyncio.to_thread(thread.join, 5)
 
     stack.push_async_callback(_stop)
+
+
+def public_metrics(
+    settings: Settings, metrics: Metrics, scope: Mapping[str, Any]
+) -> tuple[int, bytes, bytes]:
+    """The gateway's answer to ``GET /metrics`` on its public port: (status, body, type).
+
+    404 unless GATEWAY_METRICS_TOKEN is set (the metrics then live on their own
+    listener, GATEWAY_METRICS_PORT on METRICS_HOST); 401 without the bearer token.
+    """
+    token = settings.gateway_metrics_token
+    if not token:
+        return 404, b'{"status": "not found"}', b"application/json"
+    sent = b""
+    for name, value in scope.get("headers", ()):
+        if name.lower() == b"authorization":
+            scheme, _, credential = bytes(value).partition(b" ")
+            if scheme.lower() == b"bearer":
+                sent = credential.strip()
+    if not hmac.compare_digest(sent, token.encode()):
+        return 401, b'{"status": "a bearer token is required"}', b"application/json"
+    return 200, metrics.render(), CONTENT_TYPE.encode()
 
 
 def tracing_interceptors(
