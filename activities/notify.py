@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 from temporalio import activity
@@ -50,7 +51,7 @@ from missive.schemas import (
 
 if TYPE_CHECKING:  # kept light: workflows import this module for the activity signatures
     from missive.notify.dispatch import ChannelSenders
-    from missive.notify.log import InAppNotice, NotificationLog
+    from missive.notify.log import InAppNotice, NotificationLog, ReaderWatermark
 
 log = logging.getLogger("missive.notify")
 
@@ -210,6 +211,43 @@ class NotifyActivities:
                 room=user_room(input.user_id),
             )
         return result
+
+    async def settle_watermarks(
+        self, watermarks: Sequence[ReaderWatermark], *, now: datetime
+    ) -> list[str]:
+        """settle_notifications for a whole receipt batch (the gateway's batcher).
+
+        Not an activity: the batcher applies receipts outside any workflow and
+        retries this as a whole (it is idempotent for the same ``now``). One
+        statement for every reader, one ``notification:unread`` per reader and
+        conversation whose in-app rows were read.
+
+        Returns:
+            The ids of pushes already shown that should now be cleared.
+        """
+        settled = await self._log.settle_many(watermarks, now=now)
+        read_up_to = {(w.user_id, w.conversation_id): w.read_seq for w in watermarks}
+        emits = [
+            Emit(
+                EVENT_NOTIFICATION_UNREAD,
+                notification_unread_event(
+                    user_id=uid,
+                    conversation_id=cid,
+                    up_to_seq=read_up_to[(uid, cid)],
+                    unread_count=settled.unread_counts.get(uid, 0),
+                ),
+                user_room(uid),
+            )
+            for uid, cid in settled.in_app_read
+        ]
+        if emits and self._emitter is not None:
+            try:
+                await emit_many(self._emitter, emits)
+            except Exception as err:
+                log.warning(
+                    "%d %s events not emitted: %s", len(emits), EVENT_NOTIFICATION_UNREAD, err
+                )
+        return settled.clear_push_ids
 
     async def _emit_notices(self, notices: list[InAppNotice]) -> None:
         """One ``notification:new`` per recipient, published as batches (a 2,000-member

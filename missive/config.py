@@ -105,6 +105,44 @@ class Settings(BaseSettings):
     receipt and its query shows each recipient; above it (large groups) it is
     told only of milestones (all delivered, all read), keeping history small."""
 
+    # --- the gateway under real client traffic: receipts, limits, admission ---
+    receipt_batch_window_ms: int = Field(default=10, ge=0, le=1_000)
+    """The gateway's receipt batcher waits this long after a receipt arrives for
+    others to join its batch (then one statement applies them all; while a batch
+    is being written, the next one gathers anyway)."""
+
+    receipt_batch_max: int = Field(default=2_000, gt=0, le=50_000)
+    """Most receipts one batch applies."""
+
+    receipt_queue_max: int = Field(default=20_000, gt=0)
+    """Receipts waiting for a batch in one gateway process; past it a receipt is
+    answered ProviderUnavailable at once (send it again after retry_after_ms)."""
+
+    receipt_signal_window_ms: int = Field(default=1_000, ge=0, le=60_000)
+    """How long the gateway gathers one lifecycle's receipt changes before it
+    signals them (all in one signal); a change that makes everyone have read
+    it is signalled at once. A delivered and a read receipt of the same message
+    within this window cost the lifecycle one workflow task, not two."""
+
+    send_rate_per_second: float = Field(default=10.0, gt=0)
+    """Messages per second a user may send through the gateways, sustained
+    (the token bucket's refill rate, shared by every gateway process)."""
+
+    send_burst: int = Field(default=50, ge=1)
+    """Messages a user may send at once before the rate applies (the bucket's size)."""
+
+    send_max_in_flight_per_socket: int = Field(default=32, ge=1)
+    """Sends one socket may have waiting for their ack; past it RateLimited at once."""
+
+    gateway_max_in_flight: int = Field(default=512, ge=1)
+    """Sends and other workflow calls one gateway process has in flight; past it
+    ProviderUnavailable at once (nothing started), so an overloaded gateway answers
+    in milliseconds rather than holding sockets until a timeout."""
+
+    gateway_ack_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    """Longest an event waits for its answer before acking Timeout (the send may
+    still be stored: sending it again with the same client_message_id is safe)."""
+
     workflow_sandbox: bool = False
     """Run workflows in the SDK's sandbox in the worker and the gateway. Off by
     default: on the send path the sandbox costs about a third of the gateway's

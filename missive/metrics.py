@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -59,6 +59,36 @@ class Metrics:
             registry=r,
         )
         """Labels: activity (the activity name), error (e.g. NotAMember)."""
+        self.receipt_batches = Counter(
+            "missive_receipt_batches",
+            "Receipt batches the gateway's batcher applied (each one transaction).",
+            registry=r,
+        )
+        self.receipts_batched = Counter(
+            "missive_receipts_batched",
+            "Receipts in those batches (receipts / batches = the coalescing factor).",
+            registry=r,
+        )
+        self.receipt_batch_seconds = Histogram(
+            "missive_receipt_batch_seconds",
+            "Time to apply one receipt batch, from its write to its acks.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+            registry=r,
+        )
+        self.lifecycle_signals = Counter(
+            "missive_lifecycle_signals",
+            "Receipt signals the gateway sent to lifecycles, by outcome.",
+            ["outcome"],
+            registry=r,
+        )
+        """Labels: outcome = sent | ended (lifecycle closed) | retried | dropped."""
+        self.gateway_rejections = Counter(
+            "missive_gateway_rejections",
+            "Events the gateway answered at once without doing them, by reason.",
+            ["event", "reason"],
+            registry=r,
+        )
+        """Labels: reason = rate_limited | in_flight | overloaded."""
         self.notifications = Counter(
             "missive_notifications",
             "Notification outcomes by channel.",

@@ -267,6 +267,21 @@ class ReceiptsChanged:
     """That recipient's new status."""
     at: datetime | None = None
     """When it changed."""
+    recipients: list[RecipientReceipt] = field(default_factory=list)
+    """Several recipients' receipts at once (small conversations only): the gateway's
+    receipt batcher tells a lifecycle of everything in its window in one signal."""
+
+
+@dataclass(frozen=True)
+class RecipientReceipt:
+    """One recipient's new status of a message, in a ReceiptsChanged signal."""
+
+    recipient_id: str
+    """The recipient."""
+    status: ReceiptStatus
+    """Their new status (read implies delivered)."""
+    at: datetime
+    """When it changed."""
 
 
 @dataclass
@@ -1280,6 +1295,16 @@ class SendNotificationsInput:
 
     notification_ids: list[str]
     """Rows to send (rows already sent, cancelled or failed are left alone)."""
+
+
+@dataclass(frozen=True)
+class ClearPushesInput:
+    """Input of ClearPushesWorkflow: pushes already shown that the reader has now read."""
+
+    notification_ids: list[str]
+    """The push rows to clear on the reader's devices (each row is cleared once)."""
+    push_task_queue: str
+    """The push provider's task queue (NotifyOptions.push_task_queue)."""
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,7 @@ from missive.constants import (
 )
 from missive.errors import MessagingError, ProviderUnavailable
 from missive.metrics import Metrics
+from missive.notify.log import ReaderWatermark
 from missive.schemas import (
     ClearPushesInput,
     NotifyOptions,
@@ -61,7 +62,6 @@ from missive.schemas import (
     ReceiptsChanged,
     ReceiptStatus,
     RecipientReceipt,
-    SettleNotificationsInput,
 )
 from missive.services.receipts import (
     BatchApplied,
@@ -234,7 +234,7 @@ class ReceiptBatcher:
         for attempt, delay in enumerate((*FLUSH_RETRY_DELAYS, None), start=1):
             try:
                 return await self._receipts.apply_many(
-                    receipts, lifecycle_window_seconds=self._lifecycle_window
+                    receipts, lifecycle_window_seconds=self._lifecycle_window, counted=False
                 )
             except Exception as err:
                 if delay is None:
@@ -271,7 +271,17 @@ class ReceiptBatcher:
         task.add_done_callback(self._tasks.discard)
 
     async def _tell(self, readers: list[ReaderChanges]) -> None:
-        await asyncio.gather(self._emit_receipts(readers), self._settle(readers))
+        await asyncio.gather(self._announce(readers), self._settle(readers))
+
+    async def _announce(self, readers: list[ReaderChanges]) -> None:
+        """message:receipt to the senders, then the lifecycles' news (counts first)."""
+        try:
+            readers = await self._receipts.counted(readers)
+        except Exception as err:
+            # Stored; without counts nobody can be told well, and clients re-read them.
+            log.warning("counting a receipt batch's messages failed: %s", _reason(err))
+            return
+        await self._emit_receipts(readers)
         now = time.monotonic()
         for reader in readers:
             for change in reader.changes:
@@ -299,49 +309,25 @@ class ReceiptBatcher:
             self._metrics.broadcast(EVENT_MESSAGE_RECEIPT, sum(len(r.changes) for r in readers))
 
     async def _settle(self, readers: list[ReaderChanges]) -> None:
-        """Settles each reader's notifications with the receipts' own activity code."""
+        """Settles the readers' notifications: the receipt's rules, one statement per batch."""
         activities = self._notify_activities
         if activities is None or self._notify is None:
             return
-        now = _utcnow()
-        inputs = []
-        for reader in readers:
-            if reader.read_seq:
-                inputs.append(
-                    SettleNotificationsInput(
-                        reader.user_id,
-                        reader.conversation_id,
-                        reader.read_seq,
-                        ReceiptStatus.READ,
-                        now,
-                    )
-                )
-            if reader.delivered_seq > reader.read_seq:
-                inputs.append(
-                    SettleNotificationsInput(
-                        reader.user_id,
-                        reader.conversation_id,
-                        reader.delivered_seq,
-                        ReceiptStatus.DELIVERED,
-                        now,
-                    )
-                )
-
-        async def one(item: SettleNotificationsInput) -> list[str]:
-            async with self._limit:
-                for delay in (*FLUSH_RETRY_DELAYS, None):
-                    try:
-                        settled = await activities.settle_notifications(item)
-                        return list(settled.clear_push_ids)
-                    except Exception as err:
-                        if delay is None:
-                            # Sends re-check read state when due: nothing is sent in vain.
-                            log.warning("settling notifications gave up: %s", _reason(err))
-                            return []
-                        await asyncio.sleep(delay)
-            return []
-
-        cleared = [nid for ids in await asyncio.gather(*map(one, inputs)) for nid in ids]
+        watermarks = [
+            ReaderWatermark(r.user_id, r.conversation_id, r.delivered_seq, r.read_seq)
+            for r in readers
+        ]
+        now = datetime.now(UTC)  # one time for every retry: a rerun returns the same
+        for delay in (*FLUSH_RETRY_DELAYS, None):
+            try:
+                cleared = await activities.settle_watermarks(watermarks, now=now)
+                break
+            except Exception as err:
+                if delay is None:
+                    # Sends re-check read state when due: nothing is sent in vain.
+                    log.warning("settling notifications gave up: %s", _reason(err))
+                    return
+                await asyncio.sleep(delay)
         if cleared:
             await self._clear_pushes(cleared)
 
@@ -461,10 +447,6 @@ class ReceiptBatcher:
 def _reason(err: BaseException) -> str:
     text = str(getattr(err, "orig", None) or err).splitlines()
     return f"{type(err).__name__}: {text[0][:200] if text else ''}"
-
-
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _merge(into: _LifecycleNews, news: _LifecycleNews) -> None:

@@ -28,11 +28,12 @@ from missive.services.directory import DirectoryService
 from missive.services.messages import MessageService
 from missive.services.receipts import ReceiptService
 from runtime.converter import InputCheckingRunner
+from workflows.clear_pushes import ClearPushesWorkflow
 from workflows.message_lifecycle import MessageLifecycleWorkflow
 from workflows.receipts import ReceiptWorkflow
 
 SOCKETIO_CHANNEL = "missive"
-WORKFLOWS = [MessageLifecycleWorkflow, ReceiptWorkflow]
+WORKFLOWS = [MessageLifecycleWorkflow, ReceiptWorkflow, ClearPushesWorkflow]
 
 
 @dataclass

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -261,16 +261,22 @@ class MessageLifecycleWorkflow:
         status.recipient_count = max(status.recipient_count, change.recipient_count)
         status.delivered_count = max(status.delivered_count, change.delivered_count)
         status.read_count = max(status.read_count, change.read_count)
-        if change.recipient_id is None or change.status is None or not status.per_recipient:
+        if not status.per_recipient:
             return
-        state = status.recipients.setdefault(change.recipient_id, RecipientState())
-        if change.status is ReceiptStatus.READ:
+        if change.recipient_id is not None and change.status is not None:
+            self._recipient_moved(change.recipient_id, change.status, change.at)
+        for receipt in change.recipients:  # the gateway's batcher: several in one signal
+            self._recipient_moved(receipt.recipient_id, receipt.status, receipt.at)
+
+    def _recipient_moved(self, recipient_id: str, new: ReceiptStatus, at: datetime | None) -> None:
+        state = self._status.recipients.setdefault(recipient_id, RecipientState())
+        if new is ReceiptStatus.READ:
             state.status = "read"
-            state.read_at = state.read_at or change.at
-            state.delivered_at = state.delivered_at or change.at
+            state.read_at = state.read_at or at
+            state.delivered_at = state.delivered_at or at
         elif state.status == "sent":
             state.status = "delivered"
-            state.delivered_at = state.delivered_at or change.at
+            state.delivered_at = state.delivered_at or at
 
     @workflow.query
     def status(self) -> MessageStatus:

@@ -11,6 +11,7 @@ the second time.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -90,8 +91,7 @@ _APPLY = text(
     """
 )
 
-# Read after commit: of two batches committing together, the later read sees
-# both, so "everyone has read" is never missed.
+# Each message's counts, read after commit (see ReceiptService.counted).
 _COUNTS = text(
     """
     SELECT message_id::text AS message_id, count(*) AS total,
@@ -235,6 +235,7 @@ class ReceiptService:
         *,
         lifecycle_window_seconds: int,
         now: datetime | None = None,
+        counted: bool = True,
     ) -> BatchApplied:
         """Applies many readers' receipts in one transaction of two statements.
 
@@ -242,7 +243,9 @@ class ReceiptService:
         range); a refused one gets its error in ``outcomes`` and the others apply.
         The rest coalesce to one (delivered, read) watermark per reader and
         conversation, written in one statement. Idempotent and commutative: any
-        order, any repetition, the same rows in the end.
+        order, any repetition, the same rows in the end. ``counted=False`` leaves
+        the changes' counts at 0 (see ``counted``), for a caller that answers
+        first and counts afterwards.
 
         Raises:
             sqlalchemy errors: the database failed; nothing was applied (retry).
@@ -300,9 +303,6 @@ class ReceiptService:
             key: [r for r in rows if r.created_at >= cutoff][:MAX_CHANGES_REPORTED]
             for key, rows in by_reader.items()
         }
-        counts = await self._counts(
-            sorted({r.message_id for rows in reported.values() for r in rows})
-        )
         readers = [
             ReaderChanges(
                 user_id=uid,
@@ -310,12 +310,37 @@ class ReceiptService:
                 delivered_seq=marks[(uid, cid)][0],
                 read_seq=marks[(uid, cid)][1],
                 changed=len(by_reader[(uid, cid)]),
-                changes=[_change(r, now, counts) for r in reported[(uid, cid)]],
+                changes=[_change(r, now) for r in reported[(uid, cid)]],
             )
             for uid, cid in marks
         ]
+        if counted:
+            readers = await self.counted(readers)
         assert all(outcome is not None for outcome in outcomes)
         return BatchApplied(outcomes=outcomes, readers=readers, at=now)  # type: ignore[arg-type]
+
+    async def counted(self, readers: list[ReaderChanges]) -> list[ReaderChanges]:
+        """The readers' changes with each message's counts as they are now (one query).
+
+        Read after commit: of two batches committing together, the later count sees
+        both, so "everyone has read" is never missed.
+        """
+        counts = await self._counts(sorted({c.message_id for r in readers for c in r.changes}))
+        return [
+            dataclasses.replace(
+                reader,
+                changes=[
+                    dataclasses.replace(
+                        change,
+                        recipient_count=counts.get(change.message_id, (0, 0, 0))[0],
+                        delivered_count=counts.get(change.message_id, (0, 0, 0))[1],
+                        read_count=counts.get(change.message_id, (0, 0, 0))[2],
+                    )
+                    for change in reader.changes
+                ],
+            )
+            for reader in readers
+        ]
 
     async def _counts(self, message_ids: list[str]) -> dict[str, tuple[int, int, int]]:
         if not message_ids:
@@ -380,17 +405,13 @@ def _coalesce(
     return marks
 
 
-def _change(row: object, now: datetime, counts: dict[str, tuple[int, int, int]]) -> ReceiptChange:
-    total, delivered, read = counts.get(row.message_id, (0, 0, 0))  # type: ignore[attr-defined]
+def _change(row: Any, now: datetime) -> ReceiptChange:
     return ReceiptChange(
-        message_id=row.message_id,  # type: ignore[attr-defined]
-        sender_id=row.sender_id,  # type: ignore[attr-defined]
-        client_message_id=row.client_message_id,  # type: ignore[attr-defined]
-        seq=row.seq,  # type: ignore[attr-defined]
-        status=ReceiptStatus.READ if row.status == DeliveryStatus.READ else ReceiptStatus.DELIVERED,  # type: ignore[attr-defined]
+        message_id=row.message_id,
+        sender_id=row.sender_id,
+        client_message_id=row.client_message_id,
+        seq=row.seq,
+        status=ReceiptStatus.READ if row.status == DeliveryStatus.READ else ReceiptStatus.DELIVERED,
         at=now,
-        recipient_count=total,
-        delivered_count=delivered,
-        read_count=read,
         within_window=True,
     )

@@ -380,6 +380,24 @@ async def test_a_group_message_notifies_each_member_the_way_they_chose(
         assert cys["unread_count"] == 1  # the first message's, never read
         assert [n["message_id"] for n in cys["notifications"]] == [first["message_id"]]
 
+        # Cy reads the first message: the push still shown on his phone is cleared
+        # (a data-only message with the same collapse key), and only once.
+        read = await c.call(EVENT_MESSAGE_READ, {"conversation_id": conversation, "up_to_seq": 1})
+        assert read == {"ok": True, "changed": 1, "up_to_seq": 1}
+
+        async def cy_cleared() -> bool:
+            return len(deployment.pushes("cy-tok")) == 2
+
+        await _until(cy_cleared, "cy's shown push was cleared")
+        clear = deployment.pushes("cy-tok")[1]
+        assert clear["data"]["type"] == "clear" and "notification" not in clear
+        assert clear["data"]["conversation_id"] == conversation
+        assert clear["android"] == {"collapse_key": f"conv-{conversation}"}
+        again = await c.call(EVENT_MESSAGE_READ, {"conversation_id": conversation, "up_to_seq": 1})
+        assert again == {"ok": True, "changed": 0, "up_to_seq": 1}
+        await asyncio.sleep(QUIET)
+        assert len(deployment.pushes("cy-tok")) == 2
+
         # Ben's bell: newest first, the read one kept; limit and unread_only narrow it.
         def ids(ack: dict[str, Any]) -> list[str]:
             return [n["message_id"] for n in _ok(ack)["notifications"]]
