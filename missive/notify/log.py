@@ -531,9 +531,19 @@ _DIGEST_ITEMS = text(
 
 _OPEN_DIGESTS = text(
     """
-    SELECT id::text AS id, item_count FROM notifications
+    SELECT id::text AS id, item_count, status FROM notifications
      WHERE id = ANY(CAST(:ids AS uuid[])) AND status IN ('queued', 'sending')
      ORDER BY id LIMIT 1
+    """
+)
+
+# Items that joined a digest a lost attempt prepared and nobody has claimed yet: it
+# renders its items when claimed, so they go out with it.
+_GROW_DIGEST = text(
+    """
+    UPDATE notifications SET item_count = item_count + :n, updated_at = :now
+     WHERE id = :digest AND status = 'queued'
+    RETURNING item_count
     """
 )
 
@@ -1356,9 +1366,20 @@ class NotificationLog:
             if folded:
                 unsent = (await session.execute(_OPEN_DIGESTS, {"ids": folded})).one_or_none()
                 if unsent is not None:
-                    return PrepareDigestResult(
-                        notification_id=unsent.id, items=int(unsent.item_count)
-                    )
+                    # A rerun, or the replacement of a lost attempt, which may have been
+                    # given rows that arrived after the lost one prepared: those join
+                    # the unsent digest rather than being left queued with no digest.
+                    joining = sorted(r["id"] for r in rows if r["status"] == "queued")
+                    count = int(unsent.item_count)
+                    if joining and unsent.status == NotificationStatus.QUEUED:
+                        grown = await session.execute(
+                            _GROW_DIGEST, {"digest": unsent.id, "n": len(joining), "now": now}
+                        )
+                        count = int(grown.scalar_one())
+                        await session.execute(
+                            _FOLD_ITEMS, {"digest": unsent.id, "ids": joining, "now": now}
+                        )
+                    return PrepareDigestResult(notification_id=unsent.id, items=count)
             decisions = _Decisions.empty()
             keep: list[Mapping[Any, Any]] = []
             for row in rows:

@@ -718,6 +718,28 @@ async def _digest_items(world: World, count: int, **ben: object) -> list[str]:
     return items
 
 
+async def test_items_given_to_the_replacement_of_a_lost_prepare_join_its_digest(
+    world: World,
+) -> None:
+    items = await _digest_items(world, 3)
+    ben = world.users["ben"]
+    # A lost attempt prepared the first two (its result went nowhere); the attempt that
+    # replaces it was also given the third, which arrived meanwhile.
+    lost_at = T0 + EMAIL_DELAY + timedelta(minutes=5)
+    lost = await world.log.prepare_digest(PrepareDigestInput(ben, EMAIL, items[:2], lost_at))
+    again = await world.log.prepare_digest(
+        PrepareDigestInput(ben, EMAIL, items, lost_at + timedelta(seconds=11))
+    )
+    assert (again.notification_id, again.items) == (lost.notification_id, 3)
+    rows = {r.id: r for r in await world.log.rows(recipient_id=ben)}
+    assert {(rows[i].status, rows[i].digest_id) for i in items} == {
+        (DIGESTED, lost.notification_id)
+    }
+    assert lost.notification_id is not None
+    [claimed], _ = await world.log.claim([lost.notification_id], EMAIL, now=lost_at)
+    assert len(claimed.messages) == 3 and rows[lost.notification_id].item_count == 3
+
+
 async def test_prepare_digest_folds_unread_items_into_one_row(world: World) -> None:
     items = await _digest_items(world, 3)
     await world.receipt("ben", ReceiptStatus.READ, 1)  # read after it was handed over
