@@ -378,3 +378,57 @@ def test_parse_duration() -> None:
     assert ops.parse_duration("2d") == timedelta(days=2)
     with pytest.raises(InvalidInput):
         ops.parse_duration("0h")
+
+
+async def test_cli_stuck_lists_notification_rows_open_long_past_due(
+    dev_env: WorkflowEnvironment, core: Any, database_url: str
+) -> None:
+    from datetime import UTC, datetime
+
+    from missive.models import ConversationKind
+    from missive.schemas import (
+        NotifyMessageInput,
+        NotifyOptions,
+        PersistMessageInput,
+        PlanNotificationsInput,
+    )
+    from missive.services.directory import NewUser
+
+    ana = await core.directory.create_user(NewUser(handle=f"ana-{uuid.uuid4().hex[:6]}"))
+    ben = await core.directory.create_user(
+        NewUser(handle=f"ben-{uuid.uuid4().hex[:6]}", email="ben@example.com")
+    )
+    ops_room = await core.directory.create_conversation(
+        kind=ConversationKind.GROUP, members=[ana, ben], title="ops", owner_id=ana
+    )
+    stored = await core.messages.persist(PersistMessageInput(ops_room, ana, "c-1", "hi"))
+    # Planned two hours ago and never dispatched (its agenda is gone): ben's email row
+    # (due 15 min after the message) is open 1 h 45 min past due.
+    two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
+    await core.notifications.plan(
+        PlanNotificationsInput(
+            NotifyMessageInput(
+                stored.message_id, ops_room, ana, stored.seq, two_hours_ago, options=NotifyOptions()
+            ),
+            now=two_hours_ago,
+        )
+    )
+    env = {
+        "TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+        "DATABASE_URL": database_url,
+    }
+    nothing = ("--query", "WorkflowId = 'no-such-workflow'")
+    done = await _cli_async("stuck", "--json", *nothing, **env)
+    assert done.returncode == 0, done.stderr
+    overdue = json.loads(done.stdout)["overdue_notifications"]
+    assert overdue["count"] == 1
+    [row] = overdue["examples"]
+    assert (row["recipient_id"], row["channel"], row["status"]) == (ben, "email", "pending")
+    text = await _cli_async("stuck", *nothing, **env)
+    assert "1 notification row(s) open more than 3600 s past their due time" in text.stdout
+    assert f"email to {ben} (message {stored.message_id}): pending" in text.stdout
+    # A margin longer than the delay: nothing is overdue.
+    calm = await _cli_async("stuck", "--overdue-after", "3h", *nothing, **env)
+    assert "no notification row is open more than 10800 s past its due time" in calm.stdout
+    refused = await _cli_async("stuck", "--overdue-after", "soon", *nothing, **env)
+    assert refused.returncode == 2 and "--overdue-after 'soon'" in refused.stderr
