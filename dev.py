@@ -588,8 +588,12 @@ class MailSink:
 async def start_notify_sinks(opts: Options, base: Settings, stack: AsyncExitStack) -> list[str]:
     """The local FCM, Twilio and SMTP sinks, each unless its provider is configured.
 
-    A port already taken is reported and left alone (another dev.py's sink, most
-    likely). Returns the banner lines of the sinks started.
+    A port already taken stops dev.py with one line: the worker would otherwise
+    send to whatever listens there (another dev.py's sinks). Returns the banner
+    lines of the sinks started.
+
+    Raises:
+        DevError: a sink's port is in use.
     """
     if not base.notify_enabled:
         return []
@@ -603,9 +607,8 @@ async def start_notify_sinks(opts: Options, base: Settings, stack: AsyncExitStac
         if configured != url:
             continue
         port = int(url.rsplit(":", 1)[1])
-        if not port_free("127.0.0.1", port):
-            say(f"port {port} is in use: assuming a {name} already listens there")
-            continue
+        setting = "FCM_ENDPOINT" if name == "FCM sink" else "TWILIO_BASE_URL"
+        require_free("127.0.0.1", port, name, f"stop what listens there, or set {setting}")
         app = sink.app()
         app.middlewares.append(_say_received(sink, describe))
         runner, _ = await serve(app, host="127.0.0.1", port=port)
@@ -613,9 +616,7 @@ async def start_notify_sinks(opts: Options, base: Settings, stack: AsyncExitStac
         lines.append(f"  {name:<16} {url}/sink/messages (what it received)")
     host, port = DEV_SMTP_SINK
     if smtp_server(base) == DEV_SMTP_SINK:
-        if not port_free(host, port):
-            say(f"port {port} is in use: assuming an SMTP sink already listens there")
-            return lines
+        require_free(host, port, "SMTP sink", "stop what listens there, or set SMTP_HOST")
         try:
             from aiosmtpd.smtp import SMTP
         except ImportError:
@@ -712,7 +713,9 @@ async def demo_client(
     url: str, handle: str, user_id: str, token: str, state: DemoState
 ) -> socketio.AsyncClient:
     """A connected client for one demo user that prints its events and reads what it gets."""
-    client = socketio.AsyncClient(reconnection=False)
+    # Not its own SIGINT handler: it would cancel every task (dev.py's main one too,
+    # a CancelledError traceback) instead of letting Ctrl-C stop things in order.
+    client = socketio.AsyncClient(reconnection=False, handle_sigint=False)
 
     def first_time(data: dict[str, Any]) -> bool:
         key = (handle, str(data.get("event_id")))
