@@ -71,17 +71,51 @@ class Broadcaster:
         self, *, conversation_id: str, recipient_id: str, changes: list[ReceiptChange]
     ) -> None:
         """Tells each sender that one recipient's receipt moved forward."""
-        await emit_many(
-            self._emitter,
-            [
-                Emit(
-                    EVENT_MESSAGE_RECEIPT,
-                    receipt_event(conversation_id, recipient_id, change),
-                    user_room(change.sender_id),
-                )
-                for change in changes
-            ],
+        await self.receipts_of([(conversation_id, recipient_id, changes)])
+
+    async def receipts_of(
+        self,
+        readers: Sequence[tuple[str, str, Sequence[ReceiptChange]]],
+        *,
+        detail_max_recipients: int | None = None,
+    ) -> int:
+        """``receipts`` for many (conversation, recipient, changes) at once: one
+        ``emit_many``, so a batch of receipts is a few publishes, not one per reader.
+
+        With ``detail_max_recipients``, a message with more recipients than that gets
+        one event for the whole batch instead of one per reader: ``recipient_id``
+        null, the status the batch reached, the counts after it (a sender in a
+        1,000-member group hears "read by 412", not 412 events).
+
+        Returns:
+            How many events were emitted.
+        """
+        emits: list[Emit] = []
+        totals: dict[str, tuple[str, ReceiptChange]] = {}
+        for conversation_id, recipient_id, changes in readers:
+            for change in changes:
+                if detail_max_recipients is None or change.recipient_count <= detail_max_recipients:
+                    emits.append(
+                        Emit(
+                            EVENT_MESSAGE_RECEIPT,
+                            receipt_event(conversation_id, recipient_id, change),
+                            user_room(change.sender_id),
+                        )
+                    )
+                    continue
+                known = totals.get(change.message_id)
+                if known is None or _later(change, known[1]):
+                    totals[change.message_id] = (conversation_id, change)
+        emits.extend(
+            Emit(
+                EVENT_MESSAGE_RECEIPT,
+                receipt_counts_event(conversation_id, change),
+                user_room(change.sender_id),
+            )
+            for conversation_id, change in totals.values()
         )
+        await emit_many(self._emitter, emits)
+        return len(emits)
 
 
 def message_new_event(message: StoredMessage) -> dict[str, Any]:
@@ -115,6 +149,29 @@ def receipt_event(conversation_id: str, recipient_id: str, change: ReceiptChange
         "read_count": change.read_count,
         "recipient_count": change.recipient_count,
     }
+
+
+def receipt_counts_event(conversation_id: str, change: ReceiptChange) -> dict[str, Any]:
+    """The ``message:receipt`` of a large conversation: counts only, one per batch.
+
+    Its event_id names the counts, so a repeat of the same state is dropped by the
+    client and a newer state is not.
+    """
+    event = receipt_event(conversation_id, "", change)
+    event["recipient_id"] = None
+    event["event_id"] = (
+        f"{EVENT_MESSAGE_RECEIPT}:{change.message_id}:{change.delivered_count}:{change.read_count}"
+    )
+    return event
+
+
+def _later(change: ReceiptChange, than: ReceiptChange) -> bool:
+    """Whether ``change`` shows a later state of the same message (counts only grow)."""
+    return (change.read_count, change.delivered_count, change.status == "read") > (
+        than.read_count,
+        than.delivered_count,
+        than.status == "read",
+    )
 
 
 def notification_new_event(

@@ -290,23 +290,16 @@ class ReceiptBatcher:
 
     async def _emit_receipts(self, readers: list[ReaderChanges]) -> None:
         try:
-            await asyncio.gather(
-                *(
-                    self._broadcaster.receipts(
-                        conversation_id=reader.conversation_id,
-                        recipient_id=reader.user_id,
-                        changes=reader.changes,
-                    )
-                    for reader in readers
-                    if reader.changes
-                )
+            emitted = await self._broadcaster.receipts_of(
+                [(r.conversation_id, r.user_id, r.changes) for r in readers if r.changes],
+                detail_max_recipients=self._detail_limit,
             )
         except Exception as err:
             # The receipts are stored; a sender's client sees them on its next read.
             log.warning("message:receipt events of a batch were not published: %s", _reason(err))
             return
         if self._metrics is not None:
-            self._metrics.broadcast(EVENT_MESSAGE_RECEIPT, sum(len(r.changes) for r in readers))
+            self._metrics.broadcast(EVENT_MESSAGE_RECEIPT, emitted)
 
     async def _settle(self, readers: list[ReaderChanges]) -> None:
         """Settles the readers' notifications: the receipt's rules, one statement per batch."""

@@ -275,3 +275,28 @@ async def test_a_full_receipt_queue_answers_unavailable_at_once(
         assert [a.up_to_seq for a in await asyncio.gather(*queued)] == [1, 1, 1]
     finally:
         await batcher.close()
+
+
+async def test_a_large_conversations_sender_hears_counts_once_per_batch(
+    core: Core, batcher_parts: tuple[Room, Metrics, dict[str, Any]]
+) -> None:
+    room, _, parts = batcher_parts
+    ana, *readers = await _people(core, 5)
+    conversation = await _group(core, ana, *readers)
+    [message] = await _send(core, conversation, ana, 1)
+    # Four recipients is "large" here: above the detail limit, counts only.
+    batcher = ReceiptBatcher(window_seconds=0.2, **{**parts, "detail_max_recipients": 2})
+    batcher.start()
+    try:
+        await asyncio.gather(
+            batcher.submit(Watermark(readers[0], conversation, READ, up_to_seq=1)),
+            batcher.submit(Watermark(readers[1], conversation, READ, up_to_seq=1)),
+            batcher.submit(Watermark(readers[2], conversation, DELIVERED, up_to_seq=1)),
+        )
+        await asyncio.sleep(0.2)  # the events go out after the acks
+    finally:
+        await batcher.close()
+    [event] = [data for name, data, _ in room.emits if name == EVENT_MESSAGE_RECEIPT]
+    assert event["message_id"] == message and event["recipient_id"] is None
+    assert (event["recipient_count"], event["delivered_count"], event["read_count"]) == (4, 3, 2)
+    assert event["event_id"] == f"message:receipt:{message}:3:2"

@@ -1,0 +1,329 @@
+"""Chat mix: real clients that ack every message, against the same clients that never ack.
+
+    python -m bench.chat_mix [--seconds 10] [--rounds 2] [--concurrency 12] [--read-after 0.5]
+
+Conversations of 2, 6 and 50 members, every member connected over Socket.IO. Each
+sender loop sends its next message as soon as the last one was acked. In the
+"receipts" rounds every recipient acks ``message:delivered`` when ``message:new``
+arrives and ``message:read`` ``--read-after`` seconds later, as a chat app does; in
+the "no receipts" rounds nobody acks. Bare no-activity workflows at the same
+concurrency give the server's floor. The three alternate, so a noisy moment on
+this machine hits each alike; the medians are compared.
+
+Printed: messages/s of each, the ratios (goals: receipts >= 0.8 of no receipts, no
+receipts >= 0.7 of bare); then, in rounds paced at ``--paced`` messages/s (a closed
+loop at full load measures queueing, not latency), receipt ack p50/p99 (goal p99 <
+100 ms) and send -> ``message:new`` p50/p99 with and without receipts (goal: with
+receipts within 1.5x); Timeout acks (goal 0); and what each message cost Temporal,
+read from the server: workflows started, workflow tasks, signals and history events
+per lifecycle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from collections import Counter
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+import socketio
+from temporalio.api.enums.v1 import EventType
+
+from bench.harness import Stack, percentile, stack
+from bench.send_latency import _floor_throughput
+from missive.constants import MESSAGE_WORKFLOW_PREFIX
+from missive.models import ConversationKind
+from missive.services.directory import NewUser
+from missive.tokens import issue_token
+from runtime.wiring import open_core
+
+SIZES = (2, 6, 50)
+
+
+@dataclass
+class Round:
+    """What one round of the chat mix measured."""
+
+    receipts: bool
+    started: dict[str, float] = field(default_factory=dict)
+    first_arrival: dict[str, float] = field(default_factory=dict)
+    acked_ok: int = 0
+    ack_errors: Counter[str] = field(default_factory=Counter)
+    receipt_latencies: list[float] = field(default_factory=list)
+    receipt_errors: Counter[str] = field(default_factory=Counter)
+    pending: set[asyncio.Task[None]] = field(default_factory=set)
+    message_ids: list[str] = field(default_factory=list)
+    cost: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """Workflow tasks, history events and signals per lifecycle (sampled)."""
+
+
+def _sample(current: Round, n: int = 60) -> list[str]:
+    """Workflow ids of up to n of the round's lifecycles, spread over the round."""
+    step = max(1, len(current.message_ids) // n)
+    return [f"{MESSAGE_WORKFLOW_PREFIX}-{m}" for m in current.message_ids[::step]][:n]
+
+
+class Member:
+    """One connected user who behaves like a chat app (when the round says so)."""
+
+    def __init__(self, user_id: str, read_after: float) -> None:
+        self.user_id = user_id
+        self.read_after = read_after
+        self.sio = socketio.AsyncClient(reconnection=False)
+        self.round: Round | None = None
+        self.last_seen: dict[str, int] = {}
+        self.sio.on("message:new", self._on_new)
+
+    async def catch_up(self) -> None:
+        """Reads everything seen so far (one receipt per conversation)."""
+        for conversation_id, seq in self.last_seen.items():
+            await self.sio.call(
+                "message:read", {"conversation_id": conversation_id, "up_to_seq": seq}, timeout=30
+            )
+
+    async def connect(self, s: Stack) -> None:
+        token = issue_token(s.settings.gateway_secret, self.user_id, ttl_seconds=7200)
+        await self.sio.connect(s.gateway_url, auth={"token": token}, transports=["websocket"])
+
+    async def _on_new(self, data: dict[str, Any]) -> None:
+        now = time.perf_counter()
+        current = self.round
+        if data["sender_id"] == self.user_id:
+            return
+        conversation_id = str(data["conversation_id"])
+        self.last_seen[conversation_id] = max(
+            self.last_seen.get(conversation_id, 0), int(data["seq"])
+        )
+        if current is None:
+            return
+        current.first_arrival.setdefault(str(data["client_message_id"]), now)
+        if current.receipts:
+            task = asyncio.create_task(self._receipts(current, data))
+            current.pending.add(task)
+            task.add_done_callback(current.pending.discard)
+
+    async def _receipt(self, current: Round, event: str, where: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        ack = await self.sio.call(event, where, timeout=30)
+        current.receipt_latencies.append(time.perf_counter() - started)
+        if not ack.get("ok"):
+            current.receipt_errors[ack["error"]["type"]] += 1
+
+    async def _receipts(self, current: Round, data: dict[str, Any]) -> None:
+        where = {"conversation_id": data["conversation_id"], "up_to_seq": data["seq"]}
+        try:
+            await self._receipt(current, "message:delivered", where)
+            await asyncio.sleep(self.read_after)
+            await self._receipt(current, "message:read", where)
+        except TimeoutError:
+            current.receipt_errors["Timeout (client)"] += 1
+
+
+async def _temporal_cost(s: Stack, workflow_ids: list[str]) -> tuple[float, float, float]:
+    """Workflow tasks, history events and signals per lifecycle, from the server."""
+    tasks = events = signals = 0
+    for wid in workflow_ids:
+        history = await s.env.client.get_workflow_handle(wid).fetch_history()
+        kinds = [e.event_type for e in history.events]
+        tasks += kinds.count(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED)
+        signals += kinds.count(EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
+        events += len(kinds)
+    n = max(1, len(workflow_ids))
+    return tasks / n, events / n, signals / n
+
+
+async def _count(s: Stack, query: str) -> int:
+    return (await s.env.client.count_workflows(query)).count
+
+
+async def run(
+    seconds: float, rounds: int, concurrency: int, read_after: float, paced: float
+) -> None:
+    """Runs the alternating rounds and prints the figures."""
+    async with stack() as s, AsyncExitStack() as exit_stack:
+        core = await open_core(s.settings, exit_stack, pool_size=2)
+        conversations: list[tuple[str, list[Member]]] = []
+        for size in SIZES:
+            ids = [
+                await core.directory.create_user(NewUser(handle=f"m{size}-{i}"))
+                for i in range(size)
+            ]
+            conv = await core.directory.create_conversation(
+                kind=ConversationKind.GROUP, members=ids
+            )
+            members = [Member(user, read_after) for user in ids]
+            for member in members:
+                await member.connect(s)
+                exit_stack.push_async_callback(member.sio.disconnect)
+            conversations.append((conv, members))
+        everyone = [m for _, members in conversations for m in members]
+        counter = 0
+
+        async def one_round(receipts: bool, tag: str, rate: float | None = None) -> Round:
+            """Closed loop (each sender sends when its last send was acked), or with
+            ``rate`` an open loop of ``rate`` messages/s in all, for latency."""
+            nonlocal counter
+            current = Round(receipts=receipts)
+            for member in everyone:
+                member.round = current
+            deadline = time.perf_counter() + seconds
+            interval = concurrency / rate if rate else 0.0
+
+            async def loop(n: int) -> None:
+                nonlocal counter
+                conv, members = conversations[n % len(conversations)]
+                sender = members[(n // len(conversations)) % len(members)]
+                tick = time.perf_counter() + interval * n / concurrency
+                while time.perf_counter() < deadline:
+                    if interval:
+                        await asyncio.sleep(max(0.0, tick - time.perf_counter()))
+                        tick += interval
+                    counter += 1
+                    cmid = f"{tag}-{n}-{counter}"
+                    current.started[cmid] = time.perf_counter()
+                    ack = await sender.sio.call(
+                        "message:send",
+                        {"conversation_id": conv, "client_message_id": cmid, "body": f"hi {cmid}"},
+                        timeout=30,
+                    )
+                    if ack.get("ok"):
+                        current.acked_ok += 1
+                        current.message_ids.append(str(ack["message_id"]))
+                    else:
+                        current.ack_errors[ack["error"]["type"]] += 1
+
+            started = time.perf_counter()
+            await asyncio.gather(*(loop(n) for n in range(concurrency)))
+            elapsed = time.perf_counter() - started
+            current.started["__elapsed__"] = elapsed
+            await asyncio.sleep(read_after + 1.5)  # reads and signals of the last messages
+            if current.pending:
+                await asyncio.wait(current.pending, timeout=30)
+            for member in everyone:
+                member.round = None
+            current.cost = await _temporal_cost(s, _sample(current))
+            if not receipts:
+                # Everyone catches up (one read each), outside the measurement: else the
+                # next round's watermarks would also end this round's lifecycles.
+                await asyncio.gather(*(member.catch_up() for member in everyone))
+                await asyncio.sleep(2.0)
+            return current
+
+        # Warm up: connections, prepared statements, sticky queues.
+        await one_round(receipts=True, tag="warm")
+        with_receipts: list[Round] = []
+        without: list[Round] = []
+        bare_rates: list[float] = []
+        paced_on: list[Round] = []
+        paced_off: list[Round] = []
+        for r in range(rounds):
+            bare_rates.append(await _floor_throughput(s, seconds, concurrency))
+            without.append(await one_round(receipts=False, tag=f"off{r}"))
+            with_receipts.append(await one_round(receipts=True, tag=f"on{r}"))
+            paced_off.append(await one_round(receipts=False, tag=f"poff{r}", rate=paced))
+            paced_on.append(await one_round(receipts=True, tag=f"pon{r}", rate=paced))
+
+        def rate(rounds_: list[Round]) -> float:
+            return statistics.median(
+                r.acked_ok / r.started["__elapsed__"] for r in rounds_ if r.started
+            )
+
+        def send_to_new(rounds_: list[Round]) -> list[float]:
+            return [
+                r.first_arrival[c] - r.started[c]
+                for r in rounds_
+                for c in r.first_arrival
+                if c in r.started
+            ]
+
+        on, off, bare = rate(with_receipts), rate(without), statistics.median(bare_rates)
+        lat_on, lat_off = send_to_new(paced_on), send_to_new(paced_off)
+        receipt_lat = [x for r in paced_on for x in r.receipt_latencies]
+        loaded_lat = [x for r in with_receipts for x in r.receipt_latencies]
+        timeouts = sum(
+            r.ack_errors["Timeout"] + r.receipt_errors["Timeout"]
+            for r in [*with_receipts, *without, *paced_on, *paced_off]
+        )
+        errors_on = sum((r.ack_errors for r in with_receipts), Counter())
+        errors_off = sum((r.ack_errors for r in without), Counter())
+        receipt_errors = sum((r.receipt_errors for r in with_receipts), Counter())
+
+        # Temporal's side, read from the server after each round.
+        cost_on = tuple(statistics.median(r.cost[i] for r in with_receipts) for i in range(3))
+        cost_off = tuple(statistics.median(r.cost[i] for r in without) for i in range(3))
+        receipt_workflows = await _count(s, "WorkflowType = 'ReceiptWorkflow'")
+        clears = await _count(s, "WorkflowType = 'ClearPushesWorkflow'")
+        sent_on = sum(r.acked_ok for r in with_receipts)
+        sent_off = sum(r.acked_ok for r in without)
+        receipts_sent = len(receipt_lat)
+
+    ms = 1000.0
+    print(
+        f"chat mix: conversations of {', '.join(map(str, SIZES))}, {concurrency} senders,"
+        f" median of {rounds} alternating rounds of {seconds:.0f} s, read {read_after} s after"
+    )
+    print("throughput (messages/s)")
+    print(f"  with receipts (every recipient acks)  {on:7.1f}")
+    print(f"  without receipts                      {off:7.1f}")
+    print(f"  bare no-activity workflows            {bare:7.1f}")
+    print(f"  ratio with / without (goal >= 0.8)    {on / off:7.2f}")
+    print(f"  ratio without / bare (goal >= 0.7)    {off / bare:7.2f}")
+    print(f"latency (ms) at {paced:.0f} messages/s in all            p50      p99")
+    print(
+        f"  receipt ack ({len(receipt_lat)} receipts)        "
+        f"{statistics.median(receipt_lat) * ms:7.1f}  {percentile(receipt_lat, 99) * ms:7.1f}"
+        "   (goal p99 < 100)"
+    )
+    print(
+        f"  receipt ack at full load ({len(loaded_lat)})    "
+        f"{statistics.median(loaded_lat) * ms:7.1f}  {percentile(loaded_lat, 99) * ms:7.1f}"
+    )
+    print(
+        f"  send -> message:new, receipts flowing  "
+        f"{statistics.median(lat_on) * ms:7.1f}  {percentile(lat_on, 99) * ms:7.1f}"
+    )
+    print(
+        f"  send -> message:new, no receipts       "
+        f"{statistics.median(lat_off) * ms:7.1f}  {percentile(lat_off, 99) * ms:7.1f}"
+    )
+    print(
+        f"  p50 ratio (goal <= 1.5)                "
+        f"{statistics.median(lat_on) / statistics.median(lat_off):7.2f}"
+    )
+    print(f"acks not ok: with receipts {dict(errors_on)}, without {dict(errors_off)}")
+    print(f"receipt acks not ok: {dict(receipt_errors)}; Timeout acks in all: {timeouts} (goal 0)")
+    print("Temporal cost per lifecycle (sampled histories)  tasks  events  signals")
+    print(
+        f"  with receipts                                {cost_on[0]:6.2f} {cost_on[1]:7.1f}"
+        f" {cost_on[2]:8.2f}"
+    )
+    print(
+        f"  without receipts                             {cost_off[0]:6.2f} {cost_off[1]:7.1f}"
+        f" {cost_off[2]:8.2f}"
+    )
+    print(
+        f"workflows started per message: 1 lifecycle + "
+        f"{(receipt_workflows + clears) / max(1, sent_on + sent_off):.3f} others"
+        f" (ReceiptWorkflow: {receipt_workflows}, ClearPushesWorkflow: {clears},"
+        f" for {receipts_sent} receipts)"
+    )
+
+
+def main() -> None:
+    """Parses the options and runs."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=12)
+    parser.add_argument("--read-after", type=float, default=0.5)
+    parser.add_argument("--paced", type=float, default=8.0, help="messages/s of latency rounds")
+    args = parser.parse_args()
+    asyncio.run(run(args.seconds, args.rounds, args.concurrency, args.read_after, args.paced))
+
+
+if __name__ == "__main__":
+    main()
