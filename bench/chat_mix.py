@@ -44,6 +44,37 @@ from runtime.wiring import open_core
 SIZES = (2, 6, 50)
 
 
+def _cpu_seconds() -> dict[str, float]:
+    """CPU time so far of this bench, its gateway, worker and Temporal, and PostgreSQL."""
+    import psutil
+
+    me = psutil.Process()
+    totals = {"bench clients": sum(me.cpu_times()[:2])}
+    for child in me.children(recursive=True):
+        try:
+            cmd = " ".join(child.cmdline())
+            used = sum(child.cpu_times()[:2])
+        except psutil.Error:
+            continue
+        name = (
+            "gateway"
+            if "gateway" in cmd
+            else "worker"
+            if "worker.py" in cmd
+            else "temporal"
+            if "temporal" in cmd
+            else "other"
+        )
+        totals[name] = totals.get(name, 0.0) + used
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] == "postgres":
+            try:
+                totals["postgres"] = totals.get("postgres", 0.0) + sum(proc.cpu_times()[:2])
+            except psutil.Error:
+                continue
+    return totals
+
+
 @dataclass
 class Round:
     """What one round of the chat mix measured."""
@@ -59,6 +90,8 @@ class Round:
     message_ids: list[str] = field(default_factory=list)
     cost: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """Workflow tasks, history events and signals per lifecycle (sampled)."""
+    cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds each process spent during the round."""
 
 
 def _sample(current: Round, n: int = 60) -> list[str]:
@@ -196,10 +229,13 @@ async def run(
                     else:
                         current.ack_errors[ack["error"]["type"]] += 1
 
+            cpu_before = _cpu_seconds()
             started = time.perf_counter()
             await asyncio.gather(*(loop(n) for n in range(concurrency)))
             elapsed = time.perf_counter() - started
             current.started["__elapsed__"] = elapsed
+            cpu_after = _cpu_seconds()
+            current.cpu = {k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after}
             await asyncio.sleep(read_after + 1.5)  # reads and signals of the last messages
             if current.pending:
                 await asyncio.wait(current.pending, timeout=30)
@@ -296,6 +332,15 @@ async def run(
     )
     print(f"acks not ok: with receipts {dict(errors_on)}, without {dict(errors_off)}")
     print(f"receipt acks not ok: {dict(receipt_errors)}; Timeout acks in all: {timeouts} (goal 0)")
+    print("CPU ms per message at full load (median rounds)   with receipts  without")
+    for name in sorted({k for r in [*with_receipts, *without] for k in r.cpu}):
+
+        def per_message(rounds_: list[Round], name: str = name) -> float:
+            return statistics.median(r.cpu.get(name, 0.0) / max(1, r.acked_ok) for r in rounds_)
+
+        print(
+            f"  {name:<42} {per_message(with_receipts) * ms:9.1f} {per_message(without) * ms:9.1f}"
+        )
     print("Temporal cost per lifecycle (sampled histories)  tasks  events  signals")
     print(
         f"  with receipts                                {cost_on[0]:6.2f} {cost_on[1]:7.1f}"

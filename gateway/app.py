@@ -44,7 +44,6 @@ from missive.errors import (
     PermanentError,
     ProviderUnavailable,
 )
-from missive.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from missive.metrics import Metrics
 from missive.notify.log import NotificationRow
 from missive.notify.options import send_notify_options
@@ -79,7 +78,7 @@ from runtime.messaging import send_message, with_request_id
 from runtime.receipt_batcher import ReceiptBatcher
 from runtime.search import open_search
 from runtime.search_attributes import KIND_MESSAGE, start_attributes
-from runtime.telemetry import open_telemetry
+from runtime.telemetry import open_telemetry, public_metrics
 from runtime.wiring import (
     WORKFLOWS,
     Core,
@@ -221,6 +220,7 @@ class Gateway:
                 stack,
                 service="missive-gateway",
                 sdk_metrics_port=self.settings.gateway_sdk_metrics_port,
+                metrics_port=self.settings.gateway_metrics_port,
                 metrics=self.metrics,
             )
             client = await connect(
@@ -608,7 +608,7 @@ class Gateway:
             await send({"type": "websocket.close", "code": 1000})
             return
         if scope["path"] == METRICS_PATH:
-            await _respond(send, 200, self.metrics.render(), METRICS_CONTENT_TYPE.encode())
+            await _respond(send, *public_metrics(self.settings, self.metrics, scope))
             return
         if scope["path"] == HEALTH_PATH:
             healthy = self.healthy

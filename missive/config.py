@@ -124,15 +124,18 @@ class Settings(BaseSettings):
     it is signalled at once. A delivered and a read receipt of the same message
     within this window cost the lifecycle one workflow task, not two."""
 
-    send_rate_per_second: float = Field(default=10.0, gt=0)
-    """Messages per second a user may send through the gateways, sustained
-    (the token bucket's refill rate, shared by every gateway process)."""
+    send_rate_per_second: float = Field(default=5.0, gt=0)
+    """Messages per second a user may send through the gateways, sustained (the
+    token bucket's refill rate, shared by every gateway process): a person typing
+    never meets it; a script or a stuck client does."""
 
-    send_burst: int = Field(default=50, ge=1)
-    """Messages a user may send at once before the rate applies (the bucket's size)."""
+    send_burst: int = Field(default=20, ge=1)
+    """Messages a user may send at once before the rate applies (the bucket's size):
+    a pasted list, a few quick replies."""
 
-    send_max_in_flight_per_socket: int = Field(default=32, ge=1)
-    """Sends one socket may have waiting for their ack; past it RateLimited at once."""
+    send_max_in_flight_per_socket: int = Field(default=8, ge=1)
+    """Sends one socket may have waiting for their ack; past it RateLimited at once
+    (a client that waits for acks never has more than a few in flight)."""
 
     gateway_max_in_flight: int = Field(default=512, ge=1)
     """Sends and other workflow calls one gateway process has in flight; past it

@@ -178,13 +178,25 @@ class Metrics:
         self.index_pending.set(pending)
         self.index_lag_seconds.set(oldest_age_seconds if pending > 0 else 0.0)
 
-    def receipt_batch(self, *, receipts: int, readers: int, moved: int, seconds: float) -> None:
-        """Counts one applied receipt batch (``readers``: coalesced watermarks written)."""
+    def receipt_batch(
+        self,
+        *,
+        applied: dict[str, int],
+        moved: dict[str, int],
+        receipts: int,
+        seconds: float,
+    ) -> None:
+        """Counts one applied receipt batch of ``receipts``: the receipts applied and the
+        deliveries moved, by status, as ``receipt_applied`` does for one."""
         self.receipt_batches.inc()
         self.receipts_batched.inc(receipts)
         self.receipt_batch_seconds.observe(seconds)
-        if moved > 0:
-            self.deliveries_moved.labels(status="batched").inc(moved)
+        for status, count in applied.items():
+            if count > 0:
+                self.receipts_applied.labels(status=status).inc(count)
+        for status, count in moved.items():
+            if count > 0:
+                self.deliveries_moved.labels(status=status).inc(count)
 
     def lifecycle_signal(self, outcome: str) -> None:
         """Counts one receipt signal to a lifecycle by outcome."""

@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -219,12 +220,22 @@ class ReceiptBatcher:
             else:
                 pending.future.set_result(outcome)
         if self._metrics is not None:
+            read = sum(r.became_read for r in applied.readers)
             self._metrics.receipt_batch(
+                applied=dict(
+                    Counter(
+                        str(p.receipt.status)
+                        for p, o in zip(batch, applied.outcomes, strict=True)
+                        if isinstance(o, ReceiptApplied)
+                    )
+                ),
+                moved={"read": read, "delivered": sum(r.changed for r in applied.readers) - read},
                 receipts=len(batch),
-                readers=len(applied.readers),
-                moved=sum(r.changed for r in applied.readers),
                 seconds=time.perf_counter() - started,
             )
+            for outcome in applied.outcomes:
+                if isinstance(outcome, MessagingError):
+                    self._metrics.refused("apply_receipt", outcome)
         moved = [reader for reader in applied.readers if reader.changed]
         if moved:
             self._spawn(self._tell(moved))

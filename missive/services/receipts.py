@@ -175,6 +175,8 @@ class ReaderChanges:
     """Read up to here (0: no read receipt in the batch)."""
     changed: int
     """Deliveries that moved forward."""
+    became_read: int = 0
+    """Of those, the ones that are read now (the others: delivered)."""
     changes: list[ReceiptChange] = field(default_factory=list)
     """The changed messages inside the lifecycle window (newest first, capped), each
     with its new status and its counts after the batch."""
@@ -310,6 +312,9 @@ class ReceiptService:
                 delivered_seq=marks[(uid, cid)][0],
                 read_seq=marks[(uid, cid)][1],
                 changed=len(by_reader[(uid, cid)]),
+                became_read=sum(
+                    1 for r in by_reader[(uid, cid)] if r.status == DeliveryStatus.READ
+                ),
                 changes=[_change(r, now) for r in reported[(uid, cid)]],
             )
             for uid, cid in marks

@@ -157,15 +157,16 @@ async def test_worker_serves_project_and_sdk_metrics_after_real_work(
 @pytest.fixture
 async def gateway_url(
     settings: Settings, dev_env: WorkflowEnvironment
-) -> AsyncIterator[tuple[str, int]]:
-    """The gateway under uvicorn with its SDK metrics on a port of their own."""
-    sdk_port = free_port()
+) -> AsyncIterator[tuple[str, int, int]]:
+    """The gateway under uvicorn with its metrics and the SDK's on ports of their own."""
+    sdk_port, metrics_port = free_port(), free_port()
     app = create_app(
         base_settings(
             database_url=settings.database_url,
             temporal_address=_address(dev_env),
             graceful_shutdown_seconds=2,
             gateway_sdk_metrics_port=sdk_port,
+            gateway_metrics_port=metrics_port,
         )
     )
     sock = socket.socket()
@@ -177,7 +178,7 @@ async def gateway_url(
             while not server.started:
                 assert not task.done(), app.startup_error
                 await asyncio.sleep(0.02)
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}", sdk_port
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}", sdk_port, metrics_port
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 60)
@@ -185,9 +186,9 @@ async def gateway_url(
 
 
 async def test_gateway_serves_metrics_after_sends_and_a_receipt(
-    settings: Settings, core: Core, gateway_url: tuple[str, int]
+    settings: Settings, core: Core, gateway_url: tuple[str, int, int]
 ) -> None:
-    url, sdk_port = gateway_url
+    url, sdk_port, metrics_port = gateway_url
     ana, ben = await _people(core, 2)
     conversation = await core.directory.create_conversation(
         kind=ConversationKind.GROUP, members=[ana, ben]
@@ -215,8 +216,10 @@ async def test_gateway_serves_metrics_after_sends_and_a_receipt(
         counts = _project_counts(text)
         return counts["created"] == 2 and counts["moved read"] == 2
 
-    text = await _until(f"{url}/metrics", done)
+    text = await _until(f"http://127.0.0.1:{metrics_port}/metrics", done)
     counts = _project_counts(text)
+    async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as response:
+        assert response.status == 404  # not on the public socket port
     assert (counts["message:new"], counts["receipts read"], counts["duplicate"]) == (2, 1, 0)
     sdk = await _until(
         f"http://127.0.0.1:{sdk_port}/metrics", lambda t: "temporal_workflow_completed" in t

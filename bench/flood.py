@@ -1,0 +1,201 @@
+"""Flood: one user sends as fast as the socket allows while another sends at 5/s.
+
+    python -m bench.flood [--flood 1000] [--steady-seconds 10] [--rate 5]
+
+Both are real Socket.IO clients of the gateway; a third member reads and acks
+(delivered on arrival, read 0.5 s later). First the steady user alone (unloaded),
+then the same with the flood. Printed: the flooder's acks by type with their
+latency (goal: RateLimited within 50 ms), the steady user's send -> message:new
+p50/p99 unloaded and loaded (goal: loaded p99 within 2x), and the check that
+every ok ack is a stored row and no error ack (other than Timeout) is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import asyncio
+import statistics
+import time
+from collections import Counter, defaultdict
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import socketio
+from sqlalchemy import text
+
+from bench.chat_mix import _cpu_seconds
+from bench.harness import Stack, percentile, stack
+from missive.models import ConversationKind
+from missive.services.directory import NewUser
+from missive.tokens import issue_token
+from runtime.wiring import open_core
+
+
+async def _client(s: Stack, user: str, exit_stack: AsyncExitStack) -> socketio.AsyncClient:
+    client = socketio.AsyncClient(reconnection=False)
+    token = issue_token(s.settings.gateway_secret, user, ttl_seconds=3600)
+    await client.connect(s.gateway_url, auth={"token": token}, transports=["websocket"])
+    exit_stack.push_async_callback(client.disconnect)
+    return client
+
+
+async def run(flood: int, steady_seconds: float, rate: float) -> None:
+    """Runs the unloaded and the loaded phase and prints the figures."""
+    async with stack() as s, AsyncExitStack() as exit_stack:
+        core = await open_core(s.settings, exit_stack, pool_size=2)
+        flooder, steady, reader = [
+            await core.directory.create_user(NewUser(handle=name))
+            for name in ("flooder", "steady", "reader")
+        ]
+        conv = await core.directory.create_conversation(
+            kind=ConversationKind.GROUP, members=[flooder, steady, reader]
+        )
+        f_client = await _client(s, flooder, exit_stack)
+        s_client = await _client(s, steady, exit_stack)
+        r_client = await _client(s, reader, exit_stack)
+        arrivals: dict[str, float] = {}
+
+        async def read_later(data: dict[str, Any]) -> None:
+            where = {"conversation_id": conv, "up_to_seq": data["seq"]}
+            await r_client.call("message:delivered", where, timeout=30)
+            await asyncio.sleep(0.5)
+            await r_client.call("message:read", where, timeout=30)
+
+        receipts: set[asyncio.Task[None]] = set()
+
+        def on_new(data: dict[str, Any]) -> None:
+            arrivals.setdefault(str(data["client_message_id"]), time.perf_counter())
+            task = asyncio.create_task(read_later(data))
+            receipts.add(task)
+            task.add_done_callback(receipts.discard)
+
+        r_client.on("message:new", on_new)
+        stored_acks: dict[str, str] = {}
+
+        async def steady_phase(tag: str) -> list[float]:
+            started: dict[str, float] = {}
+            deadline = time.perf_counter() + steady_seconds
+            i = 0
+            while time.perf_counter() < deadline:
+                cmid = f"{tag}-{i}"
+                i += 1
+                started[cmid] = time.perf_counter()
+                ack = await s_client.call(
+                    "message:send",
+                    {"conversation_id": conv, "client_message_id": cmid, "body": "steady"},
+                    timeout=30,
+                )
+                stored_acks[cmid] = "ok" if ack["ok"] else ack["error"]["type"]
+                await asyncio.sleep(max(0.0, started[cmid] + 1 / rate - time.perf_counter()))
+            await asyncio.sleep(1.0)
+            return [arrivals[c] - started[c] for c in started if c in arrivals]
+
+        for i in range(20):  # warm up
+            await s_client.call(
+                "message:send",
+                {"conversation_id": conv, "client_message_id": f"warm-{i}", "body": "w"},
+                timeout=30,
+            )
+        await asyncio.sleep(2.0)
+        unloaded = await steady_phase("unloaded")
+
+        flood_acks: dict[str, tuple[str, float]] = {}
+        waiting: list[asyncio.Future[None]] = []
+
+        def answer(cmid: str, sent: float, done: asyncio.Future[None]) -> Any:
+            def callback(ack: dict[str, Any]) -> None:
+                kind = "ok" if ack["ok"] else ack["error"]["type"]
+                flood_acks[cmid] = (kind, time.perf_counter() - sent)
+                done.set_result(None)
+
+            return callback
+
+        async def flood_phase() -> None:
+            loop = asyncio.get_running_loop()
+            for i in range(flood):
+                cmid = f"flood-{i}"
+                done = loop.create_future()
+                waiting.append(done)
+                await f_client.emit(
+                    "message:send",
+                    {"conversation_id": conv, "client_message_id": cmid, "body": "flood"},
+                    callback=answer(cmid, time.perf_counter(), done),
+                )
+            await asyncio.wait_for(asyncio.gather(*waiting), 60)
+
+        before = _cpu_seconds()
+        if os.environ.get("FLOOD_MARKER"):  # lets a profiler attach as the flood starts
+            Path(os.environ["FLOOD_MARKER"]).write_text("started")
+        flood_started = time.perf_counter()
+        flood_task = asyncio.create_task(flood_phase())
+        loaded_task = asyncio.create_task(steady_phase("loaded"))
+        await flood_task
+        flood_took = time.perf_counter() - flood_started
+        flood_cpu = {k: v - before.get(k, 0.0) for k, v in _cpu_seconds().items()}
+        loaded = await loaded_task
+        if receipts:
+            await asyncio.wait(receipts, timeout=30)
+
+        async with core.engine.connect() as conn:
+            stored = set(
+                (
+                    await conn.execute(
+                        text("SELECT client_message_id FROM messages WHERE sender_id = :u"),
+                        {"u": flooder},
+                    )
+                ).scalars()
+            )
+
+    kinds = Counter(kind for kind, _ in flood_acks.values())
+    by_kind: dict[str, list[float]] = defaultdict(list)
+    for kind, took in flood_acks.values():
+        by_kind[kind].append(took)
+    ms = 1000.0
+    print(f"flood: {flood} sends from one socket as fast as it allows, steady user at {rate}/s")
+    print("  flooder's acks           count     p50 ms    p99 ms")
+    for kind, took in sorted(by_kind.items()):
+        print(
+            f"    {kind:<20} {kinds[kind]:7d} {statistics.median(took) * ms:9.1f}"
+            f" {percentile(took, 99) * ms:9.1f}"
+        )
+    print(
+        f"  the flood took {flood_took:.2f} s; CPU seconds meanwhile: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in sorted(flood_cpu.items()))
+    )
+    print("  steady user's send -> message:new (ms)    p50      p99")
+    print(
+        f"    unloaded ({len(unloaded)} sends)             "
+        f"{statistics.median(unloaded) * ms:7.1f}  {percentile(unloaded, 99) * ms:7.1f}"
+    )
+    print(
+        f"    during the flood ({len(loaded)} sends)     "
+        f"{statistics.median(loaded) * ms:7.1f}  {percentile(loaded, 99) * ms:7.1f}"
+    )
+    print(
+        f"    p99 ratio (goal <= 2.0)              "
+        f"{percentile(loaded, 99) / percentile(unloaded, 99):7.2f}"
+    )
+    ok = {c for c, (kind, _) in flood_acks.items() if kind == "ok"}
+    refused = {c for c, (kind, _) in flood_acks.items() if kind not in ("ok", "Timeout")}
+    print(
+        f"  truth: {len(ok)} ok acks, {len(stored)} stored;"
+        f" ok but not stored: {len(ok - stored)}; refused but stored: {len(refused & stored)}"
+        f" (goal 0 and 0); InternalError acks: {kinds['InternalError']} (goal 0);"
+        f" steady user's acks: {dict(Counter(stored_acks.values()))}"
+    )
+
+
+def main() -> None:
+    """Parses the options and runs."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--flood", type=int, default=1000)
+    parser.add_argument("--steady-seconds", type=float, default=10.0)
+    parser.add_argument("--rate", type=float, default=5.0)
+    args = parser.parse_args()
+    asyncio.run(run(args.flood, args.steady_seconds, args.rate))
+
+
+if __name__ == "__main__":
+    main()
