@@ -35,6 +35,7 @@ from temporalio.client import Client
 
 from missive.config import Settings
 from missive.constants import (
+    EVENT_MESSAGE_DELIVERED,
     EVENT_MESSAGE_NEW,
     EVENT_MESSAGE_READ,
     EVENT_MESSAGE_RECEIPT,
@@ -61,6 +62,9 @@ DATABASE_NAME = "missive"
 READY_TIMEOUT = 60.0
 DEMO_HANDLES = ("ana", "ben", "cy")
 DEMO_TITLE = "Missive demo"
+
+DEMO_READ_AFTER_SECONDS = 0.5
+"""How long a demo client shows a message before it says "read"."""
 DEMO_LINES = (
     ("ana", "Hi both, welcome to Missive!"),
     ("ben", "Hey ana, got it."),
@@ -729,17 +733,24 @@ async def demo_client(
         sender = state.names.get(data["sender_id"], data["sender_id"])
         say(f"{handle:>4} <- {EVENT_MESSAGE_NEW} seq {data['seq']} from {sender}: {data['body']!r}")
         if data["sender_id"] != user_id:
-            read = {"conversation_id": data["conversation_id"], "up_to_seq": data["seq"]}
-            await client.emit(EVENT_MESSAGE_READ, read, callback=on_read_ack)
+            # As a chat app does: "delivered" the moment it arrives, "read" once it has
+            # been on screen a moment; both are watermarks ("everything up to seq").
+            where = {"conversation_id": data["conversation_id"], "up_to_seq": data["seq"]}
+            await client.emit(EVENT_MESSAGE_DELIVERED, where, callback=receipt_ack("delivered"))
+            await asyncio.sleep(DEMO_READ_AFTER_SECONDS)
+            await client.emit(EVENT_MESSAGE_READ, where, callback=receipt_ack("read"))
 
-    def on_read_ack(ack: dict[str, Any]) -> None:
-        if not ack.get("ok"):
-            say(f"{handle:>4} <- {EVENT_MESSAGE_READ} refused: {ack}")
+    def receipt_ack(what: str) -> Callable[[dict[str, Any]], None]:
+        def answered(ack: dict[str, Any]) -> None:
+            if not ack.get("ok"):
+                say(f"{handle:>4} <- message:{what} refused: {ack}")
+
+        return answered
 
     async def on_receipt(data: dict[str, Any]) -> None:
         if not first_time(data):
             return
-        reader = state.names.get(data["recipient_id"], data["recipient_id"])
+        reader = state.names.get(data["recipient_id"], data["recipient_id"] or "several")
         say(
             f"{handle:>4} <- {EVENT_MESSAGE_RECEIPT} seq {data['seq']} {data['status']} by"
             f" {reader} ({data['read_count']}/{data['recipient_count']} read)"

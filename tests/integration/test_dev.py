@@ -197,6 +197,9 @@ async def test_dev_demo_runs_end_to_end_and_stops_cleanly(
     for handle in ("ana", "ben", "cy"):
         assert f"{handle} <- message:new" in output
         assert f"{handle} <- message:receipt" in output
+    # The demo's clients ack as chat apps do: delivered on arrival, read once seen.
+    assert re.search(r"message:receipt seq \d+ delivered by", output), output
+    assert re.search(r"message:receipt seq \d+ read by", output), output
     assert "3 messages delivered and read by everyone" in output
 
     # Keys were generated once, readable by the owner only, and never printed.
