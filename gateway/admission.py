@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
+import socketio
 from sqlalchemy.exc import SQLAlchemyError
 from temporalio.client import RPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
@@ -153,3 +154,78 @@ class Admission:
     def _rejected(self, reason: str) -> None:
         if self._metrics is not None:
             self._metrics.gateway_rejected(EVENT_MESSAGE_SEND, reason)
+
+
+class FairServer(socketio.AsyncServer):
+    """A Socket.IO server on which one socket cannot take the event loop from the others.
+
+    python-socketio reads a socket's packets one after the other and starts a task
+    per event. Here the reading of a socket waits (1) while ``max_events_per_socket``
+    of its events are still being handled, and (2) when it sends more than
+    ``events_per_second`` (bursts of ``events_burst``). A flooding client then fills
+    its own TCP buffer instead of this process's event loop: everyone else's events
+    are never queued behind thousands of its refusals, and the flooder still gets an
+    answer to each event, in order, at the pace it is read.
+
+    It overrides ``_handle_event`` of python-socketio 5 (pinned ``<6``); the
+    gateway traffic tests fail if that method changes.
+    """
+
+    def __init__(
+        self,
+        *args: object,
+        max_events_per_socket: int,
+        events_per_second: float,
+        events_burst: int,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_events = max_events_per_socket
+        self._rate = events_per_second
+        self._burst = float(events_burst)
+        self._sockets: dict[str, _SocketGate] = {}
+        self._in_hand: set[asyncio.Task[None]] = set()
+
+    async def _handle_event(
+        self, eio_sid: str, namespace: str | None, id: int | None, data: list[object]
+    ) -> None:
+        gate = self._sockets.get(eio_sid)
+        if gate is None:
+            gate = self._sockets[eio_sid] = _SocketGate(
+                asyncio.Semaphore(self._max_events), self._burst, time.monotonic()
+            )
+        wait = gate.take(self._rate, self._burst)
+        if wait > 0:
+            await asyncio.sleep(wait)  # this socket's reader waits; the others go on
+        await gate.in_hand.acquire()
+        namespace = namespace or "/"
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if not self.manager.is_connected(sid, namespace):
+            gate.in_hand.release()
+            return
+        task = asyncio.ensure_future(
+            self._handle_event_internal(self, sid, eio_sid, data, namespace, id)
+        )
+        self._in_hand.add(task)
+        task.add_done_callback(self._in_hand.discard)
+        task.add_done_callback(lambda _: gate.in_hand.release())
+
+    async def _handle_eio_disconnect(self, eio_sid: str, reason: object = None) -> None:
+        self._sockets.pop(eio_sid, None)
+        await super()._handle_eio_disconnect(eio_sid, reason)
+
+
+class _SocketGate:
+    """One socket's events in hand and its event bucket."""
+
+    __slots__ = ("at", "in_hand", "tokens")
+
+    def __init__(self, in_hand: asyncio.Semaphore, tokens: float, at: float) -> None:
+        self.in_hand, self.tokens, self.at = in_hand, tokens, at
+
+    def take(self, rate: float, burst: float) -> float:
+        """Takes a token; returns how long to wait for it (0: there was one)."""
+        now = time.monotonic()
+        self.tokens = min(burst, self.tokens + (now - self.at) * rate) - 1.0
+        self.at = now
+        return 0.0 if self.tokens >= 0 else -self.tokens / rate

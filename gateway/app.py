@@ -19,7 +19,7 @@ from temporalio.client import Client, RPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
-from gateway.admission import TEMPORAL_DOWN, Admission
+from gateway.admission import TEMPORAL_DOWN, Admission, FairServer
 from missive.broadcast import Broadcaster
 from missive.config import Settings
 from missive.constants import (
@@ -156,7 +156,10 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         """Where everything is and the limits passed to the workflows."""
-        self.sio = socketio.AsyncServer(
+        self.sio = FairServer(
+            max_events_per_socket=settings.gateway_max_events_per_socket,
+            events_per_second=settings.gateway_socket_events_per_second,
+            events_burst=settings.gateway_socket_events_burst,
             async_mode="asgi",
             client_manager=client_manager(settings, write_only=False),
             cors_allowed_origins=settings.cors_origins,

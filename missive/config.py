@@ -129,13 +129,26 @@ class Settings(BaseSettings):
     token bucket's refill rate, shared by every gateway process): a person typing
     never meets it; a script or a stuck client does."""
 
-    send_burst: int = Field(default=20, ge=1)
+    send_burst: int = Field(default=10, ge=1)
     """Messages a user may send at once before the rate applies (the bucket's size):
     a pasted list, a few quick replies."""
 
-    send_max_in_flight_per_socket: int = Field(default=8, ge=1)
+    send_max_in_flight_per_socket: int = Field(default=4, ge=1)
     """Sends one socket may have waiting for their ack; past it RateLimited at once
     (a client that waits for acks never has more than a few in flight)."""
+
+    gateway_max_events_per_socket: int = Field(default=16, ge=1)
+    """Events of one socket being handled at once; past it the gateway reads no
+    further from that socket until one is answered (a flooding client waits on its
+    own connection instead of delaying everyone else's events)."""
+
+    gateway_socket_events_per_second: float = Field(default=100.0, gt=0)
+    """Events per second the gateway reads from one socket, sustained (sends,
+    receipts and the rest; an app in a busy group acks a few dozen a second); a
+    socket sending faster is read at this pace, so it slows only itself."""
+
+    gateway_socket_events_burst: int = Field(default=200, ge=1)
+    """Events one socket may send at once before that pace applies."""
 
     gateway_max_in_flight: int = Field(default=512, ge=1)
     """Sends and other workflow calls one gateway process has in flight; past it

@@ -256,3 +256,33 @@ async def test_a_client_that_disconnects_with_sends_in_flight_leaves_no_tracebac
     stored = await _scalar(core, "SELECT count(*) FROM messages")
     assert stored >= 1
     assert stored == await _scalar(core, "SELECT count(DISTINCT client_message_id) FROM messages")
+
+
+async def test_a_flooding_socket_is_read_at_its_pace_and_others_are_answered_at_once(
+    settings: Settings, core: Core, dev_env: WorkflowEnvironment
+) -> None:
+    ana, ben = await _people(core, 2)
+    conversation = await _conversation(core, ana, ben)
+    paced = gateway_settings(
+        settings, dev_env, gateway_socket_events_per_second=50, gateway_socket_events_burst=20
+    )
+    async with serve_gateway(paced) as running:
+        a, b = await open_peer(running, ana), await open_peer(running, ben)
+        try:
+            bad = {"conversation_id": conversation, "up_to_seq": -1}
+            started = time.perf_counter()
+            flood = asyncio.gather(*(a.call(EVENT_MESSAGE_READ, bad) for _ in range(70)))
+            await asyncio.sleep(0.3)  # the flood is being read at 50/s now
+            asked = time.perf_counter()
+            other = await b.call(EVENT_MESSAGE_SEND, _send(conversation, "b-1", "hi"))
+            answered = time.perf_counter() - asked
+            acks = await flood
+            took = time.perf_counter() - started
+        finally:
+            await a.client.disconnect()
+            await b.client.disconnect()
+    assert other["ok"] is True and answered < 0.5, (other, answered)
+    # Every flooding event got its own answer, in order, at the socket's pace:
+    # 20 at once, then 50 more at 50/s.
+    assert [ack["error"]["type"] for ack in acks] == ["InvalidInput"] * 70
+    assert took >= 0.9, took
