@@ -220,6 +220,18 @@ class ReceiptChange:
     within_window: bool = True
     """Whether its lifecycle workflow may still be running."""
 
+    def lifecycle_reacts(self, detail_max_recipients: int) -> bool:
+        """Whether the message's lifecycle is told of this change: in small
+        conversations every receipt, in large ones only the milestones (everyone has
+        it delivered, everyone has read it)."""
+        if self.recipient_count <= detail_max_recipients:
+            return True
+        if self.read_count >= self.recipient_count:
+            return True
+        return (
+            self.status is ReceiptStatus.DELIVERED and self.delivered_count >= self.recipient_count
+        )
+
 
 @dataclass(frozen=True)
 class ApplyReceiptResult:

@@ -296,7 +296,7 @@ class ReceiptBatcher:
         now = time.monotonic()
         for reader in readers:
             for change in reader.changes:
-                if self._lifecycle_reacts(change):
+                if change.lifecycle_reacts(self._detail_limit):
                     self._queue_news(reader.user_id, change, now)
 
     async def _emit_receipts(self, readers: list[ReaderChanges]) -> None:
@@ -354,17 +354,6 @@ class ReceiptBatcher:
             log.warning(
                 "clearing %d shown pushes could not start: %s", len(notification_ids), _reason(err)
             )
-
-    def _lifecycle_reacts(self, change: ReceiptChange) -> bool:
-        """Small conversations hear of every receipt; large ones only of milestones."""
-        if change.recipient_count <= self._detail_limit:
-            return True
-        if change.read_count >= change.recipient_count:
-            return True
-        return (
-            change.status is ReceiptStatus.DELIVERED
-            and change.delivered_count >= change.recipient_count
-        )
 
     def _queue_news(self, recipient_id: str, change: ReceiptChange, now: float) -> None:
         wid = message_workflow_id(change.sender_id, change.client_message_id)

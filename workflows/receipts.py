@@ -17,7 +17,6 @@ with workflow.unsafe.imports_passed_through():
         ReceiptInput,
         ReceiptResult,
         ReceiptsChanged,
-        ReceiptStatus,
         SendNotificationsInput,
         SettleNotificationsInput,
         SettleNotificationsResult,
@@ -61,7 +60,7 @@ class ReceiptWorkflow:
             except ActivityError:
                 workflow.logger.warning("message:receipt broadcast gave up")
         to_tell = [
-            c for c in applied.changes if _lifecycle_reacts(c, input.receipt_detail_max_recipients)
+            c for c in applied.changes if c.lifecycle_reacts(input.receipt_detail_max_recipients)
         ]
         told, _ = await asyncio.gather(
             asyncio.gather(*(self._tell(applied, c, input) for c in to_tell)),
@@ -135,15 +134,3 @@ class ReceiptWorkflow:
             # database has the receipt, which is all that matters then.
             return 0
         return 1
-
-
-def _lifecycle_reacts(change: ReceiptChange, detail_limit: int) -> bool:
-    """Small conversations hear of every receipt; large ones only of milestones."""
-    if change.recipient_count <= detail_limit:
-        return True
-    if change.read_count >= change.recipient_count:
-        return True
-    return (
-        change.status is ReceiptStatus.DELIVERED
-        and change.delivered_count >= change.recipient_count
-    )

@@ -181,8 +181,6 @@ async def test_receipts_for_messages_the_user_cannot_see(core: Core) -> None:
 
 async def test_thousand_member_group_tells_its_lifecycle_only_milestones(core: Core) -> None:
     """Every member of a 1,000-member group reads: the lifecycle hears of it once."""
-    from workflows.receipts import _lifecycle_reacts
-
     people = await _people(core, 1001)
     sender, readers = people[0], people[1:]
     conv = await core.directory.create_conversation(kind=ConversationKind.CHANNEL, members=people)
@@ -194,7 +192,7 @@ async def test_thousand_member_group_tells_its_lifecycle_only_milestones(core: C
         for reader in readers:
             applied = await core.receipts.apply(ReceiptInput(reader, conv, status, up_to_seq=1))
             assert applied.changed == 1
-            told[status] += sum(_lifecycle_reacts(c, 32) for c in applied.changes)
+            told[status] += sum(c.lifecycle_reacts(32) for c in applied.changes)
     assert told == {"delivered": 1, "read": 1}
     assert await _count(core, "SELECT count(*) FROM deliveries WHERE status = 2") == 1000
 
