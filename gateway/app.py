@@ -7,11 +7,13 @@ import contextlib
 import functools
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, fields, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
+from urllib.parse import parse_qs
 
 import socketio
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,7 +21,9 @@ from temporalio.client import Client, RPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
-from gateway.admission import TEMPORAL_DOWN, Admission, FairServer
+from gateway.admission import TEMPORAL_DOWN, Admission
+from gateway.sessions import TOKEN_RECHECK_SECONDS, ExpiryTimers, RevocationListener
+from gateway.transport import GatewayServer, redact_server_logs
 from missive.broadcast import Broadcaster
 from missive.config import Settings
 from missive.constants import (
@@ -31,6 +35,8 @@ from missive.constants import (
     EVENT_MESSAGE_SEND,
     EVENT_NOTIFICATION_LIST,
     EVENT_NOTIFICATION_PREFERENCES,
+    EVENT_SESSION_CLOSED,
+    EVENT_TOKEN_REFRESH,
     TASK_QUEUE_MESSAGES,
     conversation_room,
     user_room,
@@ -43,6 +49,8 @@ from missive.errors import (
     MessagingError,
     PermanentError,
     ProviderUnavailable,
+    TokenExpired,
+    TokenRevoked,
 )
 from missive.metrics import Metrics
 from missive.notify.log import NotificationRow
@@ -66,7 +74,8 @@ from missive.schemas import (
 )
 from missive.search import SearchService, parse_search_request, result_json
 from missive.services.receipts import Watermark
-from missive.tokens import verify_token
+from missive.sessions import TokenRevocations, require_not_revoked
+from missive.tokens import TokenClaims, read_token
 from missive.validation import (
     require_body,
     require_client_message_id,
@@ -156,7 +165,8 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         """Where everything is and the limits passed to the workflows."""
-        self.sio = FairServer(
+        self.sio = GatewayServer(
+            max_message_bytes=settings.gateway_max_message_bytes,
             max_events_per_socket=settings.gateway_max_events_per_socket,
             events_per_second=settings.gateway_socket_events_per_second,
             events_burst=settings.gateway_socket_events_burst,
@@ -178,6 +188,9 @@ class Gateway:
         self.metrics = Metrics()
         """The project's metrics of this process, served at ``/metrics``."""
         self._admission = Admission(settings, None, self.metrics)
+        self._revocations: TokenRevocations | None = None
+        self._expiry = ExpiryTimers(self._close_socket)
+        self._closing: set[asyncio.Task[None]] = set()
         self.sio.on("connect", self._on_connect)
         self.sio.on("disconnect", self._on_disconnect)
         self.sio.on(EVENT_MESSAGE_SEND, self._guarded(EVENT_MESSAGE_SEND, self._send))
@@ -195,8 +208,10 @@ class Gateway:
             (EVENT_NOTIFICATION_LIST, self._notifications),
             (EVENT_DEVICE_REGISTER, self._register_device),
             (EVENT_DEVICE_UNREGISTER, self._unregister_device),
+            (EVENT_TOKEN_REFRESH, self._refresh_token),
         ):
             self.sio.on(event, self._guarded(event, handler))
+        self.sio.on("*", _unknown_event)
 
     @property
     def healthy(self) -> bool:
@@ -243,6 +258,11 @@ class Gateway:
             receipts = self._receipt_batcher(core, client, acts)
             receipts.start()
             stack.push_async_callback(receipts.close)
+            revocations = TokenRevocations(core.engine)
+            listener = RevocationListener(self.settings.require_database_url(), self._revoked)
+            listener.start()
+            stack.push_async_callback(listener.close)
+            stack.callback(self._expiry.close)
             # Listen for other processes' emits now rather than on the first connection.
             if not self.sio.manager_initialized:
                 self.sio.manager_initialized = True
@@ -251,7 +271,7 @@ class Gateway:
             await stack.aclose()
             raise
         self._stack, self._core, self._client, self._worker = stack, core, client, worker
-        self._receipts = receipts
+        self._receipts, self._revocations = receipts, revocations
         log.info(
             "gateway ready: worker on %s at %s (namespace %s)",
             TASK_QUEUE_MESSAGES,
@@ -266,6 +286,7 @@ class Gateway:
         self._core = self._client = self._worker = None
         self._search = None
         self._receipts = None
+        self._revocations = None
         if stack is not None:
             log.info("draining in-flight work (up to %ss)", self.settings.graceful_shutdown_seconds)
             await stack.aclose()
@@ -336,44 +357,129 @@ class Gateway:
         """Authenticates a socket and puts it in its user's and conversations' rooms.
 
         Raises:
-            socketio.exceptions.ConnectionRefusedError: no, a forged, malformed or
-                expired token, an unknown user, or the gateway is not ready.
+            socketio.exceptions.ConnectionRefusedError: no, a forged, malformed,
+                expired or revoked token, a token in the query string, an unknown
+                user, or the gateway is not ready.
         """
+        if "token" in parse_qs(environ.get("QUERY_STRING", "")):
+            # Query strings end up in access logs and proxies' logs: never accept one there.
+            raise socketio.exceptions.ConnectionRefusedError(
+                'token in the query string: send it in auth ({"token": ...})'
+            )
         token = auth.get("token") if isinstance(auth, dict) else None
         try:
-            user_id = verify_token(self.settings.gateway_secret, token)
+            claims = read_token(self.settings.gateway_secret, token)
         except InvalidToken as err:
             raise socketio.exceptions.ConnectionRefusedError(str(err)) from None
+        user_id = claims.user_id
         try:
             core, _ = self._services()
-            if not await core.directory.user_exists(user_id):
-                raise socketio.exceptions.ConnectionRefusedError("unknown user")
+            await self._check_revocation(claims)
             conversations = await core.directory.conversations_of(user_id)
-        except socketio.exceptions.ConnectionRefusedError:
-            raise
+        except InvalidToken as err:
+            raise socketio.exceptions.ConnectionRefusedError(str(err)) from None
         except ProviderUnavailable as err:
             raise socketio.exceptions.ConnectionRefusedError(str(err)) from None
         except Exception:
             log.exception("connect of user %s failed", user_id)
             raise socketio.exceptions.ConnectionRefusedError("internal error") from None
-        await self.sio.save_session(sid, {"user_id": user_id})
+        await self.sio.save_session(sid, _session(claims))
+        self._expiry.schedule(sid, claims.expires_at)
         await self.sio.enter_room(sid, user_room(user_id))
         for conversation_id in conversations:
             await self.sio.enter_room(sid, conversation_room(conversation_id))
         log.debug("user %s connected as %s (%d conversations)", user_id, sid, len(conversations))
 
-    async def _user_of(self, sid: str) -> str:
+    async def _check_revocation(self, claims: TokenClaims) -> None:
+        """Raises TokenRevoked (or InvalidToken: unknown user) unless the token still holds."""
+        if self._revocations is None:
+            raise ProviderUnavailable("the gateway is not ready; try again shortly")
+        exists, valid_after = await self._revocations.lookup(claims.user_id)
+        if not exists:
+            raise InvalidToken("unknown user")
+        require_not_revoked(claims, valid_after)
+
+    async def _session_of(self, sid: str) -> dict[str, Any]:
         try:
             session = await self.sio.get_session(sid)
         except KeyError:  # the client disconnected before its event was handled
             raise InvalidToken("the connection is closed") from None
-        user_id = session.get("user_id") if isinstance(session, dict) else None
-        if not isinstance(user_id, str):
+        if not isinstance(session, dict) or not isinstance(session.get("user_id"), str):
             raise InvalidToken("the connection is not authenticated")
-        return user_id
+        return session
+
+    async def _user_of(self, sid: str) -> str:
+        """The socket's user, once its token is known to be neither expired nor revoked.
+
+        Expiry is read from the session; revocation too, re-read from PostgreSQL at
+        most every TOKEN_RECHECK_SECONDS (a revocation is also pushed: ``_revoked``).
+
+        Raises:
+            TokenExpired: the token expired (refresh it with ``token:refresh``).
+            TokenRevoked: the user's tokens were revoked; the socket is being closed.
+        """
+        session = await self._session_of(sid)
+        claims = _claims(session)
+        if claims.expires_at <= time.time():
+            raise TokenExpired(
+                f"token expired at {_iso(claims.expires_at)}: send {EVENT_TOKEN_REFRESH}"
+                " with a new token, or reconnect"
+            )
+        if time.monotonic() - session["checked_at"] > TOKEN_RECHECK_SECONDS:
+            try:
+                await self._check_revocation(claims)
+            except InvalidToken as err:
+                self._close_soon(sid, "token revoked")
+                raise TokenRevoked(str(err)) from None
+            session["checked_at"] = time.monotonic()
+            await self.sio.save_session(sid, session)
+        return claims.user_id
+
+    async def _refresh_token(self, sid: str, data: object) -> Ack:
+        """``token:refresh``: a newer token of the same user replaces the socket's token."""
+        session = await self._session_of(sid)
+        payload = _require_object(data)
+        try:
+            claims = read_token(self.settings.gateway_secret, payload.get("token"))
+        except InvalidToken as err:
+            raise InvalidInput(f"token: {err}") from None
+        if claims.user_id != session["user_id"]:
+            raise InvalidInput("token: it names another user than this connection's")
+        await self._check_revocation(claims)
+        await self.sio.save_session(sid, _session(claims))
+        self._expiry.schedule(sid, claims.expires_at)
+        return {"ok": True, "expires_at": _iso(claims.expires_at)}
+
+    async def _revoked(self, user_id: str) -> None:
+        """A user's tokens were revoked (a NOTIFY from any process): closes the sockets here
+        whose token was issued before it."""
+        if self._revocations is None:
+            return
+        _, valid_after = await self._revocations.lookup(user_id)
+        for sid, _eio_sid in list(self.sio.manager.get_participants("/", user_room(user_id))):
+            try:
+                require_not_revoked(_claims(await self._session_of(sid)), valid_after)
+            except InvalidToken:
+                await self._close_socket(sid, "token revoked")
+
+    def _close_soon(self, sid: str, reason: str) -> None:
+        task = asyncio.ensure_future(self._close_socket(sid, reason))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close_socket(self, sid: str, reason: str) -> None:
+        """Tells the socket why (``session:closed``), then disconnects it."""
+        if not self.sio.manager.is_connected(sid, "/"):
+            return
+        log.info("closing %s: %s", sid, reason)
+        # The socket is this process's: no trip through the pub/sub, and in this order.
+        with contextlib.suppress(Exception):
+            await self.sio.emit(EVENT_SESSION_CLOSED, {"reason": reason}, to=sid, ignore_queue=True)
+        await self.sio.disconnect(sid, ignore_queue=True)
 
     async def _on_disconnect(self, sid: str, *args: object) -> None:
         self._admission.forget(sid)
+        self._expiry.cancel(sid)
 
     # -- events -------------------------------------------------------------
 
@@ -399,6 +505,8 @@ class Gateway:
                     return _error("InternalError", "internal error")
                 log.warning("%s from %s: %s (%s)", name, sid, answer["error"]["type"], err.message)
                 return answer
+            except UnicodeEncodeError:  # a lone surrogate ("\ud800") in a field we store
+                return _error("InvalidInput", "a string in the payload is not valid Unicode")
             except SQLAlchemyError as err:
                 log.warning("%s from %s: database unavailable (%s)", name, sid, _first_line(err))
                 return _error(
@@ -635,6 +743,26 @@ class GatewayApp(socketio.ASGIApp):
         self.startup_error: BaseException | None = None
         """Why the last lifespan startup failed, if it did."""
 
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serves a request; a WebSocket's messages over the size limit are answered, not
+        dropped with the socket (``GatewayServer.bound_receive``)."""
+        if scope["type"] == "websocket":
+            receive = self.gateway.sio.bound_receive(receive)
+        elif scope["type"] == "http" and scope.get("method") == "POST":
+            # Long-polling: Engine.IO would end the session with a bare 400; say why.
+            limit = self.gateway.sio.max_message_bytes
+            length = dict(scope.get("headers") or []).get(b"content-length", b"0")
+            if length.isdigit() and int(length) > limit:
+                reason = (
+                    f"the request body is {int(length)} bytes, over the gateway's limit of"
+                    f" {limit} (GATEWAY_MAX_MESSAGE_BYTES)"
+                )
+                await _respond(
+                    send, 413, json.dumps({"error": reason}).encode(), b"application/json"
+                )
+                return
+        await super().__call__(scope, receive, send)
+
     async def lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Starts the gateway on ``lifespan.startup``, stops it on ``lifespan.shutdown``."""
         while True:
@@ -666,7 +794,35 @@ def create_app(settings: Settings) -> GatewayApp:
     Raises:
         InvalidInput: neither REDIS_URL nor DATABASE_URL is set (no client manager).
     """
+    redact_server_logs()
     return GatewayApp(Gateway(settings))
+
+
+def _session(claims: TokenClaims) -> dict[str, Any]:
+    """A socket's session: its token's claims, and when its revocation was last read."""
+    return {
+        "user_id": claims.user_id,
+        "expires_at": claims.expires_at,
+        "issued_at": claims.issued_at,
+        "checked_at": time.monotonic(),
+    }
+
+
+def _claims(session: dict[str, Any]) -> TokenClaims:
+    return TokenClaims(
+        user_id=session["user_id"],
+        expires_at=session["expires_at"],
+        issued_at=session["issued_at"],
+    )
+
+
+def _iso(unix_seconds: float) -> str:
+    return datetime.fromtimestamp(unix_seconds, UTC).isoformat()
+
+
+async def _unknown_event(event: str, sid: str, *args: object) -> Ack:
+    """Any event the gateway does not know: acked InvalidInput naming it."""
+    return _error("InvalidInput", f"unknown event {event[:64]!r}: see the README's events")
 
 
 def _library_logger(name: str) -> logging.Logger:

@@ -94,6 +94,10 @@ class Settings(BaseSettings):
     gateway_token_ttl_seconds: int = 3600
     """Lifetime of a token issued by ``python -m starter token``."""
 
+    gateway_max_message_bytes: int = Field(default=1_000_000, gt=0)
+    """Largest WebSocket message (or polling request body) the gateway reads; a larger
+    event is answered InvalidInput, a larger connect packet connect_error."""
+
     max_body_bytes: int = Field(default=16_384, gt=0)
     """Largest message body accepted, in UTF-8 bytes."""
 

@@ -126,3 +126,10 @@ EVENT_NOTIFICATION_PREFERENCES = "notification:preferences"
 EVENT_NOTIFICATION_LIST = "notification:list"
 EVENT_DEVICE_REGISTER = "device:register"
 EVENT_DEVICE_UNREGISTER = "device:unregister"
+
+EVENT_TOKEN_REFRESH = "token:refresh"
+"""Client -> gateway: ``{"token"}``, a newer token of the same user for an open socket."""
+
+EVENT_SESSION_CLOSED = "session:closed"
+"""Gateway -> one socket, just before it is disconnected: ``{"reason"}`` (``token expired``,
+``token revoked``)."""

@@ -74,3 +74,11 @@ class ProviderUnavailable(TransientError):
 
 class RateLimited(TransientError):
     """A provider asked us to slow down, or a user sends faster than their limit."""
+
+
+class TokenExpired(InvalidToken):
+    """The token of an open socket expired: refresh it (``token:refresh``) or reconnect."""
+
+
+class TokenRevoked(InvalidToken):
+    """The user's tokens were revoked ("logout everywhere") after this one was issued."""

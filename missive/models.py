@@ -90,6 +90,8 @@ class User(Base):
     timezone: Mapped[str] = mapped_column(String(64), server_default="UTC")
     locale: Mapped[str] = mapped_column(String(16), server_default="en")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    tokens_valid_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """Gateway tokens issued before this instant are refused ("logout everywhere")."""
 
 
 class Device(Base):

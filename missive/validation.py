@@ -57,12 +57,17 @@ def bounds(low: float | None = None, high: float | None = None) -> dict[str, obj
 
 
 def require_body(value: object, *, max_bytes: int) -> bytes:
-    """Returns the UTF-8 body, or raises InvalidInput if empty or too large."""
+    """Returns the UTF-8 body, or raises InvalidInput if empty, not Unicode or too large."""
     if not isinstance(value, str):
         raise InvalidInput(f"body must be a string, got {type(value).__name__}")
     if not value.strip():
         raise InvalidInput("body is empty")
-    encoded = value.encode("utf-8")
+    try:
+        encoded = value.encode("utf-8")
+    except UnicodeEncodeError as err:  # JSON can carry "\ud800", UTF-8 cannot
+        raise InvalidInput(
+            f"body is not valid Unicode: a lone surrogate at character {err.start}"
+        ) from None
     if len(encoded) > max_bytes:
         raise InvalidInput(f"body is {len(encoded)} bytes, over the limit of {max_bytes}")
     return encoded

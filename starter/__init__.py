@@ -9,6 +9,7 @@ from starter.client import (
     receipt_input,
     send_input,
 )
+from starter.sessions import revoke_tokens
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -16,6 +17,7 @@ __all__ = [
     "SendResult",
     "lifecycle_workflow_id",
     "receipt_input",
+    "revoke_tokens",
     "send_input",
     "to_domain_error",
 ]

@@ -29,6 +29,7 @@ from missive.validation import require_client_message_id, require_uuid
 from starter import batch_cli, ops_cli
 from starter import keys as starter_keys
 from starter import search as starter_search
+from starter import sessions as starter_sessions
 from starter.client import (
     DEFAULT_TIMEOUT,
     MissiveClient,
@@ -99,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument(
         "--ttl", type=int, metavar="SECONDS", help="lifetime (default GATEWAY_TOKEN_TTL_SECONDS)"
     )
+    revoke = commands.add_parser(
+        "revoke-tokens",
+        parents=[common],
+        help="refuse every gateway token of a user issued until now, close their sockets",
+    )
+    revoke.add_argument("user_id", metavar="USER_ID")
     starter_keys.add_parser(commands, common)
     starter_search.add_parsers(commands, common)
     batch_cli.add_parsers(commands, common)
@@ -225,6 +232,16 @@ async def _token(args: argparse.Namespace, settings: Settings) -> None:
     _print(args, {"user_id": user_id, "token": token, "expires_at": expires_at}, token)
 
 
+async def _revoke_tokens(args: argparse.Namespace, settings: Settings) -> None:
+    done = await starter_sessions.revoke_tokens(settings, args.user_id)
+    _print(
+        args,
+        {"user_id": done.user_id, "tokens_valid_after": done.tokens_valid_after},
+        f"revoked the tokens of {done.user_id} issued before"
+        f" {done.tokens_valid_after.isoformat()}; their sockets are closed",
+    )
+
+
 async def _keys(args: argparse.Namespace, settings: Settings) -> None:
     # Rotations run as long as the data takes: wait for them (Ctrl-C leaves them running).
     async with await _connect(args, settings) as missive:
@@ -256,6 +273,7 @@ COMMANDS = {
     "read": _receipt,
     "status": _status,
     "token": _token,
+    "revoke-tokens": _revoke_tokens,
     "keys": _keys,
     "search": _search,
     "search-check": _search,
