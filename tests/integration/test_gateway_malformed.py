@@ -179,6 +179,9 @@ async def test_undecodable_events_get_one_ack_naming_the_problem(
         # Without an ack id there is nobody to answer: dropped, the socket carries on.
         await raw.ws.send_str('42["message:send", {"body": ')
         await raw.nothing_more()
+        # Not Socket.IO at all, and JSON that Engine.IO itself would parse without a limit.
+        await raw.ws.send_str("4" + deep)
+        await raw.nothing_more()
         await raw.send_event(101, json.dumps([EVENT_MESSAGE_SEND, _send(conversation, "hi")]))
         assert (await raw.ack(101))["ok"] is True
         await raw.send_event(102, json.dumps([EVENT_NOTIFICATION_LIST, {}]))
