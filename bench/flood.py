@@ -13,8 +13,8 @@ every ok ack is a stored row and no error ack (other than Timeout) is.
 from __future__ import annotations
 
 import argparse
-import os
 import asyncio
+import os
 import statistics
 import time
 from collections import Counter, defaultdict
@@ -127,7 +127,7 @@ async def run(flood: int, steady_seconds: float, rate: float) -> None:
 
         before = _cpu_seconds()
         if os.environ.get("FLOOD_MARKER"):  # lets a profiler attach as the flood starts
-            Path(os.environ["FLOOD_MARKER"]).write_text("started")
+            await asyncio.to_thread(Path(os.environ["FLOOD_MARKER"]).write_text, "started")
         flood_started = time.perf_counter()
         flood_task = asyncio.create_task(flood_phase())
         loaded_task = asyncio.create_task(steady_phase("loaded"))
@@ -155,10 +155,10 @@ async def run(flood: int, steady_seconds: float, rate: float) -> None:
     ms = 1000.0
     print(f"flood: {flood} sends from one socket as fast as it allows, steady user at {rate}/s")
     print("  flooder's acks           count     p50 ms    p99 ms")
-    for kind, took in sorted(by_kind.items()):
+    for kind, times in sorted(by_kind.items()):
         print(
-            f"    {kind:<20} {kinds[kind]:7d} {statistics.median(took) * ms:9.1f}"
-            f" {percentile(took, 99) * ms:9.1f}"
+            f"    {kind:<20} {kinds[kind]:7d} {statistics.median(times) * ms:9.1f}"
+            f" {percentile(times, 99) * ms:9.1f}"
         )
     print(
         f"  the flood took {flood_took:.2f} s; CPU seconds meanwhile: "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.integration
 SECRET = "the merger closes on friday, call ana@example.com"
 
 
-async def _rows(core: Core, sql: str, **params: object) -> list[tuple[object, ...]]:
+async def _rows(core: Core, sql: str, **params: object) -> list[tuple[Any, ...]]:
     async with core.engine.connect() as conn:
         return [tuple(r) for r in (await conn.execute(text(sql), params)).all()]
 

@@ -64,7 +64,7 @@ def _json(value: object) -> RawValue:
 
 
 def _input_type(wf: type) -> type:
-    [hint] = workflow._Definition.must_from_class(wf).arg_types or [None]
+    [hint] = workflow._Definition.must_from_class(wf).arg_types or [type(None)]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return args[0] if args else hint  # type: ignore[no-any-return]
 

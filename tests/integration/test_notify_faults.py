@@ -16,10 +16,11 @@ import signal
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -156,7 +157,7 @@ async def _stack(database_url: str, temporal: str) -> AsyncIterator[Stack]:
         yield Stack(core, fcm, inbox, url, gateway_settings, senders, recipients)
 
 
-async def _traffic(stack: Stack, fault: Callable[[], Awaitable[None]]) -> Traffic:
+async def _traffic(stack: Stack, fault: Callable[[], Coroutine[Any, Any, None]]) -> Traffic:
     """MESSAGES sends at SEND_RATE from the two senders, each resent until acked; ``fault``
     runs OUTAGE_AT seconds in."""
     traffic = Traffic()
@@ -188,7 +189,7 @@ async def _traffic(stack: Stack, fault: Callable[[], Awaitable[None]]) -> Traffi
             await asyncio.sleep(0.5)
 
     sends = []
-    fault_task = None
+    fault_task: asyncio.Task[None] | None = None
     started = asyncio.get_running_loop().time()
     for number in range(MESSAGES):
         if fault_task is None and asyncio.get_running_loop().time() - started >= OUTAGE_AT:
