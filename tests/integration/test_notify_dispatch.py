@@ -28,6 +28,7 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from activities.messages import MessageActivities
 from activities.notify import NotifyActivities
 from missive.broadcast import Broadcaster
+from missive.config import Settings
 from missive.constants import (
     EVENT_MESSAGE_NEW,
     EVENT_NOTIFICATION_NEW,
@@ -262,6 +263,17 @@ def pushes_to(sink: FcmSink, token: str) -> list[dict[str, Any]]:
 
 
 # --- push ---------------------------------------------------------------------------------
+
+
+def _own_queues(settings: Settings, task_queue: str) -> NotifyOptions:
+    """The notification options with queues of this test's own, on the session's dev server."""
+    return dataclasses.replace(
+        notify_options(settings),
+        task_queue=f"{task_queue}-notify",
+        push_task_queue=f"{task_queue}-push",
+        email_task_queue=f"{task_queue}-email",
+        sms_task_queue=f"{task_queue}-sms",
+    )
 
 
 async def test_push_reaches_fcm_with_collapse_key_and_data(
@@ -888,14 +900,7 @@ async def test_notify_workers_send_a_message_s_push_and_email_digest(
         notify_email_delay_seconds=2,
         notify_digest_window_seconds=1,
     )
-    # Queues of this test's own, on the session's dev server.
-    options = dataclasses.replace(
-        notify_options(settings),
-        task_queue=f"{task_queue}-notify",
-        push_task_queue=f"{task_queue}-push",
-        email_task_queue=f"{task_queue}-email",
-        sms_task_queue=f"{task_queue}-sms",
-    )
+    options = _own_queues(settings, task_queue)
     stored = await core.messages.persist(
         PersistMessageInput(
             conversation_id=world.ops,
@@ -977,13 +982,7 @@ async def test_an_agenda_sends_once_what_an_attempt_whose_task_was_lost_queued(
         notify_email_delay_seconds=0,
         notify_digest_window_seconds=1,
     )
-    options = dataclasses.replace(
-        notify_options(settings),
-        task_queue=f"{task_queue}-notify",
-        push_task_queue=f"{task_queue}-push",
-        email_task_queue=f"{task_queue}-email",
-        sms_task_queue=f"{task_queue}-sms",
-    )
+    options = _own_queues(settings, task_queue)
     stored = await core.messages.persist(
         PersistMessageInput(world.ops, world.ana, "c-lost", "deploy done")
     )

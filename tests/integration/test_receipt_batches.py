@@ -18,12 +18,11 @@ from missive.broadcast import Broadcaster
 from missive.constants import EVENT_MESSAGE_RECEIPT, user_room
 from missive.errors import ConversationNotFound, MessageNotVisible, NotAMember, ProviderUnavailable
 from missive.metrics import Metrics
-from missive.models import ConversationKind
 from missive.schemas import PersistMessageInput, ReceiptStatus
-from missive.services.directory import NewUser
 from missive.services.receipts import ReceiptApplied, Watermark
 from runtime.receipt_batcher import ReceiptBatcher
 from runtime.wiring import Core
+from tests.integration.test_gateway import _conversation, _people
 
 pytestmark = pytest.mark.integration
 
@@ -38,19 +37,6 @@ class Room:
 
     async def emit(self, event: str, data: Any, *, room: str | None = None) -> None:
         self.emits.append((event, data, room))
-
-
-async def _people(core: Core, n: int) -> list[str]:
-    return [
-        await core.directory.create_user(NewUser(handle=f"u{i}-{uuid.uuid4().hex[:6]}"))
-        for i in range(n)
-    ]
-
-
-async def _group(core: Core, *members: str) -> str:
-    return await core.directory.create_conversation(
-        kind=ConversationKind.GROUP, members=list(members)
-    )
 
 
 async def _send(core: Core, conversation: str, sender: str, n: int) -> list[str]:
@@ -91,7 +77,7 @@ async def _watermarks(core: Core, conversation: str, reader: str) -> tuple[int, 
 
 async def test_a_burst_of_one_readers_receipts_is_one_coalesced_watermark(core: Core) -> None:
     ana, ben = await _people(core, 2)
-    conversation = await _group(core, ana, ben)
+    conversation = await _conversation(core, ana, ben)
     await _send(core, conversation, ana, 100)
     seqs = list(range(1, 101))
     random.Random(7).shuffle(seqs)  # commutative: the order they arrive in does not matter
@@ -121,8 +107,8 @@ async def test_a_burst_of_one_readers_receipts_is_one_coalesced_watermark(core: 
 
 async def test_a_batch_mixing_readers_conversations_statuses_and_bad_receipts(core: Core) -> None:
     ana, ben, cy, dan = await _people(core, 4)
-    one = await _group(core, ana, ben, cy)
-    two = await _group(core, ana, ben, dan)
+    one = await _conversation(core, ana, ben, cy)
+    two = await _conversation(core, ana, ben, dan)
     one_ids = await _send(core, one, ana, 3)
     two_ids = await _send(core, two, ana, 2)
 
@@ -202,7 +188,7 @@ async def test_the_batcher_writes_a_burst_of_100_receipts_once_and_acks_each(
 ) -> None:
     room, metrics, parts = batcher_parts
     ana, ben = await _people(core, 2)
-    conversation = await _group(core, ana, ben)
+    conversation = await _conversation(core, ana, ben)
     ids = await _send(core, conversation, ana, 100)
     batcher = ReceiptBatcher(window_seconds=0.2, **parts)
     batcher.start()
@@ -234,7 +220,7 @@ async def test_a_reader_removed_before_the_flush_is_refused_and_the_rest_apply(
 ) -> None:
     _, _, parts = batcher_parts
     ana, ben, cy = await _people(core, 3)
-    conversation = await _group(core, ana, ben, cy)
+    conversation = await _conversation(core, ana, ben, cy)
     await _send(core, conversation, ana, 2)
     batcher = ReceiptBatcher(window_seconds=0.3, **parts)
     batcher.start()
@@ -259,7 +245,7 @@ async def test_a_full_receipt_queue_answers_unavailable_at_once(
 ) -> None:
     _, _, parts = batcher_parts
     ana, ben = await _people(core, 2)
-    conversation = await _group(core, ana, ben)
+    conversation = await _conversation(core, ana, ben)
     await _send(core, conversation, ana, 1)
     batcher = ReceiptBatcher(window_seconds=0.3, **{**parts, "max_queued": 3})
     batcher.start()
@@ -282,7 +268,7 @@ async def test_a_large_conversations_sender_hears_counts_once_per_batch(
 ) -> None:
     room, _, parts = batcher_parts
     ana, *readers = await _people(core, 5)
-    conversation = await _group(core, ana, *readers)
+    conversation = await _conversation(core, ana, *readers)
     [message] = await _send(core, conversation, ana, 1)
     # Four recipients is "large" here: above the detail limit, counts only.
     batcher = ReceiptBatcher(window_seconds=0.2, **{**parts, "detail_max_recipients": 2})

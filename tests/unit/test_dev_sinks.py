@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import socket
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, suppress
 from pathlib import Path
 
 import pytest
@@ -24,11 +24,10 @@ async def test_a_sink_port_in_use_is_one_line_naming_the_setting(
 ) -> None:
     opts = dev.Options(tmp_path, 7233, 8233, False, None)
     with socket.socket() as taken:
-        try:
+        # If another process holds it already, that is the same situation.
+        with suppress(OSError):
             taken.bind(("127.0.0.1", port))
             taken.listen()
-        except OSError:
-            pass  # another process holds it: the same situation
         async with AsyncExitStack() as stack:
             with pytest.raises(dev.DevError) as refused:
                 other = "twilio_base_url" if port == 8791 else "fcm_endpoint"
