@@ -291,10 +291,11 @@ async def test_a_provider_queue_is_healthy_with_activity_pollers_only(
         assert not report.healthy
         assert report.problems == [f"task queue {provider_queue}: no worker polling"]
         # ...a provider queue (activities only) is healthy with its activity pollers.
-        monkeypatch.setattr(ops, "ACTIVITY_ONLY_QUEUES", frozenset({provider_queue}))
+        # Patched where health reads it: the package only re-exports the name.
+        monkeypatch.setattr(ops._health, "ACTIVITY_ONLY_QUEUES", frozenset({provider_queue}))
         report = await ops.health(client, settings, queues=[provider_queue])
         assert report.healthy and report.queues[0].workflow_pollers == 0
-    assert ops.ACTIVITY_ONLY_QUEUES == frozenset({provider_queue})
+    assert ops._health.ACTIVITY_ONLY_QUEUES == frozenset({provider_queue})
     monkeypatch.undo()
     assert TASK_QUEUE_PUSH in ops.ACTIVITY_ONLY_QUEUES
     assert TASK_QUEUE_PUSH in ops.task_queues(settings)
