@@ -1,92 +1,45 @@
-"""The Socket.IO gateway: token-authenticated sockets, message events, and an in-process worker."""
+"""The Socket.IO gateway: one process's server, its services, and its in-process worker.
+
+The events themselves live beside it, one module per area: ``connections``
+(tokens), ``messages`` (send, search, receipts) and ``notifications``
+(preferences, the bell, devices); ``acks`` turns every outcome into one ack.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import asdict, fields, replace
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
-from urllib.parse import parse_qs
+from datetime import timedelta
+from typing import Any
 
 import socketio
-from sqlalchemy.exc import SQLAlchemyError
-from temporalio.client import Client, RPCTimeoutOrCancelledError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import Client
 from temporalio.worker import Worker
 
-from gateway.admission import TEMPORAL_DOWN, Admission
-from gateway.sessions import TOKEN_RECHECK_SECONDS, ExpiryTimers, RevocationListener
+from gateway.acks import guarded, unknown_event
+from gateway.admission import Admission
+from gateway.connections import Connections
+from gateway.context import Services
+from gateway.messages import LocalAcks, MessageEvents
+from gateway.notifications import NotificationEvents
+from gateway.sessions import RevocationListener
 from gateway.transport import GatewayServer, redact_server_logs
 from missive.broadcast import Broadcaster
 from missive.config import Settings
-from missive.constants import (
-    EVENT_DEVICE_REGISTER,
-    EVENT_DEVICE_UNREGISTER,
-    EVENT_MESSAGE_DELIVERED,
-    EVENT_MESSAGE_READ,
-    EVENT_MESSAGE_SEARCH,
-    EVENT_MESSAGE_SEND,
-    EVENT_NOTIFICATION_LIST,
-    EVENT_NOTIFICATION_PREFERENCES,
-    EVENT_SESSION_CLOSED,
-    EVENT_TOKEN_REFRESH,
-    TASK_QUEUE_MESSAGES,
-    conversation_room,
-    user_room,
-)
+from missive.constants import EVENT_TOKEN_REFRESH, TASK_QUEUE_MESSAGES, conversation_room
 from missive.db import session_factory
-from missive.e2e import require_e2e_header
-from missive.errors import (
-    InvalidInput,
-    InvalidToken,
-    MessagingError,
-    PermanentError,
-    ProviderUnavailable,
-    TokenExpired,
-    TokenRevoked,
-)
+from missive.errors import MessagingError, ProviderUnavailable
 from missive.metrics import Metrics
-from missive.notify.log import NotificationRow
 from missive.notify.options import send_notify_options
-from missive.notify.preferences import (
-    require_platform,
-    require_push_token,
-    require_timezone,
-    validate_conversation_preferences,
-    validate_user_preferences,
-)
 from missive.ratelimit import PostgresBuckets, RedisBuckets, SendLimiter
-from missive.schemas import (
-    ConversationPreferences,
-    MessageAccepted,
-    NotificationPreferences,
-    PersistMessageInput,
-    PersistMessageResult,
-    ReceiptStatus,
-    SendMessageInput,
-)
-from missive.search import SearchService, parse_search_request, result_json
-from missive.services.receipts import Watermark
-from missive.sessions import TokenRevocations, require_not_revoked
-from missive.tokens import TokenClaims, read_token
-from missive.validation import (
-    require_body,
-    require_client_message_id,
-    require_seq,
-    require_uuid,
-)
+from missive.sessions import TokenRevocations
 from runtime.client import connect
-from runtime.messaging import send_message, with_request_id
 from runtime.receipt_batcher import ReceiptBatcher
 from runtime.search import open_search
-from runtime.search_attributes import KIND_MESSAGE, start_attributes
 from runtime.telemetry import open_telemetry, public_metrics
 from runtime.wiring import (
     WORKFLOWS,
@@ -107,51 +60,6 @@ METRICS_PATH = "/metrics"
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-Ack = dict[str, Any]
-
-
-class LocalAcks:
-    """Acks for sends whose lifecycle stores the message in this very process.
-
-    A lifecycle started eagerly runs its first workflow task on this process's
-    worker, where the persist activity tells this registry the outcome: the
-    sender is acked then, without a second round trip (the ``accepted`` update)
-    through Temporal. A send whose task ran elsewhere, or a resend that joined
-    a running lifecycle, hears nothing here and asks the workflow instead.
-    """
-
-    def __init__(self) -> None:
-        self._waiting: dict[str, asyncio.Future[MessageAccepted]] = {}
-
-    def expect(self, request_id: str) -> asyncio.Future[MessageAccepted]:
-        """A future for the outcome of the send with this request id."""
-        future = self._waiting[request_id] = asyncio.get_running_loop().create_future()
-        return future
-
-    def forget(self, request_id: str) -> None:
-        """Stops waiting for a send (its ack was answered one way or another)."""
-        future = self._waiting.pop(request_id, None)
-        if future is not None and future.done() and not future.cancelled():
-            future.exception()  # retrieved: no "never retrieved" warning
-
-    def __call__(
-        self, input: PersistMessageInput, outcome: PersistMessageResult | PermanentError
-    ) -> None:
-        future = self._waiting.get(input.request_id) if input.request_id else None
-        if future is None or future.done():
-            return
-        if isinstance(outcome, PermanentError):
-            future.set_exception(outcome)
-            return
-        future.set_result(
-            MessageAccepted(
-                message_id=outcome.message_id,
-                conversation_id=outcome.conversation_id,
-                seq=outcome.seq,
-                created_at=outcome.created_at,
-                duplicate=not outcome.created,
-            )
-        )
 
 
 class Gateway:
@@ -177,46 +85,46 @@ class Gateway:
             engineio_logger=_library_logger("engineio"),
         )
         """The Socket.IO server; its client manager spans every gateway process."""
-        self._stack: AsyncExitStack | None = None
-        self._core: Core | None = None
-        self._client: Client | None = None
-        self._worker: Worker | None = None
-        self._acks = LocalAcks()
-        self._notify = send_notify_options(settings)  # settings never change: built once
-        self._search: SearchService | None = None
-        self._receipts: ReceiptBatcher | None = None
         self.metrics = Metrics()
         """The project's metrics of this process, served at ``/metrics``."""
-        self._admission = Admission(settings, None, self.metrics)
-        self._revocations: TokenRevocations | None = None
-        self._expiry = ExpiryTimers(self._close_socket)
-        self._closing: set[asyncio.Task[None]] = set()
-        self.sio.on("connect", self._on_connect)
+        self.admission = Admission(settings, None, self.metrics)
+        """Send admission: in-flight caps, the send limit (from ``start``), Temporal's breaker."""
+        self.connections = Connections(self.sio, settings.gateway_secret, rooms_of=self._rooms_of)
+        """The sockets' users and tokens."""
+        self._stack: AsyncExitStack | None = None
+        self._services: Services | None = None
+        self._worker: Worker | None = None
+        self._acks = LocalAcks()
+        self.sio.on("connect", self.connections.connect)
         self.sio.on("disconnect", self._on_disconnect)
-        self.sio.on(EVENT_MESSAGE_SEND, self._guarded(EVENT_MESSAGE_SEND, self._send))
-        self.sio.on(
-            EVENT_MESSAGE_SEARCH, self._guarded(EVENT_MESSAGE_SEARCH, self._search_messages)
-        )
-        for event, status in (
-            (EVENT_MESSAGE_DELIVERED, ReceiptStatus.DELIVERED),
-            (EVENT_MESSAGE_READ, ReceiptStatus.READ),
-        ):
-            receipt = functools.partial(self._receipt, status=status)
-            self.sio.on(event, self._guarded(event, receipt))
-        for event, handler in (
-            (EVENT_NOTIFICATION_PREFERENCES, self._preferences),
-            (EVENT_NOTIFICATION_LIST, self._notifications),
-            (EVENT_DEVICE_REGISTER, self._register_device),
-            (EVENT_DEVICE_UNREGISTER, self._unregister_device),
-            (EVENT_TOKEN_REFRESH, self._refresh_token),
-        ):
-            self.sio.on(event, self._guarded(event, handler))
-        self.sio.on("*", _unknown_event)
+        handlers = {
+            **MessageEvents(self, self._acks).handlers(),
+            **NotificationEvents(self).handlers(),
+            EVENT_TOKEN_REFRESH: self.connections.refresh,
+        }
+        timeout = settings.gateway_ack_timeout_seconds
+        for event, handler in handlers.items():
+            self.sio.on(event, guarded(event, handler, timeout=timeout))
+        self.sio.on("*", unknown_event)
 
     @property
     def healthy(self) -> bool:
         """Whether the services are open and the in-process worker is polling."""
         return self._worker is not None and self._worker.is_running
+
+    def services(self) -> Services:
+        """The open services.
+
+        Raises:
+            ProviderUnavailable: the gateway is not started (or stopping).
+        """
+        if self._services is None:
+            raise ProviderUnavailable("the gateway is not ready; try again shortly")
+        return self._services
+
+    async def user_of(self, sid: str) -> str:
+        """The socket's user, once its token is known to hold (``Connections.user_of``)."""
+        return await self.connections.user_of(sid)
 
     async def start(self) -> None:
         """Opens the database, connects to Temporal and starts the worker.
@@ -232,7 +140,7 @@ class Gateway:
         stack = AsyncExitStack()
         try:
             core = await open_core(self.settings, stack)
-            self._search = open_search(self.settings, core, stack)
+            search = open_search(self.settings, core, stack)
             telemetry = open_telemetry(
                 self.settings,
                 stack,
@@ -252,17 +160,20 @@ class Gateway:
                 core, self.sio, persist_listener=self._acks, metrics=self.metrics
             )
             worker = await self._start_worker(client, acts, stack)
-            self._admission = Admission(
+            self.admission = Admission(
                 self.settings, await _send_limiter(self.settings, core, stack), self.metrics
             )
-            receipts = self._receipt_batcher(core, client, acts)
+            broadcaster = Broadcaster(self.sio)
+            receipts = self._receipt_batcher(core, client, acts, broadcaster)
             receipts.start()
             stack.push_async_callback(receipts.close)
-            revocations = TokenRevocations(core.engine)
-            listener = RevocationListener(self.settings.require_database_url(), self._revoked)
+            self.connections.open(TokenRevocations(core.engine))
+            stack.callback(self.connections.close)
+            listener = RevocationListener(
+                self.settings.require_database_url(), self.connections.revoked
+            )
             listener.start()
             stack.push_async_callback(listener.close)
-            stack.callback(self._expiry.close)
             # Listen for other processes' emits now rather than on the first connection.
             if not self.sio.manager_initialized:
                 self.sio.manager_initialized = True
@@ -270,8 +181,10 @@ class Gateway:
         except BaseException:
             await stack.aclose()
             raise
-        self._stack, self._core, self._client, self._worker = stack, core, client, worker
-        self._receipts, self._revocations = receipts, revocations
+        self._stack, self._worker = stack, worker
+        self._services = Services(
+            core=core, client=client, receipts=receipts, broadcaster=broadcaster, search=search
+        )
         log.info(
             "gateway ready: worker on %s at %s (namespace %s)",
             TASK_QUEUE_MESSAGES,
@@ -283,10 +196,8 @@ class Gateway:
         """Drains the worker (up to graceful_shutdown_seconds) and closes everything."""
         stack, self._stack = self._stack, None
         # New events answer "unavailable" at once instead of waiting on a stopping worker.
-        self._core = self._client = self._worker = None
-        self._search = None
-        self._receipts = None
-        self._revocations = None
+        self._services = None
+        self._worker = None
         if stack is not None:
             log.info("draining in-flight work (up to %ss)", self.settings.graceful_shutdown_seconds)
             await stack.aclose()
@@ -301,16 +212,29 @@ class Gateway:
         finally:
             await self.stop()
 
+    async def _rooms_of(self, user_id: str) -> list[str]:
+        """The conversation rooms a user's socket enters at connect."""
+        conversations = await self.services().core.directory.conversations_of(user_id)
+        return [conversation_room(conversation_id) for conversation_id in conversations]
+
+    async def _on_disconnect(self, sid: str, *args: object) -> None:
+        self.admission.forget(sid)
+        self.connections.disconnected(sid)
+
     def _receipt_batcher(
-        self, core: Core, client: Client, acts: MessageQueueActivities
+        self,
+        core: Core,
+        client: Client,
+        acts: MessageQueueActivities,
+        broadcaster: Broadcaster,
     ) -> ReceiptBatcher:
         settings = self.settings
         return ReceiptBatcher(
             receipts=core.receipts,
-            broadcaster=Broadcaster(self.sio),
+            broadcaster=broadcaster,
             client=client,
             notify_activities=acts.notify,
-            notify=self._notify,
+            notify=send_notify_options(settings),
             lifecycle_window_seconds=settings.lifecycle_window_seconds,
             detail_max_recipients=settings.receipt_detail_max_recipients,
             window_seconds=settings.receipt_batch_window_ms / 1000,
@@ -345,373 +269,6 @@ class Gateway:
                 )
             await asyncio.sleep(0.01)
         return worker
-
-    def _services(self) -> tuple[Core, Client]:
-        if self._core is None or self._client is None:
-            raise ProviderUnavailable("the gateway is not ready; try again shortly")
-        return self._core, self._client
-
-    # -- connection ---------------------------------------------------------
-
-    async def _on_connect(self, sid: str, environ: dict[str, Any], auth: object = None) -> None:
-        """Authenticates a socket and puts it in its user's and conversations' rooms.
-
-        Raises:
-            socketio.exceptions.ConnectionRefusedError: no, a forged, malformed,
-                expired or revoked token, a token in the query string, an unknown
-                user, or the gateway is not ready.
-        """
-        if "token" in parse_qs(environ.get("QUERY_STRING", "")):
-            # Query strings end up in access logs and proxies' logs: never accept one there.
-            raise socketio.exceptions.ConnectionRefusedError(
-                'token in the query string: send it in auth ({"token": ...})'
-            )
-        token = auth.get("token") if isinstance(auth, dict) else None
-        try:
-            claims = read_token(self.settings.gateway_secret, token)
-        except InvalidToken as err:
-            raise socketio.exceptions.ConnectionRefusedError(str(err)) from None
-        user_id = claims.user_id
-        try:
-            core, _ = self._services()
-            await self._check_revocation(claims)
-            conversations = await core.directory.conversations_of(user_id)
-        except InvalidToken as err:
-            raise socketio.exceptions.ConnectionRefusedError(str(err)) from None
-        except ProviderUnavailable as err:
-            raise socketio.exceptions.ConnectionRefusedError(str(err)) from None
-        except Exception:
-            log.exception("connect of user %s failed", user_id)
-            raise socketio.exceptions.ConnectionRefusedError("internal error") from None
-        await self.sio.save_session(sid, _session(claims))
-        self._expiry.schedule(sid, claims.expires_at)
-        await self.sio.enter_room(sid, user_room(user_id))
-        for conversation_id in conversations:
-            await self.sio.enter_room(sid, conversation_room(conversation_id))
-        log.debug("user %s connected as %s (%d conversations)", user_id, sid, len(conversations))
-
-    async def _check_revocation(self, claims: TokenClaims) -> None:
-        """Raises TokenRevoked (or InvalidToken: unknown user) unless the token still holds."""
-        if self._revocations is None:
-            raise ProviderUnavailable("the gateway is not ready; try again shortly")
-        exists, valid_after = await self._revocations.lookup(claims.user_id)
-        if not exists:
-            raise InvalidToken("unknown user")
-        require_not_revoked(claims, valid_after)
-
-    async def _session_of(self, sid: str) -> dict[str, Any]:
-        try:
-            session = await self.sio.get_session(sid)
-        except KeyError:  # the client disconnected before its event was handled
-            raise InvalidToken("the connection is closed") from None
-        if not isinstance(session, dict) or not isinstance(session.get("user_id"), str):
-            raise InvalidToken("the connection is not authenticated")
-        return session
-
-    async def _user_of(self, sid: str) -> str:
-        """The socket's user, once its token is known to be neither expired nor revoked.
-
-        Expiry is read from the session; revocation too, re-read from PostgreSQL at
-        most every TOKEN_RECHECK_SECONDS (a revocation is also pushed: ``_revoked``).
-
-        Raises:
-            TokenExpired: the token expired (refresh it with ``token:refresh``).
-            TokenRevoked: the user's tokens were revoked; the socket is being closed.
-        """
-        session = await self._session_of(sid)
-        claims = _claims(session)
-        if claims.expires_at <= time.time():
-            raise TokenExpired(
-                f"token expired at {_iso(claims.expires_at)}: send {EVENT_TOKEN_REFRESH}"
-                " with a new token, or reconnect"
-            )
-        if time.monotonic() - session["checked_at"] > TOKEN_RECHECK_SECONDS:
-            try:
-                await self._check_revocation(claims)
-            except InvalidToken as err:
-                self._close_soon(sid, "token revoked")
-                raise TokenRevoked(str(err)) from None
-            session["checked_at"] = time.monotonic()
-            await self.sio.save_session(sid, session)
-        return claims.user_id
-
-    async def _refresh_token(self, sid: str, data: object) -> Ack:
-        """``token:refresh``: a newer token of the same user replaces the socket's token."""
-        session = await self._session_of(sid)
-        payload = _require_object(data)
-        try:
-            claims = read_token(self.settings.gateway_secret, payload.get("token"))
-        except InvalidToken as err:
-            raise InvalidInput(f"token: {err}") from None
-        if claims.user_id != session["user_id"]:
-            raise InvalidInput("token: it names another user than this connection's")
-        await self._check_revocation(claims)
-        await self.sio.save_session(sid, _session(claims))
-        self._expiry.schedule(sid, claims.expires_at)
-        return {"ok": True, "expires_at": _iso(claims.expires_at)}
-
-    async def _revoked(self, user_id: str) -> None:
-        """A user's tokens were revoked (a NOTIFY from any process): closes the sockets here
-        whose token was issued before it."""
-        if self._revocations is None:
-            return
-        _, valid_after = await self._revocations.lookup(user_id)
-        for sid, _eio_sid in list(self.sio.manager.get_participants("/", user_room(user_id))):
-            try:
-                require_not_revoked(_claims(await self._session_of(sid)), valid_after)
-            except InvalidToken:
-                await self._close_socket(sid, "token revoked")
-
-    def _close_soon(self, sid: str, reason: str) -> None:
-        task = asyncio.ensure_future(self._close_socket(sid, reason))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
-    async def _close_socket(self, sid: str, reason: str) -> None:
-        """Tells the socket why (``session:closed``), then disconnects it."""
-        if not self.sio.manager.is_connected(sid, "/"):
-            return
-        log.info("closing %s: %s", sid, reason)
-        # The socket is this process's: no trip through the pub/sub, and in this order.
-        with contextlib.suppress(Exception):
-            await self.sio.emit(EVENT_SESSION_CLOSED, {"reason": reason}, to=sid, ignore_queue=True)
-        await self.sio.disconnect(sid, ignore_queue=True)
-
-    async def _on_disconnect(self, sid: str, *args: object) -> None:
-        self._admission.forget(sid)
-        self._expiry.cancel(sid)
-
-    # -- events -------------------------------------------------------------
-
-    def _guarded(
-        self, name: str, handler: Callable[[str, object], Awaitable[Ack]]
-    ) -> Callable[..., Awaitable[Ack]]:
-        """Wraps an event handler so that it always acks and never raises."""
-
-        async def event(sid: str, *args: object) -> Ack:
-            timeout = self.settings.gateway_ack_timeout_seconds
-            try:
-                async with asyncio.timeout(timeout):
-                    return await handler(sid, args[0] if args else None)
-            except MessagingError as err:
-                return _error(err.type, str(err), retry_after=getattr(err, "retry_after", None))
-            except (TimeoutError, RPCTimeoutOrCancelledError):
-                log.warning("%s from %s got no answer in %ss", name, sid, timeout)
-                return _error("Timeout", "no answer in time; sending it again is safe")
-            except RPCError as err:
-                answer = _rpc_answer(err)
-                if answer is None:
-                    log.exception("%s from %s failed", name, sid)
-                    return _error("InternalError", "internal error")
-                log.warning("%s from %s: %s (%s)", name, sid, answer["error"]["type"], err.message)
-                return answer
-            except UnicodeEncodeError:  # a lone surrogate ("\ud800") in a field we store
-                return _error("InvalidInput", "a string in the payload is not valid Unicode")
-            except SQLAlchemyError as err:
-                log.warning("%s from %s: database unavailable (%s)", name, sid, _first_line(err))
-                return _error(
-                    "ProviderUnavailable",
-                    "the database is unavailable; try again shortly",
-                    retry_after=1.0,
-                )
-            except Exception:
-                log.exception("%s from %s failed", name, sid)
-                return _error("InternalError", "internal error")
-
-        return event
-
-    async def _send(self, sid: str, data: object) -> Ack:
-        """``message:send``: starts (or joins) the message's lifecycle, acks when stored."""
-        user_id = await self._user_of(sid)
-        payload = _require_object(data)
-        conversation_id = require_uuid(payload.get("conversation_id"), "conversation_id")
-        client_message_id = require_client_message_id(payload.get("client_message_id"))
-        body = payload.get("body")
-        require_body(body, max_bytes=self.settings.max_body_bytes)
-        assert isinstance(body, str)  # require_body checked it
-        raw_header = payload.get("e2e_header")
-        e2e_header = require_e2e_header(raw_header) if raw_header is not None else None
-        mentions = _require_mentions(payload.get("mentions"))
-        async with self._admission.admit(sid, user_id):
-            return await self._start_send(
-                sid, user_id, conversation_id, client_message_id, body, e2e_header, mentions
-            )
-
-    async def _start_send(
-        self,
-        sid: str,
-        user_id: str,
-        conversation_id: str,
-        client_message_id: str,
-        body: str,
-        e2e_header: dict[str, Any] | None,
-        mentions: list[str],
-    ) -> Ack:
-        send = with_request_id(
-            SendMessageInput(
-                conversation_id=conversation_id,
-                sender_id=user_id,
-                client_message_id=client_message_id,
-                body=body,
-                max_body_bytes=self.settings.max_body_bytes,
-                lifecycle_window_seconds=self.settings.lifecycle_window_seconds,
-                receipt_detail_max_recipients=self.settings.receipt_detail_max_recipients,
-                e2e_header=e2e_header,
-                mentions=mentions,
-                notify=self._notify,
-            )
-        )
-        _, client = self._services()
-        local_ack = self._acks.expect(send.request_id)
-        try:
-            accepted = await self._admission.temporal_call(
-                send_message(
-                    client,
-                    send,
-                    eager=True,
-                    local_ack=local_ack,
-                    rpc_timeout=timedelta(seconds=self.settings.gateway_ack_timeout_seconds),
-                    search_attributes=start_attributes(
-                        self.settings, KIND_MESSAGE, conversation_id=conversation_id
-                    ),
-                )
-            )
-        finally:
-            self._acks.forget(send.request_id)
-        return {
-            "ok": True,
-            "message_id": accepted.message_id,
-            "seq": accepted.seq,
-            "created_at": accepted.created_at.isoformat(),
-            "duplicate": accepted.duplicate,
-        }
-
-    async def _search_messages(self, sid: str, data: object) -> Ack:
-        """``message:search``: the user's own conversations only (a scoped Typesense key)."""
-        user_id = await self._user_of(sid)
-        query = parse_search_request(data)
-        self._services()
-        if self._search is None:
-            raise ProviderUnavailable("search is not configured on this gateway (TYPESENSE_URL)")
-        return {"ok": True, **result_json(await self._search.search(user_id, query))}
-
-    async def _receipt(self, sid: str, data: object, *, status: ReceiptStatus) -> Ack:
-        """``message:delivered`` / ``message:read``: a watermark, acked once its batch committed.
-
-        No workflow per receipt: the process's ReceiptBatcher applies every receipt
-        of a short window in one statement (runtime/receipt_batcher.py).
-        """
-        user_id = await self._user_of(sid)
-        payload = _require_object(data)
-        conversation_id = require_uuid(payload.get("conversation_id"), "conversation_id")
-        raw_seq, raw_message_id = payload.get("up_to_seq"), payload.get("message_id")
-        if (raw_seq is None) == (raw_message_id is None):
-            raise InvalidInput("give exactly one of up_to_seq and message_id")
-        up_to_seq = require_seq(raw_seq) if raw_seq is not None else None
-        message_id = require_uuid(raw_message_id, "message_id") if up_to_seq is None else None
-        self._services()
-        if self._receipts is None:
-            raise ProviderUnavailable("the gateway is not ready; try again shortly")
-        applied = await self._receipts.submit(
-            Watermark(
-                user_id=user_id,
-                conversation_id=conversation_id,
-                status=status,
-                up_to_seq=up_to_seq,
-                message_id=message_id,
-            )
-        )
-        return {"ok": True, "changed": applied.changed, "up_to_seq": applied.up_to_seq}
-
-    # -- notification settings and the bell ----------------------------------
-
-    async def _preferences(self, sid: str, data: object) -> Ack:
-        """``notification:preferences``: reads or changes preferences; acks those now stored.
-
-        Without ``conversation_id`` the user's own, with it their overrides for that
-        conversation; ``set`` changes only the fields it names, ``timezone`` the user's
-        timezone. Everything is checked before anything is stored.
-        """
-        user_id = await self._user_of(sid)
-        payload = {} if data is None else _require_object(data)
-        unknown = sorted(set(payload) - {"conversation_id", "set", "timezone"})
-        if unknown:
-            raise InvalidInput(
-                f"unknown field {', '.join(unknown)}: give conversation_id, set or timezone"
-            )
-        changes = payload.get("set", {})
-        if not isinstance(changes, dict):
-            raise InvalidInput("set must be an object of preference fields and their values")
-        core, _ = self._services()
-        preferences = core.preferences
-        if payload.get("conversation_id") is not None:
-            if "timezone" in payload:
-                raise InvalidInput("timezone is the user's, not a conversation's: omit one")
-            conversation_id = require_uuid(payload["conversation_id"], "conversation_id")
-            overrides = await preferences.get_conversation(user_id, conversation_id)
-            if changes:
-                overrides = _changed(overrides, changes)
-                validate_conversation_preferences(overrides)
-                await preferences.set_conversation(user_id, conversation_id, overrides)
-            return {
-                "ok": True,
-                "conversation_id": conversation_id,
-                "preferences": asdict(overrides),
-            }
-        timezone = require_timezone(payload["timezone"]) if "timezone" in payload else None
-        current = await preferences.get_user(user_id)
-        if changes:
-            current = _changed(current, changes)
-            validate_user_preferences(current)
-        if timezone is not None:
-            await preferences.set_timezone(user_id, timezone)
-        if changes:
-            await preferences.set_user(user_id, current)
-        ack: Ack = {"ok": True, "preferences": asdict(current)}
-        if timezone is not None:
-            ack["timezone"] = timezone
-        return ack
-
-    async def _notifications(self, sid: str, data: object) -> Ack:
-        """``notification:list``: the user's in-app notifications (newest first), unread count."""
-        user_id = await self._user_of(sid)
-        payload = {} if data is None else _require_object(data)
-        limit = payload.get("limit", NOTIFICATION_LIST_DEFAULT)
-        if isinstance(limit, bool) or not isinstance(limit, int):
-            raise InvalidInput(f"limit must be an integer, got {limit!r}")
-        if not 1 <= limit <= NOTIFICATION_LIST_MAX:
-            raise InvalidInput(f"limit must be between 1 and {NOTIFICATION_LIST_MAX}, got {limit}")
-        unread_only = payload.get("unread_only", False)
-        if not isinstance(unread_only, bool):
-            raise InvalidInput(f"unread_only must be true or false, got {unread_only!r}")
-        core, _ = self._services()
-        rows = await core.notifications.in_app(user_id, limit=limit, unread_only=unread_only)
-        unread = await core.notifications.unread_count(user_id)
-        return {
-            "ok": True,
-            "unread_count": unread,
-            "notifications": [_notification_json(row) for row in rows],
-        }
-
-    async def _register_device(self, sid: str, data: object) -> Ack:
-        """``device:register``: adds a push token (again: refreshed; another user's: moved here)."""
-        user_id = await self._user_of(sid)
-        payload = _require_object(data)
-        platform = require_platform(payload.get("platform"))
-        token = require_push_token(payload.get("token"))
-        core, _ = self._services()
-        device_id = await core.preferences.register_device(user_id, platform.value, token)
-        return {"ok": True, "device_id": device_id}
-
-    async def _unregister_device(self, sid: str, data: object) -> Ack:
-        """``device:unregister``: forgets one of the user's push tokens (no more pushes to it)."""
-        user_id = await self._user_of(sid)
-        payload = _require_object(data)
-        token = require_push_token(payload.get("token"))
-        core, _ = self._services()
-        return {"ok": True, "removed": await core.preferences.remove_device(token, user_id=user_id)}
-
-    # -- HTTP ---------------------------------------------------------------
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Every request that is not Socket.IO: ``GET /healthz``, ``GET /metrics``, else 404."""
@@ -798,33 +355,6 @@ def create_app(settings: Settings) -> GatewayApp:
     return GatewayApp(Gateway(settings))
 
 
-def _session(claims: TokenClaims) -> dict[str, Any]:
-    """A socket's session: its token's claims, and when its revocation was last read."""
-    return {
-        "user_id": claims.user_id,
-        "expires_at": claims.expires_at,
-        "issued_at": claims.issued_at,
-        "checked_at": time.monotonic(),
-    }
-
-
-def _claims(session: dict[str, Any]) -> TokenClaims:
-    return TokenClaims(
-        user_id=session["user_id"],
-        expires_at=session["expires_at"],
-        issued_at=session["issued_at"],
-    )
-
-
-def _iso(unix_seconds: float) -> str:
-    return datetime.fromtimestamp(unix_seconds, UTC).isoformat()
-
-
-async def _unknown_event(event: str, sid: str, *args: object) -> Ack:
-    """Any event the gateway does not know: acked InvalidInput naming it."""
-    return _error("InvalidInput", f"unknown event {event[:64]!r}: see the README's events")
-
-
 def _library_logger(name: str) -> logging.Logger:
     """A logger under ours for Socket.IO and its client manager.
 
@@ -851,41 +381,6 @@ async def _respond(send: Send, status: int, payload: bytes, content_type: bytes)
     await send({"type": "http.response.body", "body": payload})
 
 
-def _error(type: str, message: str, *, retry_after: float | None = None) -> Ack:
-    error: dict[str, Any] = {"type": type, "message": message}
-    if retry_after is not None:
-        error["retry_after_ms"] = max(1, round(retry_after * 1000))
-    return {"ok": False, "error": error}
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(getattr(err, "orig", None) or err).splitlines()
-    return lines[0][:200] if lines else type(err).__name__
-
-
-def _rpc_answer(err: RPCError) -> Ack | None:
-    """The honest ack for a Temporal RPC failure, or None for a bug (InternalError).
-
-    A deadline means the call may have happened (Timeout: resend the same
-    client_message_id); unavailable and a lifecycle whose workflow task is failing
-    (PostgreSQL down while it persists) mean try again later. Either way a resend
-    stores the message at most once.
-    """
-    if err.status in (RPCStatusCode.DEADLINE_EXCEEDED, RPCStatusCode.CANCELLED):
-        return _error("Timeout", "no answer in time; sending it again is safe")
-    if err.status in TEMPORAL_DOWN:
-        return _error(
-            "ProviderUnavailable", "Temporal is unavailable; try again shortly", retry_after=1.0
-        )
-    if err.status is RPCStatusCode.FAILED_PRECONDITION and "failed state" in err.message:
-        return _error(
-            "ProviderUnavailable",
-            "the message's lifecycle is retrying (a dependency is down); send it again shortly",
-            retry_after=1.0,
-        )
-    return None
-
-
 async def _send_limiter(settings: Settings, core: Core, stack: AsyncExitStack) -> SendLimiter:
     """The per-user send limit over Redis when REDIS_URL is set, else PostgreSQL."""
     if settings.redis_url:
@@ -895,58 +390,6 @@ async def _send_limiter(settings: Settings, core: Core, stack: AsyncExitStack) -
     else:
         store = PostgresBuckets(session_factory(core.engine))
     return SendLimiter(store, rate=settings.send_rate_per_second, burst=settings.send_burst)
-
-
-def _require_object(data: object) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise InvalidInput(f"the payload must be an object, got {type(data).__name__}")
-    return data
-
-
-MAX_MENTIONS = 256
-"""Most user ids one message may mention."""
-
-
-def _require_mentions(value: object) -> list[str]:
-    """The ``mentions`` of a send: absent, or a list of user ids (deduplicated)."""
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise InvalidInput("mentions must be a list of user ids (strings)")
-    if len(value) > MAX_MENTIONS:
-        raise InvalidInput(f"mentions names {len(value)} users; at most {MAX_MENTIONS}")
-    return list(dict.fromkeys(require_uuid(item, "mentions[]") for item in value))
-
-
-NOTIFICATION_LIST_DEFAULT = 50
-"""In-app notifications ``notification:list`` returns when no limit is given."""
-
-NOTIFICATION_LIST_MAX = 100
-"""Most in-app notifications one ``notification:list`` returns."""
-
-Preferences = TypeVar("Preferences", NotificationPreferences, ConversationPreferences)
-
-
-def _changed(current: Preferences, changes: dict[str, Any]) -> Preferences:
-    """``current`` with the fields ``changes`` names replaced (types are checked later)."""
-    known = [f.name for f in fields(current)]
-    unknown = sorted(set(changes) - set(known))
-    if unknown:
-        raise InvalidInput(
-            f"unknown preference {', '.join(unknown)}; the fields are {', '.join(known)}"
-        )
-    return replace(current, **changes)
-
-
-def _notification_json(row: NotificationRow) -> dict[str, Any]:
-    return {
-        "notification_id": row.id,
-        "conversation_id": row.conversation_id,
-        "message_id": row.message_id,
-        "status": row.status.value,
-        "created_at": row.created_at.isoformat(),
-        "read_at": row.read_at.isoformat() if row.read_at is not None else None,
-    }
 
 
 def _log_worker_end(task: asyncio.Task[None]) -> None:

@@ -22,7 +22,7 @@ import socketio
 from sqlalchemy import text
 from temporalio.testing import WorkflowEnvironment
 
-import gateway.app as gateway_app
+import gateway.sessions as gateway_sessions
 from missive.config import Settings
 from missive.constants import (
     EVENT_NOTIFICATION_LIST,
@@ -183,7 +183,7 @@ async def test_revoking_a_users_tokens_closes_their_sockets_on_every_gateway(
         assert (await renewed.call(EVENT_NOTIFICATION_LIST, {}))["ok"] is True
         # A revocation read on an event when the push was missed (no NOTIFY here).
         monkey = pytest.MonkeyPatch()
-        monkey.setattr(gateway_app, "TOKEN_RECHECK_SECONDS", 0.0)
+        monkey.setattr(gateway_sessions, "TOKEN_RECHECK_SECONDS", 0.0)
         try:
             async with core.engine.begin() as conn:
                 await conn.execute(

@@ -241,7 +241,7 @@ async def test_a_client_that_disconnects_with_sends_in_flight_leaves_no_tracebac
     token = issue_token(gateway.settings.gateway_secret, ana, ttl_seconds=60)
     await client.connect(gateway.url, auth={"token": token}, transports=["websocket"])
     caplog.set_level(logging.WARNING)
-    admission = gateway.app.gateway._admission
+    admission = gateway.app.gateway.admission
     for i in range(5):
         await client.emit(EVENT_MESSAGE_SEND, _send(conversation, f"d-{i}", "bye"), callback=print)
     async with asyncio.timeout(WAIT):

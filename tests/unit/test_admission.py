@@ -7,8 +7,8 @@ import asyncio
 import pytest
 from temporalio.service import RPCError, RPCStatusCode
 
+from gateway.acks import rpc_answer
 from gateway.admission import BREAKER_FAILURES, Admission
-from gateway.app import _rpc_answer
 from missive.config import Settings
 from missive.errors import ProviderUnavailable, RateLimited
 from missive.ratelimit import SendLimiter, retry_after
@@ -61,7 +61,7 @@ async def test_the_breaker_opens_after_temporal_is_unavailable_and_closes_on_suc
 
 def test_rpc_failures_become_timeout_or_unavailable_never_internal_error() -> None:
     def answer(status: RPCStatusCode, message: str = "x") -> str | None:
-        ack = _rpc_answer(RPCError(message, status, b""))
+        ack = rpc_answer(RPCError(message, status, b""))
         return None if ack is None else ack["error"]["type"]
 
     assert answer(RPCStatusCode.DEADLINE_EXCEEDED) == "Timeout"
