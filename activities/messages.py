@@ -22,8 +22,9 @@ from missive.schemas import (
     PlanNotificationsResult,
     ReceiptInput,
 )
-from missive.services.messages import MessageService, StoredMessage
+from missive.services.messages import MessageService
 from missive.services.receipts import ReceiptService
+from missive.stored import StoredMessage
 
 HANDOFF_SIZE = 4096
 """Messages persisted here and not yet broadcast, kept for the broadcast (see below)."""

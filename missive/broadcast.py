@@ -16,7 +16,7 @@ from missive.constants import (
 )
 from missive.pubsub import BatchEmits, Emit
 from missive.schemas import ReceiptChange
-from missive.services.messages import StoredMessage
+from missive.stored import StoredMessage
 
 
 class Emitter(Protocol):

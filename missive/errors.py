@@ -36,6 +36,15 @@ class MessageNotVisible(PermanentError):
     """The message does not exist or the user cannot see it."""
 
 
+class NotAllowed(PermanentError):
+    """The user's role does not permit the change (editing another's message, removing a
+    member as a plain member, removing the last owner); the message says who may."""
+
+
+class MessageDeleted(PermanentError):
+    """The message was deleted: it can no longer be edited."""
+
+
 class DuplicateClientMessageId(PermanentError):
     """A client_message_id was reused with a different body: refused, never overwritten."""
 

@@ -29,7 +29,7 @@ from missive.notify.options import notify_options
 from missive.notify.push import PushSender
 from missive.notify.sms import SmsSender
 from missive.schemas import BatchKind, NotifyMessageInput, NotifyOptions
-from missive.services.messages import StoredMessage
+from missive.stored import StoredMessage
 from runtime.wiring import Core, workflow_runner
 
 log = logging.getLogger("missive.notify")

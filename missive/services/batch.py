@@ -25,7 +25,7 @@ from missive.errors import InvalidInput, PermanentError
 from missive.jobs import EVENT_MESSAGES_BATCH, batch_client_message_id
 from missive.pubsub import Emit
 from missive.schemas import BatchChunkResult, BatchFailure, BatchKind, BatchReport
-from missive.services.messages import StoredMessage
+from missive.stored import StoredMessage
 from missive.validation import require_body, require_client_message_id, require_uuid
 
 PENDING, STORED, FAILED = 0, 1, 2

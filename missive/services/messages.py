@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hmac
 import json
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
@@ -23,6 +20,7 @@ from missive.errors import (
     NotAMember,
 )
 from missive.schemas import PersistMessageInput, PersistMessageResult
+from missive.stored import StoredMessage
 from missive.validation import require_body, require_client_message_id, require_uuid
 
 _LOOKUP = text(
@@ -80,24 +78,6 @@ _LOAD = text(
     WHERE m.id = :mid
     """
 )
-
-
-@dataclass(frozen=True)
-class StoredMessage:
-    """A message read back and decrypted, for broadcasts and notifications."""
-
-    message_id: str
-    conversation_id: str
-    seq: int
-    sender_id: str
-    client_message_id: str
-    body: str
-    created_at: datetime
-    edited_at: datetime | None
-    deleted_at: datetime | None
-    e2e_header: dict[str, Any] | None = None
-    """Set for end-to-end encrypted messages: ``body`` is then the client's
-    ciphertext (base64), relayed as sent; never index or preview it."""
 
 
 class MessageService:
