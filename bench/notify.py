@@ -32,10 +32,10 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client
 
 from bench.harness import Stack, free_port, stack
+from fakes import FcmSink, serve
 from missive.models import ConversationKind
 from missive.notify.dispatch import SEND_CONCURRENCY
 from missive.notify.push import PushMessage, PushSender, _StaticSinkCredentials
-from missive.notify.sinks import FcmSink, serve
 from missive.schemas import NotifyOptions, SendMessageInput
 from missive.services.directory import NewUser
 from runtime.messaging import send_message

@@ -28,8 +28,8 @@ from alembic.config import Config
 from sqlalchemy.engine import make_url
 from temporalio.testing import WorkflowEnvironment
 
+from fakes import FcmSink, serve
 from missive.config import Settings
-from missive.notify.sinks import FcmSink, serve
 from runtime.client import data_converter
 from runtime.search_attributes import MISSIVE_SEARCH_ATTRIBUTE_KEYS, add_search_attributes
 from runtime.wiring import Core, open_core

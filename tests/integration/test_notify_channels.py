@@ -12,6 +12,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from fakes import Failure, FcmSink, Inbox, TwilioSink, serve, start_smtp
 from missive.config import Settings
 from missive.errors import InvalidInput, InvalidRecipient, ProviderUnavailable, RateLimited
 from missive.notify.endpoints import (
@@ -24,10 +25,8 @@ from missive.notify.endpoints import (
 )
 from missive.notify.mail import Email, EmailSender, message_id
 from missive.notify.push import PushMessage, PushSender, load_service_account
-from missive.notify.sinks import Failure, FcmSink, TwilioSink, serve
 from missive.notify.sms import SmsSender
 from tests.conftest import free_port
-from tests.mailbox import Inbox, start_smtp
 
 pytestmark = pytest.mark.integration
 

@@ -27,6 +27,7 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.messages import MessageActivities
 from activities.notify import NotifyActivities
+from fakes import Failure, FcmSink, Inbox, TwilioSink, serve, start_smtp
 from missive.broadcast import Broadcaster
 from missive.config import Settings
 from missive.constants import (
@@ -48,7 +49,6 @@ from missive.notify.mail import EmailSender, message_id
 from missive.notify.options import notify_options
 from missive.notify.preferences import PreferenceService
 from missive.notify.push import PushSender, _StaticSinkCredentials
-from missive.notify.sinks import Failure, FcmSink, TwilioSink, serve
 from missive.notify.sms import SmsSender
 from missive.schemas import (
     BroadcastMessageInput,
@@ -74,7 +74,6 @@ from missive.schemas import (
 from runtime.notify import notify_workers, open_notify
 from runtime.wiring import Core, message_activities
 from tests.conftest import base_settings, free_port
-from tests.mailbox import Inbox, start_smtp
 
 pytestmark = pytest.mark.integration
 

@@ -21,6 +21,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
+from fakes import FcmSink, Inbox, serve, start_smtp
 from gateway import create_app
 from gateway.app import GatewayApp
 from missive.config import Settings
@@ -39,7 +40,6 @@ from missive.constants import (
 )
 from missive.models import ConversationKind
 from missive.notify.log import NotificationRow
-from missive.notify.sinks import FcmSink, serve
 from missive.schemas import (
     BatchKind,
     Channel,
@@ -58,7 +58,6 @@ from runtime.notify import AnnouncementNotifier, notify_workers, open_notify
 from runtime.wiring import Core
 from tests.conftest import ROOT, base_settings, free_port, process_env
 from tests.integration.test_gateway import QUIET, WAIT, Peer
-from tests.mailbox import Inbox, start_smtp
 from workflows.notify_digest import NotificationDigestWorkflow
 from workflows.notify_message import NotifyMessageWorkflow
 

@@ -32,17 +32,16 @@ from sqlalchemy.exc import DBAPIError
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from fakes import FcmSink, Inbox, serve, start_smtp
 from gateway import create_app
 from missive.config import Settings
 from missive.constants import EVENT_MESSAGE_SEND, message_workflow_id, notify_digest_workflow_id
 from missive.models import ConversationKind
-from missive.notify.sinks import FcmSink, serve
 from missive.services.directory import NewUser
 from missive.tokens import issue_token
 from runtime.wiring import Core, open_core
 from tests.conftest import ROOT, _require_binary, base_settings, free_port, process_env
 from tests.integration.test_notify_e2e import _serve_gateway, _terminate_running, _worker_process
-from tests.mailbox import Inbox, start_smtp
 
 pytestmark = pytest.mark.integration
 

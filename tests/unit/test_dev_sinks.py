@@ -1,4 +1,4 @@
-"""dev.py's notification sinks: a port already taken stops it with one line, never reused."""
+"""devstack/sinks.py: a sink port already taken stops dev.py with one line, never reused."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-import dev
+from devstack.console import DevError
+from devstack.options import Options
+from devstack.sinks import start_notify_sinks
 from tests.conftest import base_settings
 
 pytestmark = pytest.mark.unit
@@ -22,17 +24,17 @@ pytestmark = pytest.mark.unit
 async def test_a_sink_port_in_use_is_one_line_naming_the_setting(
     port: int, name: str, setting: str, tmp_path: Path
 ) -> None:
-    opts = dev.Options(tmp_path, 7233, 8233, False, None)
+    opts = Options(tmp_path, 7233, 8233, False, None)
     with socket.socket() as taken:
         # If another process holds it already, that is the same situation.
         with suppress(OSError):
             taken.bind(("127.0.0.1", port))
             taken.listen()
         async with AsyncExitStack() as stack:
-            with pytest.raises(dev.DevError) as refused:
+            with pytest.raises(DevError) as refused:
                 other = "twilio_base_url" if port == 8791 else "fcm_endpoint"
                 settings = base_settings(**{other: "http://127.0.0.1:9"})
-                await dev.start_notify_sinks(opts, settings, stack)
+                await start_notify_sinks(opts, settings, stack)
     message = str(refused.value)
     assert message == (
         f"port {port} ({name}) is already in use on 127.0.0.1; "

@@ -20,6 +20,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.notify import ChannelActivities, NotifyActivities
+from fakes import Failure, FcmSink, Inbox, TwilioSink, serve, start_smtp
 from missive.constants import (
     EVENT_NOTIFICATION_NEW,
     EVENT_NOTIFICATION_UNREAD,
@@ -32,7 +33,6 @@ from missive.db import session_factory
 from missive.models import ConversationKind
 from missive.notify.log import NotificationRow
 from missive.notify.preferences import PreferenceService
-from missive.notify.sinks import Failure, FcmSink, TwilioSink, serve
 from missive.schemas import (
     ApplyReceiptResult,
     BroadcastMessageInput,
@@ -71,7 +71,6 @@ from missive.services.directory import NewUser
 from runtime.notify import open_notify
 from runtime.wiring import WORKFLOWS, Core, activity_methods, message_activities
 from tests.conftest import base_settings, free_port
-from tests.mailbox import Inbox, start_smtp
 from workflows.message_lifecycle import MessageLifecycleWorkflow
 from workflows.notify_digest import NotificationDigestWorkflow
 from workflows.notify_message import NotifyMessageWorkflow
