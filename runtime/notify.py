@@ -60,7 +60,13 @@ def open_notify(
     sms = SmsSender.from_settings(settings)
     stack.push_async_callback(sms.close)
     return ChannelSenders(
-        core.notifications, core.messages, push=push, email=email, sms=sms, metrics=metrics
+        core.notifications,
+        core.messages,
+        push=push,
+        email=email,
+        sms=sms,
+        devices=core.preferences,
+        metrics=metrics,
     )
 
 

@@ -51,7 +51,7 @@ from missive.notify.log import (
     PushClear,
 )
 from missive.notify.mail import Email, EmailSender
-from missive.notify.preferences import REASON_NO_PHONE
+from missive.notify.preferences import REASON_NO_PHONE, PreferenceService
 from missive.notify.push import PushMessage, PushSender
 from missive.notify.sms import SmsSender
 from missive.schemas import Channel, NotificationStatus, SendNotificationsResult
@@ -115,11 +115,12 @@ class ChannelSenders:
         push: PushSender,
         email: EmailSender,
         sms: SmsSender,
+        devices: PreferenceService,
         concurrency: int = SEND_CONCURRENCY,
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        """Keeps the log, the message service and the three providers.
+        """Keeps the log, the message service, the three providers and the devices.
 
         Args:
             log: The notification log (claims and outcomes).
@@ -127,6 +128,7 @@ class ChannelSenders:
             push: The FCM sender.
             email: The SMTP sender.
             sms: The Twilio sender.
+            devices: Removes the push tokens the provider calls invalid.
             concurrency: Provider calls in flight at once per send.
             metrics: Counts every outcome by channel, if given.
             clock: The current time (tests); default the wall clock in UTC.
@@ -138,6 +140,7 @@ class ChannelSenders:
         self._push = push
         self._email = email
         self._sms = sms
+        self._devices = devices
         self._limit = asyncio.Semaphore(concurrency)
         self._load_limit = asyncio.Semaphore(LOAD_CONCURRENCY)
         self._metrics = metrics
@@ -192,7 +195,7 @@ class ChannelSenders:
         clears = await self._log.push_clears(checked)
         attempts = await asyncio.gather(*(self._clear(clear) for clear in clears))
         tokens = [token for attempt in attempts for token in attempt.invalid_tokens]
-        removed = await self._log.remove_tokens(tokens) if tokens else 0
+        removed = await self._devices.remove_tokens(tokens) if tokens else 0
         counts = _count(attempts)
         for attempt in attempts:
             self._count_metric(Channel.PUSH, "cleared", attempt)
@@ -237,7 +240,7 @@ class ChannelSenders:
         ]
         await self._record(outcomes, until=claimed_at + RECORD_WITHIN)
         tokens = [token for attempt in attempts for token in attempt.invalid_tokens]
-        removed = await self._log.remove_tokens(tokens) if tokens else 0
+        removed = await self._devices.remove_tokens(tokens) if tokens else 0
         for attempt in attempts:
             self._count_metric(channel, None, attempt)
         _raise_if_transient(channel, attempts)

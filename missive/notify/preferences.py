@@ -528,3 +528,15 @@ class PreferenceService:
                 {"token": checked, "owner": owner},
             )
             return result.one_or_none() is not None
+
+    async def remove_tokens(self, tokens: list[str]) -> int:
+        """Deletes devices whose push tokens the provider called invalid; returns how many."""
+        wanted = sorted({t for t in tokens if isinstance(t, str) and t})
+        if not wanted:
+            return 0
+        async with self._sessions() as session, session.begin():
+            result = await session.execute(
+                text("DELETE FROM devices WHERE push_token = ANY(CAST(:tokens AS text[]))"),
+                {"tokens": wanted},
+            )
+        return int(result.rowcount or 0)  # type: ignore[attr-defined]

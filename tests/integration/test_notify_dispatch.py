@@ -133,7 +133,13 @@ async def channels(
     )
     metrics = Metrics()
     senders = ChannelSenders(
-        core.notifications, core.messages, push=push, email=email, sms=sms, metrics=metrics
+        core.notifications,
+        core.messages,
+        push=push,
+        email=email,
+        sms=sms,
+        devices=core.preferences,
+        metrics=metrics,
     )
     yield Senders(senders, metrics, sms)
     await sms.close()
@@ -368,6 +374,7 @@ def _senders_at(core: Core, channels: Senders, clock: Any, log: Any = None) -> C
         push=s._push,
         email=s._email,
         sms=s._sms,
+        devices=core.preferences,
         metrics=channels.metrics,
         clock=clock,
     )

@@ -615,7 +615,7 @@ async def test_claim_cancels_pushes_already_delivered_or_read(world: World) -> N
 
 async def test_invalid_tokens_are_removed(world: World) -> None:
     await _queued_pushes(world)
-    assert await world.log.remove_tokens(["token-ben", "token-cy", "token-unknown"]) == 2
+    assert await world.prefs.remove_tokens(["token-ben", "token-cy", "token-unknown"]) == 2
     claimed, _ = await world.log.claim(
         [(await world.table(world.sent[0]))[("ben", PUSH)].id], PUSH, now=T0 + GRACE
     )
