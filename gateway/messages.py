@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from gateway.acks import Ack, Handler, require_object
 from gateway.context import Context
+from gateway.search import parse_search_request, result_json
 from missive.constants import (
     EVENT_MESSAGE_DELIVERED,
     EVENT_MESSAGE_READ,
@@ -24,7 +25,6 @@ from missive.schemas import (
     ReceiptStatus,
     SendMessageInput,
 )
-from missive.search import parse_search_request, result_json
 from missive.services.receipts import Watermark
 from missive.validation import require_body, require_client_message_id, require_seq, require_uuid
 from runtime.messaging import send_message, with_request_id

@@ -91,3 +91,7 @@ class TokenExpired(InvalidToken):
 
 class TokenRevoked(InvalidToken):
     """The user's tokens were revoked ("logout everywhere") after this one was issued."""
+
+
+class SearchRejected(PermanentError):
+    """Typesense refused a request as malformed (4xx); retrying cannot help."""

@@ -29,6 +29,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from gateway import create_app
+from gateway.search import parse_search_request
 from missive.config import Settings
 from missive.constants import (
     EVENT_MESSAGE_SEARCH,
@@ -40,12 +41,7 @@ from missive.errors import InvalidInput, NotAMember
 from missive.metrics import Metrics
 from missive.models import ConversationKind, EncryptionMode
 from missive.schemas import PersistMessageInput, RebuildInput, SearchQuery
-from missive.search import (
-    SearchService,
-    parent_key_value,
-    parse_search_request,
-    scoped_search_key,
-)
+from missive.search import SearchService, parent_key_value, scoped_search_key
 from missive.services.directory import NewUser
 from missive.tokens import issue_token
 from runtime.search import open_search, search_worker, start_indexer
