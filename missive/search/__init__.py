@@ -11,7 +11,7 @@ re-exported here, so ``from missive.search import X`` keeps working. The gateway
 from missive.errors import SearchRejected
 from missive.search._client import TypesenseClient
 from missive.search._documents import collection_schema, search_document
-from missive.search._index import NOTIFY_CHANNEL
+from missive.search._index import WAKE_INDEXER, wake_indexer_on_commit
 from missive.search._indexer import IDLE_POLL_SECONDS, TOMBSTONE_KEEP
 from missive.search._keys import parent_key_value, scoped_search_key
 from missive.search._queries import (
@@ -29,8 +29,8 @@ __all__ = [
     "MAX_PAGE",
     "MAX_PER_PAGE",
     "MAX_QUERY_CHARS",
-    "NOTIFY_CHANNEL",
     "TOMBSTONE_KEEP",
+    "WAKE_INDEXER",
     "SearchRejected",
     "SearchService",
     "TypesenseClient",
@@ -41,4 +41,5 @@ __all__ = [
     "scoped_search_key",
     "search_document",
     "search_params",
+    "wake_indexer_on_commit",
 ]

@@ -10,7 +10,7 @@ from sqlalchemy import text
 
 from missive.errors import InvalidInput
 from missive.schemas import ConversationGap, SearchCheckResult
-from missive.search._index import NOTIFY_CHANNEL, SEARCHABLE, SearchIndex
+from missive.search._index import SEARCHABLE, SearchIndex, wake_indexer_on_commit
 from missive.validation import require_uuid
 
 log = logging.getLogger("missive.search")
@@ -96,7 +96,7 @@ class IndexCheck(SearchIndex):
                 ),
                 {"ids": [i for i in extra if _is_uuid(i)]},
             )
-            await session.execute(text("SELECT pg_notify(:c, '')"), {"c": NOTIFY_CHANNEL})
+            await wake_indexer_on_commit(session)
 
     async def reconcile(self, collection: str) -> bool:
         """Runs a repairing check when the index holds fewer documents than PostgreSQL

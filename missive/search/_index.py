@@ -13,8 +13,9 @@ from missive.search._client import TypesenseClient
 from missive.search._documents import collection_schema
 from missive.search._keys import parent_key_value
 
-NOTIFY_CHANNEL = "missive_search"
-"""Where the triggers of migration 0003 announce index work."""
+WAKE_INDEXER = "missive_search"
+"""The PostgreSQL ``NOTIFY`` channel that wakes the indexer: the triggers of migration
+0003 send on it when a message changes, and so do a repair and a rebuild's replay."""
 
 SEARCHABLE = """
     FROM messages m JOIN conversations c ON c.id = m.conversation_id
@@ -92,9 +93,13 @@ class SearchIndex:
             "PUT", f"/aliases/{quote(self.alias)}", body={"collection_name": collection}
         )
 
-    async def notify(self) -> None:
+    async def wake_indexer(self) -> None:
         """Wakes the indexer now."""
         async with self._sessions() as session, session.begin():
-            await session.execute(
-                text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL}
-            )
+            await wake_indexer_on_commit(session)
+
+
+async def wake_indexer_on_commit(session: AsyncSession) -> None:
+    """Wakes the indexer when ``session``'s transaction commits (PostgreSQL delivers a
+    ``NOTIFY`` then, not before)."""
+    await session.execute(text("SELECT pg_notify(:channel, '')"), {"channel": WAKE_INDEXER})

@@ -17,13 +17,13 @@ from missive.errors import DecryptionFailed, KeyVersionMissing
 from missive.schemas import IndexerRunResult
 from missive.search._check import IndexCheck
 from missive.search._documents import ms, search_document
-from missive.search._index import NOTIFY_CHANNEL
+from missive.search._index import WAKE_INDEXER
 
 log = logging.getLogger("missive.search")
 
 IDLE_POLL_SECONDS = 1.0
-"""Without a notification the indexer still looks this often (a NOTIFY can be
-missed while its connection is replaced)."""
+"""Without a wake-up the indexer still looks this often (a PostgreSQL ``NOTIFY`` can
+be missed while its connection is replaced)."""
 TOMBSTONE_KEEP = "7 days"
 """Processed tombstones are kept this long: a rebuild replays those processed
 after it began."""
@@ -198,9 +198,9 @@ class Indexer(IndexCheck):
     ) -> IndexerRunResult:
         """Indexes until ``max_seconds`` pass or ``stopping`` completes.
 
-        Ensures the index exists first. Between batches it waits for a NOTIFY on
-        ``missive_search`` (or IDLE_POLL_SECONDS), so a new message is searchable
-        a few milliseconds after it is committed.
+        Ensures the index exists first. Between batches it waits to be woken (a
+        PostgreSQL ``NOTIFY`` on WAKE_INDEXER) or IDLE_POLL_SECONDS, so a new message
+        is searchable a few milliseconds after it is committed.
 
         With ``reconcile`` (a retry after a failure: Typesense may have restarted
         and lost acknowledged writes), it first compares document counts and, if the
@@ -249,16 +249,16 @@ class Indexer(IndexCheck):
 
     @asynccontextmanager
     async def _listening(self, wake: asyncio.Event) -> AsyncIterator[None]:
-        """LISTENs on the search channel on one pooled connection while inside."""
+        """LISTENs on WAKE_INDEXER on one pooled connection while inside."""
 
-        def notified(*_: object) -> None:
+        def woken(*_: object) -> None:
             wake.set()
 
         async with self._engine.connect() as conn:
             raw: Any = (await conn.get_raw_connection()).driver_connection
-            await raw.add_listener(NOTIFY_CHANNEL, notified)
+            await raw.add_listener(WAKE_INDEXER, woken)
             try:
                 yield
             finally:
                 if not raw.is_closed():
-                    await raw.remove_listener(NOTIFY_CHANNEL, notified)
+                    await raw.remove_listener(WAKE_INDEXER, woken)

@@ -16,7 +16,7 @@ from missive.crypto import WrappedKey
 from missive.errors import DecryptionFailed, InvalidInput, KeyVersionMissing
 from missive.schemas import RebuildBegun, RebuildFillResult, RebuildFinishResult
 from missive.search._documents import search_document
-from missive.search._index import NOTIFY_CHANNEL, SEARCHABLE, SearchIndex
+from missive.search._index import SEARCHABLE, SearchIndex, wake_indexer_on_commit
 
 log = logging.getLogger("missive.search")
 
@@ -162,7 +162,7 @@ class IndexRebuild(SearchIndex):
                     {"t": started_at},
                 )
             ).rowcount  # type: ignore[attr-defined]
-            await session.execute(text("SELECT pg_notify(:c, '')"), {"c": NOTIFY_CHANNEL})
+            await wake_indexer_on_commit(session)
         _, collections = await self.typesense.request("GET", "/collections")
         dropped = []
         for info in collections:

@@ -722,3 +722,19 @@ async def test_rebuild_documents_match_the_indexers_and_skip_what_does_not_decry
     assert "edited_at" in documents[edited] and "edited_at" not in documents[kept]
     assert f"message {tampered} cannot be indexed: DecryptionFailed" in caplog.text
     assert f"message {orphan} cannot be indexed: KeyVersionMissing" in caplog.text
+
+
+async def test_wake_indexer_reaches_a_listening_indexer(settings: Settings, core: Core) -> None:
+    # Only PostgreSQL: the wake-up is a NOTIFY on WAKE_INDEXER, no Typesense call.
+    offline = base_settings(
+        database_url=settings.database_url,
+        typesense_url="http://127.0.0.1:9",
+        typesense_api_key="k",
+    )
+    async with AsyncExitStack() as stack:
+        service = open_search(offline, core, stack)
+        assert service is not None
+        woken = asyncio.Event()
+        async with service._listening(woken):
+            await service.wake_indexer()
+            await asyncio.wait_for(woken.wait(), WAIT)
