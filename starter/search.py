@@ -8,7 +8,8 @@ python -m starter search-rebuild [--batch-size N] [--progress]
 A user search asks Temporal for a short-lived scoped key (SearchKeyWorkflow: the
 worker looks up the user's conversations) and then queries Typesense with it, so
 the key, not this process, decides what the user can find, and no message text
-enters a workflow history.
+enters a workflow history. A workflow, not a direct call: the key needs the
+Typesense admin key and DATABASE_URL, which only the worker holds.
 """
 
 from __future__ import annotations
