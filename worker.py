@@ -21,8 +21,8 @@ from missive.constants import TASK_QUEUE_MESSAGES
 from missive.metrics import Metrics
 from missive.notify.dispatch import ChannelSenders
 from missive.search import SearchService
+from runtime.batch_worker import batch_worker, ensure_retention_schedule, ensure_search_attributes
 from runtime.client import connect
-from runtime.jobs import batch_worker, ensure_retention_schedule, ensure_search_attributes
 from runtime.keys import key_worker
 from runtime.notify import notify_workers, open_notify, watch_overdue
 from runtime.process import run_process

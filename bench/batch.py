@@ -33,9 +33,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from bench.harness import ROOT, _binary, _database, _key
 from missive.config import Settings
-from missive.constants import message_id_for
+from missive.constants import TASK_QUEUE_BATCH, message_id_for
 from missive.crypto import MessageCipher, WrappedKey
-from missive.jobs import TASK_QUEUE_BATCH
 from missive.models import ConversationKind
 from missive.schemas import RetentionInput
 from missive.services.directory import NewUser
@@ -327,7 +326,7 @@ async def main(items: int) -> None:
         assert deleted == items, deleted
 
         # The purge (after the restore window) through the same service the activity uses.
-        from runtime.jobs import retention_service
+        from runtime.batch_worker import retention_service
 
         purge_service = retention_service(core, settings)
         await _settle(dsn)

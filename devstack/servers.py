@@ -148,7 +148,7 @@ async def start_temporal(
         *("server", "start-dev", "--db-filename", str(opts.data_dir / "temporal.db")),
         *("--ip", "127.0.0.1", "--port", str(opts.temporal_port)),
         *("--ui-port", str(opts.ui_port)),
-        # Batch progress for the Web UI's list and filters (see runtime/jobs.py).
+        # Batch progress for the Web UI's list and filters (see runtime/batch_worker.py).
         *("--search-attribute", "MissiveBatchProgress=Int"),
         *("--search-attribute", "MissiveBatchStatus=Keyword"),
         # Set on lifecycle, receipt and batch starts (see runtime/search_attributes.py).

@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from missive.constants import TASK_QUEUE_SEARCH
 from missive.errors import InvalidInput
 from missive.validation import MAX_LIFECYCLE_WINDOW_SECONDS, MAX_RECEIPT_DETAIL_RECIPIENTS
 
@@ -243,7 +244,7 @@ class Settings(BaseSettings):
     search_batch_size: int = Field(default=500, gt=0, le=10_000)
     """Most messages the indexer sends to Typesense in one import."""
 
-    search_task_queue: str = "missive-search"
+    search_task_queue: str = TASK_QUEUE_SEARCH
     """Task queue of the search indexer, rebuild, check and key workflows."""
 
     # --- operations: metrics, tracing, search attributes ---

@@ -1,12 +1,32 @@
-"""Task queues, workflow-id builders and Socket.IO names, in one place."""
+"""Task queues, workflow-id builders, search attribute and Socket.IO names, in one place."""
 
 from __future__ import annotations
 
 import hashlib
 import uuid
 
+# --- task queues (every one worker.py serves; ``starter health`` checks each) ---
 TASK_QUEUE_MESSAGES = "missive-messages"
 """Lifecycle and receipt workflows, and the local activities on their hot path."""
+
+TASK_QUEUE_MAINTENANCE = "missive-maintenance"
+"""Key rotations and reports: long, heartbeating, kept off the messages hot path."""
+
+TASK_QUEUE_BATCH = "missive-batch"
+"""Batch and retention workflows and their (long, heartbeating) activities."""
+
+TASK_QUEUE_SEARCH = "missive-search"
+"""Search indexer, rebuild, check and key workflows (the default of SEARCH_TASK_QUEUE)."""
+
+TASK_QUEUE_NOTIFY = "missive-notify"
+"""Notification workflows and their database activities (plan, dispatch, digests)."""
+
+TASK_QUEUE_PUSH = "missive-notify-push"
+TASK_QUEUE_EMAIL = "missive-notify-email"
+TASK_QUEUE_SMS = "missive-notify-sms"
+"""One task queue per provider, each capped at the provider account's rate
+(``max_task_queue_activities_per_second``), so a burst never exceeds it."""
+
 
 # Workflow ids come from business keys so a duplicate start is refused or joins.
 MESSAGE_WORKFLOW_PREFIX = "message"
@@ -59,9 +79,6 @@ def user_room(user_id: str) -> str:
 
 
 # --- key rotation ---
-TASK_QUEUE_MAINTENANCE = "missive-maintenance"
-"""Key rotations and reports: long, heartbeating, kept off the messages hot path."""
-
 MASTER_KEY_ROTATION_PREFIX = "keys-master-rotation"
 DATA_KEY_ROTATION_PREFIX = "keys-data-rotation"
 KEY_REPORT_PREFIX = "keys-report"
@@ -95,16 +112,33 @@ def search_rebuild_workflow_id(alias: str) -> str:
     return f"{SEARCH_REBUILD_WORKFLOW_PREFIX}-{alias}"
 
 
+# --- batch and retention jobs ---
+BATCH_WORKFLOW_PREFIX = "batch"
+RETENTION_WORKFLOW_PREFIX = "retention"
+
+RETENTION_SCHEDULE_ID = "missive-retention"
+"""The Temporal Schedule that runs the retention cleanup."""
+
+SEARCH_ATTRIBUTE_PROGRESS = "MissiveBatchProgress"
+"""Int: percent of a batch's items finished (for the Web UI's list and filters)."""
+SEARCH_ATTRIBUTE_STATUS = "MissiveBatchStatus"
+"""Keyword: running, paused, completed, failed or cancelled."""
+
+EVENT_MESSAGES_BATCH = "messages:batch"
+"""Compact event: many messages of one conversation were stored by a batch."""
+
+
+def batch_workflow_id(batch_id: str) -> str:
+    """The batch workflow id: one per batch."""
+    return f"{BATCH_WORKFLOW_PREFIX}-{batch_id}"
+
+
+def batch_client_message_id(batch_id: str, item_no: int) -> str:
+    """The client_message_id of a batch item that names none: stable across reruns."""
+    return f"batch:{batch_id}:{item_no}"
+
+
 # --- notifications ---
-TASK_QUEUE_NOTIFY = "missive-notify"
-"""Notification workflows and their database activities (plan, dispatch, digests)."""
-
-TASK_QUEUE_PUSH = "missive-notify-push"
-TASK_QUEUE_EMAIL = "missive-notify-email"
-TASK_QUEUE_SMS = "missive-notify-sms"
-"""One task queue per provider, each capped at the provider account's rate
-(``max_task_queue_activities_per_second``), so a burst never exceeds it."""
-
 NOTIFY_MESSAGE_WORKFLOW_PREFIX = "notify-message"
 NOTIFY_DIGEST_WORKFLOW_PREFIX = "notify-digest"
 EVENT_NOTIFICATION_NEW = "notification:new"

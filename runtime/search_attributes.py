@@ -40,7 +40,7 @@ async def add_search_attributes(client: Client) -> None:
     """Adds Missive's attributes to the client's namespace without listing first.
 
     For Temporal's time-skipping test server, which can add but not list them;
-    elsewhere use ``runtime.jobs.ensure_search_attributes``.
+    elsewhere use ``runtime.batch_worker.ensure_search_attributes``.
 
     Raises:
         temporalio.service.RPCError: the server refused (e.g. one exists already).

@@ -31,10 +31,10 @@ from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from missive.config import Settings
+from missive.constants import RETENTION_SCHEDULE_ID, TASK_QUEUE_BATCH, batch_workflow_id
 from missive.crypto import MessageCipher
 from missive.db import create_engine
 from missive.errors import InvalidInput, MessagingError, ProviderUnavailable
-from missive.jobs import RETENTION_SCHEDULE_ID, TASK_QUEUE_BATCH, batch_workflow_id
 from missive.schemas import (
     BatchInput,
     BatchKind,
@@ -53,8 +53,8 @@ from missive.services.batch import (
 )
 from missive.services.retention import RetentionService
 from missive.validation import require_body, require_uuid
+from runtime.batch_worker import ensure_retention_schedule, ensure_search_attributes
 from runtime.client import connect
-from runtime.jobs import ensure_retention_schedule, ensure_search_attributes
 from runtime.messaging import domain_error
 from runtime.search_attributes import KIND_BATCH, start_attributes
 from runtime.wiring import staging_cipher

@@ -12,7 +12,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.batch import BatchActivities
-    from missive.jobs import SEARCH_ATTRIBUTE_PROGRESS, SEARCH_ATTRIBUTE_STATUS
+    from missive.constants import SEARCH_ATTRIBUTE_PROGRESS, SEARCH_ATTRIBUTE_STATUS
     from missive.schemas import (
         BatchChunkInput,
         BatchChunkResult,

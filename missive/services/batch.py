@@ -18,11 +18,16 @@ import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from missive.broadcast import Emitter, emit_many, message_new_event
-from missive.constants import EVENT_MESSAGE_NEW, conversation_room, message_id_for
+from missive.constants import (
+    EVENT_MESSAGE_NEW,
+    EVENT_MESSAGES_BATCH,
+    batch_client_message_id,
+    conversation_room,
+    message_id_for,
+)
 from missive.crypto import MessageCipher, StagingCipher, WrappedKey
 from missive.e2e import E2E
 from missive.errors import InvalidInput, PermanentError
-from missive.jobs import EVENT_MESSAGES_BATCH, batch_client_message_id
 from missive.pubsub import Emit
 from missive.schemas import BatchChunkResult, BatchFailure, BatchKind, BatchReport
 from missive.stored import StoredMessage

@@ -23,6 +23,7 @@ from temporalio.client import Client
 
 from missive.config import Settings
 from missive.constants import (
+    TASK_QUEUE_BATCH,
     TASK_QUEUE_EMAIL,
     TASK_QUEUE_MAINTENANCE,
     TASK_QUEUE_MESSAGES,
@@ -31,7 +32,6 @@ from missive.constants import (
     TASK_QUEUE_SMS,
 )
 from missive.errors import ProviderUnavailable
-from missive.jobs import TASK_QUEUE_BATCH
 from starter.ops._history import (
     rpc_errors,
 )

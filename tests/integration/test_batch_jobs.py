@@ -21,12 +21,12 @@ from temporalio.client import ScheduleOverlapPolicy
 from temporalio.testing import WorkflowEnvironment
 
 from missive.config import Settings
+from missive.constants import SEARCH_ATTRIBUTE_PROGRESS, SEARCH_ATTRIBUTE_STATUS, TASK_QUEUE_BATCH
 from missive.errors import InvalidInput
-from missive.jobs import SEARCH_ATTRIBUTE_PROGRESS, SEARCH_ATTRIBUTE_STATUS, TASK_QUEUE_BATCH
 from missive.models import ConversationKind
 from missive.schemas import BatchStatus, RetentionResult
 from missive.services.directory import NewUser
-from runtime.jobs import RETENTION_CATCHUP_WINDOW, batch_worker, ensure_retention_schedule
+from runtime.batch_worker import RETENTION_CATCHUP_WINDOW, batch_worker, ensure_retention_schedule
 from runtime.wiring import Core
 from starter.batch import BatchClient, BatchOptions
 from tests.conftest import ROOT, process_env

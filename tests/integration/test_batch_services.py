@@ -19,9 +19,8 @@ from sqlalchemy.engine import make_url
 from temporalio.testing import ActivityEnvironment
 
 from activities.batch import BatchActivities
-from missive.constants import EVENT_MESSAGE_NEW
+from missive.constants import EVENT_MESSAGE_NEW, EVENT_MESSAGES_BATCH
 from missive.errors import ConversationNotFound, InvalidInput
-from missive.jobs import EVENT_MESSAGES_BATCH
 from missive.models import ConversationKind, EncryptionMode
 from missive.schemas import BatchChunkInput, BatchKind, ReceiptInput, ReceiptStatus
 from missive.services.batch import (

@@ -33,8 +33,8 @@ from temporalio.worker import Worker
 from missive.config import Settings
 from missive.models import ConversationKind
 from missive.services.directory import NewUser
+from runtime.batch_worker import JOB_WORKFLOWS
 from runtime.codec import ENCODING, KEY_ID
-from runtime.jobs import JOB_WORKFLOWS
 from runtime.search import SEARCH_WORKFLOWS
 from runtime.wiring import WORKFLOWS, Core, activity_methods, message_activities, workflow_runner
 from tests.conftest import SESSION_KEYS

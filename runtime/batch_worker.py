@@ -28,7 +28,7 @@ from activities.batch import BatchActivities
 from activities.retention import RetentionActivities
 from missive.broadcast import Emitter
 from missive.config import Settings
-from missive.jobs import (
+from missive.constants import (
     RETENTION_SCHEDULE_ID,
     RETENTION_WORKFLOW_PREFIX,
     SEARCH_ATTRIBUTE_PROGRESS,
