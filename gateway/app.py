@@ -1,8 +1,9 @@
 """The Socket.IO gateway: one process's server, its services, and its in-process worker.
 
 The events themselves live beside it, one module per area: ``connections``
-(tokens), ``messages`` (send, search, receipts) and ``notifications``
-(preferences, the bell, devices); ``acks`` turns every outcome into one ack.
+(tokens), ``messages`` (send, search, receipts), ``conversations`` (sync, the
+list, edits, deletes, membership) and ``notifications`` (preferences, the bell,
+devices); ``acks`` turns every outcome into one ack.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from gateway.acks import guarded, unknown_event
 from gateway.admission import Admission
 from gateway.connections import Connections
 from gateway.context import Services
+from gateway.conversations import ConversationEvents
 from gateway.messages import LocalAcks, MessageEvents
 from gateway.notifications import NotificationEvents
 from gateway.sessions import RevocationListener
@@ -100,6 +102,7 @@ class Gateway:
         handlers = {
             **MessageEvents(self, self._acks).handlers(),
             **NotificationEvents(self).handlers(),
+            **ConversationEvents(self).handlers(),
             EVENT_TOKEN_REFRESH: self.connections.refresh,
         }
         timeout = settings.gateway_ack_timeout_seconds

@@ -7,6 +7,11 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from missive.constants import (
+    EVENT_CONVERSATION_MEMBER_ADDED,
+    EVENT_CONVERSATION_MEMBER_REMOVED,
+    EVENT_CONVERSATION_ROLE_CHANGED,
+    EVENT_MESSAGE_DELETED,
+    EVENT_MESSAGE_EDITED,
     EVENT_MESSAGE_NEW,
     EVENT_MESSAGE_RECEIPT,
     EVENT_NOTIFICATION_NEW,
@@ -14,8 +19,15 @@ from missive.constants import (
     conversation_room,
     user_room,
 )
-from missive.pubsub import BatchEmits, Emit
-from missive.schemas import ReceiptChange
+from missive.pubsub import BatchEmits, Emit, RoomMove
+from missive.schemas import (
+    DeleteMessageResult,
+    EditMessageInput,
+    EditMessageResult,
+    MembershipAction,
+    MembershipResult,
+    ReceiptChange,
+)
 from missive.stored import StoredMessage
 
 
@@ -117,6 +129,63 @@ class Broadcaster:
         await emit_many(self._emitter, emits)
         return len(emits)
 
+    async def message_edited(self, edit: EditMessageInput, result: EditMessageResult) -> None:
+        """Announces a message's new text to its conversation's room."""
+        await self._emitter.emit(
+            EVENT_MESSAGE_EDITED,
+            message_edited_event(edit, result),
+            room=conversation_room(result.conversation_id),
+        )
+
+    async def message_deleted(self, result: DeleteMessageResult) -> None:
+        """Announces a deleted message (its tombstone) to its conversation's room."""
+        await self._emitter.emit(
+            EVENT_MESSAGE_DELETED,
+            message_deleted_event(result),
+            room=conversation_room(result.conversation_id),
+        )
+
+    async def membership(self, result: MembershipResult) -> None:
+        """Moves the members' sockets into or out of the conversation's room, in every
+        process, and tells the members.
+
+        Added members' sockets enter the room first, so they hear
+        ``conversation:member_added`` with everyone else. A removed member hears
+        ``conversation:member_removed`` in their own room, then their sockets leave
+        the room, then the others hear it: nothing emitted to the room after that
+        reaches them (see missive.pubsub.BatchEmits.move_rooms).
+        """
+        room = conversation_room(result.conversation.conversation_id)
+        if result.added:
+            await self.move_rooms([RoomMove(user_room(u), enter=(room,)) for u in result.added])
+            await self._emitter.emit(
+                EVENT_CONVERSATION_MEMBER_ADDED, member_added_event(result), room=room
+            )
+        for user_id in result.removed:
+            event = member_removed_event(result, user_id)
+            await self._emitter.emit(
+                EVENT_CONVERSATION_MEMBER_REMOVED, event, room=user_room(user_id)
+            )
+            await self.move_rooms([RoomMove(user_room(user_id), leave=(room,))])
+            await self._emitter.emit(EVENT_CONVERSATION_MEMBER_REMOVED, event, room=room)
+        if result.action is MembershipAction.SET_ROLE and result.role is not None:
+            await self._emitter.emit(
+                EVENT_CONVERSATION_ROLE_CHANGED, role_changed_event(result), room=room
+            )
+
+    async def move_rooms(self, moves: Sequence[RoomMove]) -> None:
+        """Moves sockets between rooms in every process (only here without a pub/sub)."""
+        target: Any = getattr(self._emitter, "manager", self._emitter)
+        if isinstance(target, BatchEmits):
+            await target.move_rooms(moves)
+        elif hasattr(target, "get_participants"):  # one process, no pub/sub
+            for move in moves:
+                for sid, eio_sid in list(target.get_participants("/", move.of)):
+                    for room in move.enter:
+                        target.basic_enter_room(sid, "/", room, eio_sid=eio_sid)
+                    for room in move.leave:
+                        target.basic_leave_room(sid, "/", room)
+
 
 def message_new_event(message: StoredMessage) -> dict[str, Any]:
     """The ``message:new`` payload; an e2e message adds its ``e2e_header`` untouched."""
@@ -201,4 +270,103 @@ def notification_unread_event(
         "event_id": f"{EVENT_NOTIFICATION_UNREAD}:{user_id}:{conversation_id}:{up_to_seq}",
         "conversation_id": conversation_id,
         "unread_count": unread_count,
+    }
+
+
+def history_event(message: StoredMessage) -> dict[str, Any]:
+    """A message as ``message:sync`` returns it: ``message:new``'s fields and its state now.
+
+    An edited one carries its current text and ``edited_at``; a deleted one is a
+    tombstone: ``body`` null, no ``e2e_header``, ``deleted_at`` set.
+    """
+    event = message_new_event(message)
+    event["edited_at"] = message.edited_at.isoformat() if message.edited_at else None
+    event["deleted_at"] = message.deleted_at.isoformat() if message.deleted_at else None
+    if message.deleted_at is not None:
+        event["body"] = None
+        event.pop("e2e_header", None)
+    return event
+
+
+def message_edited_event(edit: EditMessageInput, result: EditMessageResult) -> dict[str, Any]:
+    """The ``message:edited`` payload; its event_id names the edit (the same on every retry)."""
+    edited_at = result.edited_at.isoformat()
+    event: dict[str, Any] = {
+        "event_id": f"{EVENT_MESSAGE_EDITED}:{result.message_id}:{edited_at}",
+        "message_id": result.message_id,
+        "conversation_id": result.conversation_id,
+        "seq": result.seq,
+        "sender_id": edit.editor_id,
+        "body": edit.body,
+        "edited_at": edited_at,
+    }
+    if edit.e2e_header is not None:
+        event["e2e_header"] = edit.e2e_header
+    return event
+
+
+def message_deleted_event(result: DeleteMessageResult) -> dict[str, Any]:
+    """The ``message:deleted`` payload (a message is deleted once: one event id)."""
+    return {
+        "event_id": f"{EVENT_MESSAGE_DELETED}:{result.message_id}",
+        "message_id": result.message_id,
+        "conversation_id": result.conversation_id,
+        "seq": result.seq,
+        "deleted_at": result.deleted_at.isoformat(),
+    }
+
+
+def _conversation_json(result: MembershipResult) -> dict[str, Any]:
+    c = result.conversation
+    return {
+        "conversation_id": c.conversation_id,
+        "kind": c.kind,
+        "title": c.title,
+        "encryption_mode": c.encryption_mode,
+        "member_count": c.member_count,
+        "last_seq": c.last_seq,
+    }
+
+
+def member_added_event(result: MembershipResult) -> dict[str, Any]:
+    """``conversation:member_added``: who joined, with the conversation (new members learn
+    it from this event); ``seq`` is the conversation's last seq then."""
+    cid = result.conversation.conversation_id
+    return {
+        "event_id": f"{EVENT_CONVERSATION_MEMBER_ADDED}:{cid}:{result.changed_at.isoformat()}",
+        "conversation_id": cid,
+        "seq": result.conversation.last_seq,
+        "user_ids": list(result.added),
+        "added_by": result.actor_id,
+        "created": result.created,
+        "conversation": _conversation_json(result),
+    }
+
+
+def member_removed_event(result: MembershipResult, user_id: str) -> dict[str, Any]:
+    """``conversation:member_removed``: who is no longer a member, and whether they left."""
+    cid = result.conversation.conversation_id
+    return {
+        "event_id": (
+            f"{EVENT_CONVERSATION_MEMBER_REMOVED}:{cid}:{user_id}:{result.changed_at.isoformat()}"
+        ),
+        "conversation_id": cid,
+        "seq": result.conversation.last_seq,
+        "user_id": user_id,
+        "removed_by": result.actor_id,
+        "left": result.action is MembershipAction.LEAVE,
+        "member_count": result.conversation.member_count,
+    }
+
+
+def role_changed_event(result: MembershipResult) -> dict[str, Any]:
+    """``conversation:role_changed``: a member's new role."""
+    cid = result.conversation.conversation_id
+    return {
+        "event_id": f"{EVENT_CONVERSATION_ROLE_CHANGED}:{cid}:{result.changed_at.isoformat()}",
+        "conversation_id": cid,
+        "seq": result.conversation.last_seq,
+        "user_id": result.member_id,
+        "role": result.role,
+        "changed_by": result.actor_id,
     }

@@ -102,6 +102,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=16_384, gt=0)
     """Largest message body accepted, in UTF-8 bytes."""
 
+    message_edit_window_seconds: float = Field(default=0, ge=0)
+    """How long after sending its sender may edit a message; 0 (the default) for always,
+    as Slack and Zulip allow by default (a deployment that wants WhatsApp's 15 minutes
+    sets 900). Deletes have no window."""
+
     lifecycle_window_seconds: int = Field(default=86_400, gt=0, le=MAX_LIFECYCLE_WINDOW_SECONDS)
     """How long a message's lifecycle follows receipts before it ends unread."""
 

@@ -167,3 +167,65 @@ EVENT_TOKEN_REFRESH = "token:refresh"
 EVENT_SESSION_CLOSED = "session:closed"
 """Gateway -> one socket, just before it is disconnected: ``{"reason"}`` (``token expired``,
 ``token revoked``)."""
+
+
+# --- the conversation as a client sees it: history, edits, deletes, membership ---
+EVENT_MESSAGE_SYNC = "message:sync"
+"""Client -> gateway: a page of a conversation's messages (catch-up and history)."""
+EVENT_MESSAGE_EDIT = "message:edit"
+EVENT_MESSAGE_EDITED = "message:edited"
+EVENT_MESSAGE_DELETE = "message:delete"
+EVENT_MESSAGE_DELETED = "message:deleted"
+EVENT_CONVERSATION_LIST = "conversation:list"
+EVENT_CONVERSATION_CREATE = "conversation:create"
+EVENT_CONVERSATION_ADD_MEMBERS = "conversation:add_members"
+EVENT_CONVERSATION_REMOVE_MEMBER = "conversation:remove_member"
+EVENT_CONVERSATION_LEAVE = "conversation:leave"
+EVENT_CONVERSATION_SET_ROLE = "conversation:set_role"
+EVENT_CONVERSATION_MEMBER_ADDED = "conversation:member_added"
+EVENT_CONVERSATION_MEMBER_REMOVED = "conversation:member_removed"
+EVENT_CONVERSATION_ROLE_CHANGED = "conversation:role_changed"
+
+EDIT_WORKFLOW_PREFIX = "message-edit"
+DELETE_WORKFLOW_PREFIX = "message-delete"
+MEMBERSHIP_WORKFLOW_PREFIX = "membership"
+USER_WORKFLOW_PREFIX = "user"
+
+CONVERSATION_ID_NAMESPACE = uuid.UUID("0b9f5a3e-1d2c-4e8b-a6f7-3c4d5e6f7a81")
+"""Namespace of conversation ids a creator names (``client_conversation_id``)."""
+USER_ID_NAMESPACE = uuid.UUID("9e2d7c4b-5a6f-4b3e-8d1c-2f3a4b5c6d7e")
+"""Namespace of user ids a provisioning service names (``client_user_id``)."""
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
+
+
+def edit_workflow_id(message_id: str, body: str) -> str:
+    """One edit of a message to one text: a resend of the same edit joins it."""
+    return f"{EDIT_WORKFLOW_PREFIX}-{message_id}-{_digest(body)}"
+
+
+def delete_workflow_id(message_id: str) -> str:
+    """A message is deleted once: a second delete joins (or re-answers) the first."""
+    return f"{DELETE_WORKFLOW_PREFIX}-{message_id}"
+
+
+def membership_workflow_id(action: str, actor: str, conversation: str, *subjects: str) -> str:
+    """One membership change: the same request resent joins the running one."""
+    return f"{MEMBERSHIP_WORKFLOW_PREFIX}-{action}-{_digest(actor, conversation, *subjects)}"
+
+
+def user_workflow_id(key: str) -> str:
+    """One user provisioning request (by user id, or by the caller's client id)."""
+    return f"{USER_WORKFLOW_PREFIX}-{_digest(key)}"
+
+
+def conversation_id_for(creator: str, client_conversation_id: str) -> str:
+    """The conversation a creator names: the same pair always names the same one."""
+    return str(uuid.uuid5(CONVERSATION_ID_NAMESPACE, f"{creator}:{client_conversation_id}"))
+
+
+def user_id_for(client_user_id: str) -> str:
+    """The user a provisioning service names by its own id."""
+    return str(uuid.uuid5(USER_ID_NAMESPACE, client_user_id))

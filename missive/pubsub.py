@@ -64,6 +64,19 @@ BATCH_EMITS = 256
 """Emits per published batch (a larger batch goes by reference on PostgreSQL)."""
 
 
+ROOMS_METHOD = "missive:rooms"
+"""The pub/sub message that moves a user's sockets into and out of rooms."""
+
+
+@dataclass(frozen=True)
+class RoomMove:
+    """Every socket in room ``of`` (a user's own room) enters ``enter`` and leaves ``leave``."""
+
+    of: str
+    enter: tuple[str, ...] = ()
+    leave: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True)
 class Emit:
     """One event for one room."""
@@ -110,7 +123,46 @@ class BatchEmits(AsyncPubSubManager):
                 {"method": BATCH_METHOD, "host_id": self.host_id, "messages": chunk}
             )
 
+    async def move_rooms(self, moves: Sequence[RoomMove]) -> None:
+        """Moves the sockets of each move's room in every process, in order with emits.
+
+        This process's sockets move at once; the others' when the message arrives,
+        which is before any emit published after it (one channel, delivered in
+        order), so a socket that left a room hears nothing emitted to it afterwards.
+        """
+        self._move_rooms(moves)
+        await self._publish(
+            {
+                "method": ROOMS_METHOD,
+                "host_id": self.host_id,
+                "moves": [[m.of, list(m.enter), list(m.leave)] for m in moves],
+            }
+        )
+
+    def _move_rooms(self, moves: Sequence[RoomMove]) -> None:
+        for move in moves:
+            for sid, eio_sid in list(self.get_participants("/", move.of)):
+                for room in move.enter:
+                    self.basic_enter_room(sid, "/", room, eio_sid=eio_sid)
+                for room in move.leave:
+                    self.basic_leave_room(sid, "/", room)
+
+    def _rooms_message(self, message: str | bytes) -> None:
+        try:
+            data = self.json.loads(message)
+            if data.get("host_id") == self.host_id:
+                return  # moved here before it was published
+            moves = [
+                RoomMove(str(of), tuple(enter), tuple(leave)) for of, enter, leave in data["moves"]
+            ]
+        except (ValueError, TypeError, KeyError):
+            self._get_logger().warning("Ignoring a malformed room move")
+            return
+        self._move_rooms(moves)
+
     async def _listen(self) -> AsyncIterator[Any]:
+        rooms_prefix = '{"method": "' + ROOMS_METHOD + '"'
+        raw_rooms_prefix = rooms_prefix.encode()
         prefix, raw_prefix = self._batch_prefix, self._batch_prefix.encode()
         # This process's own batches (delivered here when emitted) are known by their
         # start, which names the host: no parsing of what comes back to the publisher.
@@ -124,6 +176,13 @@ class BatchEmits(AsyncPubSubManager):
             else:
                 is_batch = is_own = False
             if is_own:
+                continue
+            if isinstance(message, str | bytes) and (
+                message.startswith(rooms_prefix)
+                if isinstance(message, str)
+                else message.startswith(raw_rooms_prefix)
+            ):
+                self._rooms_message(message)
                 continue
             if not is_batch:
                 yield message

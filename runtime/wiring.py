@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from temporalio.worker import UnsandboxedWorkflowRunner, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
+from activities.conversations import ConversationActivities
 from activities.messages import MessageActivities, PersistListener
 from activities.notify import NotifyActivities
 from missive.broadcast import Broadcaster, Emitter
@@ -25,15 +26,31 @@ from missive.metrics import Metrics
 from missive.notify.log import NotificationLog
 from missive.notify.preferences import PreferenceService
 from missive.services.directory import DirectoryService
+from missive.services.edits import EditService
+from missive.services.history import HistoryService
+from missive.services.membership import MembershipService
 from missive.services.messages import MessageService
 from missive.services.receipts import ReceiptService
+from missive.services.users import UserService
 from runtime.converter import InputCheckingRunner
 from workflows.clear_pushes import ClearPushesWorkflow
+from workflows.delete_message import DeleteMessageWorkflow
+from workflows.edit_message import EditMessageWorkflow
+from workflows.membership import MembershipWorkflow
 from workflows.message_lifecycle import MessageLifecycleWorkflow
 from workflows.receipts import ReceiptWorkflow
+from workflows.user_profile import UserProfileWorkflow
 
 SOCKETIO_CHANNEL = "missive"
-WORKFLOWS = [MessageLifecycleWorkflow, ReceiptWorkflow, ClearPushesWorkflow]
+WORKFLOWS = [
+    MessageLifecycleWorkflow,
+    ReceiptWorkflow,
+    ClearPushesWorkflow,
+    EditMessageWorkflow,
+    DeleteMessageWorkflow,
+    MembershipWorkflow,
+    UserProfileWorkflow,
+]
 
 
 @dataclass
@@ -48,6 +65,14 @@ class Core:
     notifications: NotificationLog
     preferences: PreferenceService
     """Users' notification preferences, timezones and push devices (the gateway's API)."""
+    history: HistoryService
+    """Pages of conversations and a user's conversation list (reads, no workflow)."""
+    membership: MembershipService
+    """Membership changes by their rules."""
+    edits: EditService
+    """Edits and deletes of messages."""
+    users: UserService
+    """User provisioning."""
     max_body_bytes: int = 16_384
     """This process's MAX_BODY_BYTES: the most any input may ask its services to store."""
     staging: StagingCipher | None = None
@@ -79,6 +104,15 @@ async def open_core(settings: Settings, stack: AsyncExitStack, *, pool_size: int
         directory=DirectoryService(sessions, cipher),
         notifications=NotificationLog(sessions),
         preferences=PreferenceService(sessions),
+        history=HistoryService(sessions, cipher),
+        membership=MembershipService(sessions, cipher),
+        edits=EditService(
+            sessions,
+            cipher,
+            max_body_bytes=settings.max_body_bytes,
+            edit_window_seconds=settings.message_edit_window_seconds,
+        ),
+        users=UserService(sessions),
         max_body_bytes=settings.max_body_bytes,
         staging=staging_cipher(settings),
     )
@@ -124,6 +158,8 @@ class MessageQueueActivities:
     notify: NotifyActivities
     """settle_notifications (receipts) and the agenda's plan / dispatch / fall_back
     (lifecycles): local activities of workflows on this queue."""
+    conversations: ConversationActivities
+    """Membership, edits, deletes and users: local activities of their workflows."""
 
 
 def message_activities(
@@ -145,6 +181,9 @@ def message_activities(
             metrics=metrics,
         ),
         notify=notify,
+        conversations=ConversationActivities(
+            core.membership, core.edits, core.users, core.notifications, emitter
+        ),
     )
 
 
@@ -160,4 +199,12 @@ def activity_methods(acts: MessageQueueActivities) -> list[Callable[..., Any]]:
         acts.notify.plan_notifications,
         acts.notify.dispatch_due,
         acts.notify.fall_back,
+        acts.conversations.apply_membership,
+        acts.conversations.announce_membership,
+        acts.conversations.edit_message,
+        acts.conversations.announce_edit,
+        acts.conversations.delete_message,
+        acts.conversations.announce_delete,
+        acts.conversations.withdraw_notifications,
+        acts.conversations.apply_user_profile,
     ]

@@ -33,6 +33,12 @@ BROADCAST_RETRY = RetryPolicy(
 )
 BROADCAST_DEADLINE = timedelta(minutes=15)
 
+# A membership change's announcement moves sockets out of a removed member's old
+# room in every gateway: unlike a live message event it must not be given up, so
+# it retries as a database write does, for as long as the pub/sub is down (the
+# requester's ack times out meanwhile, and `starter stuck` shows the workflow).
+MEMBERSHIP_ANNOUNCE_RETRY = DB_RETRY
+
 # Local activities retried longer than this are scheduled with a durable timer
 # instead of in-process, so a long outage does not pin a workflow task.
 LOCAL_RETRY_THRESHOLD = timedelta(seconds=10)

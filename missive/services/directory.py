@@ -23,6 +23,19 @@ from missive.models import (
 )
 from missive.validation import require_uuid
 
+DIRECT_NAMESPACE = uuid.UUID("5b0c51a4-3b7e-4e36-9d67-4f1f0c1f2d8e")
+"""Of direct_conversation_id; fixed, so every creator derives the same ids."""
+
+
+def direct_conversation_id(user_a: str, user_b: str) -> str:
+    """The id of the (standard) direct conversation of two users, when Missive creates it.
+
+    Derived from the pair (in either order), so concurrent creators, retries, the
+    gateway's ``conversation:create`` and batch imports create one conversation.
+    """
+    first, second = sorted((user_a, user_b))
+    return str(uuid.uuid5(DIRECT_NAMESPACE, f"direct:{first}:{second}"))
+
 
 @dataclass(frozen=True)
 class NewUser:

@@ -251,6 +251,9 @@ class KeyService:
                 bodies = []
                 for r in rows:
                     mid = str(r.id)
+                    if not r.body_ciphertext:  # a deleted message's destroyed body
+                        bodies.append(b"")
+                        continue
                     plain = self._cipher.decrypt_body(
                         keys[r.key_version],
                         conversation_id=cid,

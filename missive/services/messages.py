@@ -252,9 +252,11 @@ class MessageService:
         key = self._cipher.data_key(
             cid, row.key_version, WrappedKey(row.master_key_version, row.wrapped_key)
         )
-        body = self._cipher.decrypt_body(
-            key, conversation_id=cid, message_id=mid, ciphertext=row.body_ciphertext
-        )
+        body = b""  # a deleted message's body is destroyed
+        if row.deleted_at is None:
+            body = self._cipher.decrypt_body(
+                key, conversation_id=cid, message_id=mid, ciphertext=row.body_ciphertext
+            )
         return StoredMessage(
             message_id=mid,
             conversation_id=cid,

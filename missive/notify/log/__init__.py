@@ -9,7 +9,8 @@ Times always come from the caller (workflow time), never from the clock here.
 NotificationLog is made of one part per job, each in its own private module: planning
 (``_plan``), dispatch with fallback (``_dispatch``), digests (``_digest``), claiming and
 recording sends (``_delivery``), the in-app inbox (``_inbox``), reading rows for
-operators (``_rows``) and settling receipts (``_settle``), over what they share
+operators (``_rows``), settling receipts (``_settle``) and withdrawing what a delete or
+a removal took back (``_withdraw``), over what they share
 (``_shared``, ``_sql``). Import every name from here.
 """
 
@@ -50,9 +51,10 @@ from missive.notify.log._shared import (
     notification_id,
 )
 from missive.notify.log._sql import UNREAD_COUNT_CAP
+from missive.notify.log._withdraw import Withdrawal, Withdrawn
 
 
-class NotificationLog(Planning, Dispatch, Digests, Delivery, Inbox, Rows, Settling):
+class NotificationLog(Planning, Dispatch, Digests, Delivery, Inbox, Rows, Settling, Withdrawal):
     """Writes and moves notification rows; holds no state between calls.
 
     Built with the session factory (``NotificationLog(sessions)``); each part's
@@ -89,6 +91,7 @@ __all__ = [
     "ReaderWatermark",
     "Recipient",
     "SettledMany",
+    "Withdrawn",
     "message_dedupe_key",
     "notification_id",
 ]

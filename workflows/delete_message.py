@@ -1,0 +1,82 @@
+"""DeleteMessageWorkflow: a message's sender (or an admin) deletes it."""
+
+from __future__ import annotations
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError
+from temporalio.workflow import ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.conversations import ConversationActivities
+    from missive.constants import clear_pushes_workflow_id
+    from missive.schemas import (
+        ClearPushesInput,
+        DeleteMessageInput,
+        DeleteMessageResult,
+        WithdrawInput,
+        WithdrawResult,
+    )
+    from workflows import policies
+    from workflows.clear_pushes import ClearPushesWorkflow
+    from workflows.failures import reraise_refusal
+
+
+@workflow.defn
+class DeleteMessageWorkflow:
+    """One delete: destroy the body (a tombstone stays; the indexer removes it from
+    search), tell the conversation (``message:deleted``), withdraw its
+    notifications (pending ones cancelled, in-app ones out of the bell, shown
+    pushes cleared by a ClearPushesWorkflow of their own).
+
+    Its id is ``message-delete-<message id>``: a message is deleted once, and a
+    second delete answers with the first one's ``deleted_at``.
+    """
+
+    @workflow.run
+    async def run(self, input: DeleteMessageInput) -> DeleteMessageResult:
+        """Deletes, announces, withdraws the notifications."""
+        try:
+            result = await workflow.execute_local_activity_method(
+                ConversationActivities.delete_message,
+                input,
+                start_to_close_timeout=policies.DB_WRITE_TIMEOUT,
+                retry_policy=policies.DB_RETRY,
+                local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
+            )
+        except ActivityError as err:
+            reraise_refusal(err)
+        try:
+            await workflow.execute_local_activity_method(
+                ConversationActivities.announce_delete,
+                result,
+                start_to_close_timeout=policies.BROADCAST_TIMEOUT,
+                schedule_to_close_timeout=policies.BROADCAST_DEADLINE,
+                retry_policy=policies.BROADCAST_RETRY,
+                local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
+            )
+        except ActivityError:
+            workflow.logger.warning("message:deleted broadcast gave up")
+        withdrawn: WithdrawResult = await workflow.execute_local_activity_method(
+            ConversationActivities.withdraw_notifications,
+            WithdrawInput(
+                message_id=result.message_id,
+                conversation_id=result.conversation_id,
+                now=workflow.now(),
+            ),
+            start_to_close_timeout=policies.NOTIFY_DB_TIMEOUT,
+            retry_policy=policies.NOTIFY_DB_RETRY,
+            local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
+        )
+        if withdrawn.clear_push_ids:
+            # The provider's queue and retries are the clearing workflow's; the
+            # delete is acknowledged without waiting on the push provider.
+            await workflow.start_child_workflow(
+                ClearPushesWorkflow.run,
+                ClearPushesInput(
+                    notification_ids=withdrawn.clear_push_ids,
+                    push_task_queue=input.push_task_queue,
+                ),
+                id=clear_pushes_workflow_id(withdrawn.clear_push_ids),
+                parent_close_policy=ParentClosePolicy.ABANDON,
+            )
+        return result
