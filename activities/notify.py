@@ -22,6 +22,8 @@ from missive.broadcast import (
 from missive.constants import (
     EVENT_NOTIFICATION_NEW,
     EVENT_NOTIFICATION_UNREAD,
+    NOTIFY_DIGEST_SIGNAL,
+    NOTIFY_DIGEST_WORKFLOW,
     notify_digest_workflow_id,
     user_room,
 )
@@ -30,6 +32,7 @@ from missive.metrics import Metrics
 from missive.notify.content import in_app_title
 from missive.pubsub import Emit
 from missive.schemas import (
+    DIGEST_CHANNELS,
     Channel,
     DigestItems,
     DispatchDueInput,
@@ -54,14 +57,6 @@ if TYPE_CHECKING:  # kept light: workflows import this module for the activity s
     from missive.notify.log import InAppNotice, NotificationLog, ReaderWatermark
 
 log = logging.getLogger("missive.notify")
-
-DIGEST_WORKFLOW = "NotificationDigestWorkflow"
-"""The digest workflow's type, started by name (workflows/notify_digest.py defines it)."""
-
-DIGEST_SIGNAL = "add_items"
-"""The digest workflow's signal carrying more rows."""
-
-DIGEST_CHANNELS = frozenset({Channel.EMAIL, Channel.SMS})
 
 
 class NotifyActivities:
@@ -174,13 +169,13 @@ class NotifyActivities:
         await asyncio.gather(
             *(
                 client.start_workflow(
-                    DIGEST_WORKFLOW,
+                    NOTIFY_DIGEST_WORKFLOW,
                     NotificationDigestInput(
                         recipient_id=recipient, channel=channel, options=input.options
                     ),
                     id=notify_digest_workflow_id(str(channel), recipient),
                     task_queue=input.options.task_queue,
-                    start_signal=DIGEST_SIGNAL,
+                    start_signal=NOTIFY_DIGEST_SIGNAL,
                     start_signal_args=[DigestItems(notification_ids=ids)],
                 )
                 for (channel, recipient), ids in groups.items()

@@ -141,6 +141,11 @@ def batch_client_message_id(batch_id: str, item_no: int) -> str:
 # --- notifications ---
 NOTIFY_MESSAGE_WORKFLOW_PREFIX = "notify-message"
 NOTIFY_DIGEST_WORKFLOW_PREFIX = "notify-digest"
+NOTIFY_DIGEST_WORKFLOW = "NotificationDigestWorkflow"
+"""The digest workflow's type: workflows/notify_digest.py registers it under this name and
+queue_digests starts it by it (activities do not import workflows)."""
+NOTIFY_DIGEST_SIGNAL = "add_items"
+"""The digest workflow's signal carrying more rows (DigestItems)."""
 EVENT_NOTIFICATION_NEW = "notification:new"
 EVENT_NOTIFICATION_UNREAD = "notification:unread"
 

@@ -9,6 +9,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.notify import NotifyActivities
+    from missive.constants import NOTIFY_DIGEST_SIGNAL, NOTIFY_DIGEST_WORKFLOW
     from missive.schemas import (
         DigestItems,
         NotificationDigestInput,
@@ -20,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.notify_message import SendCounts, send_with_fallback
 
 
-@workflow.defn
+@workflow.defn(name=NOTIFY_DIGEST_WORKFLOW)
 class NotificationDigestWorkflow:
     """The digest of one recipient on one channel (id ``notify-digest-<channel>-<user>``).
 
@@ -40,7 +41,7 @@ class NotificationDigestWorkflow:
         self._first_at: datetime | None = None
         self._add(input.pending)
 
-    @workflow.signal
+    @workflow.signal(name=NOTIFY_DIGEST_SIGNAL)
     def add_items(self, items: DigestItems) -> None:
         """More due rows for this digest (a repeated id is ignored)."""
         self._add(items.notification_ids)

@@ -77,6 +77,7 @@ from missive.schemas._messages import (
     SendMessageInput,
 )
 from missive.schemas._notifications import (
+    DIGEST_CHANNELS,
     Channel,
     ClearPushesInput,
     DigestItem,
@@ -153,6 +154,7 @@ from missive.schemas._search_queries import (
 )
 
 __all__ = [
+    "DIGEST_CHANNELS",
     "AcceptInput",
     "Acceptance",
     "ApplyReceiptResult",

@@ -19,6 +19,10 @@ class Channel(StrEnum):
     SMS = "sms"
 
 
+DIGEST_CHANNELS = (Channel.EMAIL, Channel.SMS)
+"""Channels whose due notifications are gathered into digests."""
+
+
 class NotificationStatus(StrEnum):
     """Where one row of the notification log is. Only the first three move on."""
 

@@ -24,7 +24,7 @@ from missive.notify.log._delivery import (
     PushClear,
     Recipient,
 )
-from missive.notify.log._digest import DIGEST_CHANNELS, Digests
+from missive.notify.log._digest import Digests
 from missive.notify.log._dispatch import FALLBACK_ORDER, Dispatch
 from missive.notify.log._inbox import Inbox
 from missive.notify.log._plan import Planning
@@ -64,7 +64,6 @@ class NotificationLog(Planning, Dispatch, Digests, Delivery, Inbox, Rows, Settli
 
 __all__ = [
     "CLAIM_LEASE",
-    "DIGEST_CHANNELS",
     "FALLBACK_ORDER",
     "NOTIFICATION_NAMESPACE",
     "OPEN_STATUSES",

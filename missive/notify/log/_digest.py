@@ -23,11 +23,14 @@ from missive.notify.log._shared import (
 )
 from missive.notify.log._sql import _INSERT_ROWS, _PREF_COLUMNS, _prefs_sql
 from missive.notify.preferences import quiet_hours_end, user_preferences
-from missive.schemas import Channel, NotificationStatus, PrepareDigestInput, PrepareDigestResult
+from missive.schemas import (
+    DIGEST_CHANNELS,
+    Channel,
+    NotificationStatus,
+    PrepareDigestInput,
+    PrepareDigestResult,
+)
 from missive.validation import require_uuid
-
-DIGEST_CHANNELS = (Channel.EMAIL, Channel.SMS)
-"""Channels whose due notifications are gathered into digests."""
 
 _DIGEST_ITEMS = text(
     f"""
