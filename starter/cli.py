@@ -26,7 +26,7 @@ from missive.errors import InvalidInput, MessagingError, PermanentError
 from missive.schemas import MessageStatus, ReceiptResult, ReceiptStatus
 from missive.tokens import issue_token
 from missive.validation import require_client_message_id, require_uuid
-from starter import batch_cli, ops_cli
+from starter import batch_cli, directory_cli, ops_cli
 from starter import keys as starter_keys
 from starter import search as starter_search
 from starter import sessions as starter_sessions
@@ -109,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     starter_keys.add_parser(commands, common)
     starter_search.add_parsers(commands, common)
     batch_cli.add_parsers(commands, common)
+    directory_cli.add_parsers(commands, common)
     ops_cli.add_parsers(commands, common)
     return parser
 
@@ -279,6 +280,8 @@ COMMANDS = {
     "search-check": _search,
     "search-rebuild": _search,
     "batch": batch_cli.run_batch,
+    "users": directory_cli.run_users,
+    "conversations": directory_cli.run_conversations,
     "retention": batch_cli.run_retention,
     **ops_cli.COMMANDS,
 }
