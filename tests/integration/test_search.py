@@ -16,7 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -237,6 +237,52 @@ async def _pending(core: Core) -> int:
                 await conn.execute(text("SELECT count(*) FROM messages WHERE indexed_at IS NULL"))
             ).scalar_one()
         )
+
+
+async def test_messages_are_searchable_with_typos_highlights_and_filters(search: Search) -> None:
+    core = search.core
+    ana, ben = await _people(core, "ana", "ben")
+    conv = await _group(core, ana, ben)
+    secret = await _group(core, ana, ben, mode=EncryptionMode.E2E)
+    first = await _send(core, conv, ana, "the quarterly budget meeting moved to friday")
+    await _send(core, conv, ben, "budget approved by finance")
+    # An e2e message as the server holds it: the client's ciphertext, opaque here.
+    async with core.engine.begin() as conn:
+        await conn.execute(
+            text(
+                "INSERT INTO messages (id, conversation_id, seq, sender_id, client_message_id,"
+                " body_ciphertext, key_version) VALUES (:id, :c, 1, :s, 'e2e-1', :b, 1)"
+            ),
+            {"id": str(uuid.uuid4()), "c": secret, "s": ana, "b": b"budget in the e2e room"},
+        )
+
+    await _until_found(
+        search,
+        ben,
+        "budget",
+        ["the quarterly budget meeting moved to friday", "budget approved by finance"],
+    )
+    # Typo-tolerant, with highlights.
+    result = await search.service.search(ben, SearchQuery(text="quartrly budjet"))
+    assert [h.message_id for h in result.hits] == [first]
+    hit = result.hits[0]
+    assert "<mark>" in hit.snippet and (hit.conversation_id, hit.sender_id) == (conv, ana)
+    assert hit.seq == 1 and hit.created_at.tzinfo is not None
+    # Filters: sender, dates, paging.
+    assert await _found(search, ben, "budget", sender_id=ben) == ["budget approved by finance"]
+    future = datetime.now(UTC) + timedelta(hours=1)
+    assert await _found(search, ben, "budget", since=future) == []
+    assert len(await _found(search, ben, "budget", until=future)) == 2
+    page2 = await search.service.search(ben, SearchQuery(text="budget", per_page=1, page=2))
+    assert (page2.found, len(page2.hits)) == (2, 1)
+    # E2E messages never reach the index, and are not left pending either.
+    await _eventually(lambda: _zero(_pending(core)), "nothing left pending")
+    _, doc = await search.service.typesense.request(
+        "GET",
+        f"/collections/{search.settings.typesense_collection}/documents/search",
+        params={"q": "e2e", "query_by": "text"},
+    )
+    assert doc["found"] == 0
 
 
 async def test_edits_and_deletes_reach_the_index(search: Search) -> None:
