@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 from collections.abc import Callable
 
 from temporalio import activity
@@ -15,36 +12,21 @@ from missive.schemas import BatchChunkInput, BatchChunkResult
 from missive.services.batch import BatchService
 
 
-@functools.cache
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's malloc_trim, or None where the C library has none (macOS, musl)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    trim: Callable[[int], int] | None = getattr(ctypes.CDLL(name), "malloc_trim", None)
-    return trim
-
-
-def release_freed_memory() -> None:
-    """Returns the heap memory a chunk freed to the operating system.
-
-    A chunk allocates and frees a few megabytes per transaction (rows, arrays,
-    ciphertexts, asyncpg buffers). glibc keeps freed heap memory for reuse and,
-    after the first large free, raises its mmap threshold so later large
-    buffers come from the heap as well: without this the worker's RSS crept up
-    with the batch (some 30 MB over 1,000,000 items) while no object was kept.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
 class BatchActivities:
     """Thin activities over BatchService."""
 
-    def __init__(self, batches: BatchService, *, metrics: Metrics | None = None):
+    def __init__(
+        self,
+        batches: BatchService,
+        *,
+        metrics: Metrics | None = None,
+        release_memory: Callable[[], None] | None = None,
+    ):
         self._batches = batches
         self._metrics = metrics
+        self._release_memory = release_memory
+        """Called after every chunk, whatever its outcome (the worker passes
+        runtime.process.release_freed_memory: a chunk frees megabytes at a time)."""
 
     @activity.defn
     @translate_errors
@@ -82,7 +64,8 @@ class BatchActivities:
                 on_progress=progress,
             )
         finally:
-            release_freed_memory()
+            if self._release_memory is not None:
+                self._release_memory()
         if self._metrics is not None:
             self._metrics.batch_chunk(stored=result.stored, failed=result.failed)
         return result

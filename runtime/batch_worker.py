@@ -41,6 +41,7 @@ from missive.schemas import RetentionInput
 from missive.services.batch import BatchService, StoredMessagesSink
 from missive.services.retention import MessageIndexRemover, PurgeSink, RetentionService
 from runtime.notify import AnnouncementNotifier
+from runtime.process import release_freed_memory
 from runtime.search_attributes import MISSIVE_SEARCH_ATTRIBUTES
 from runtime.wiring import Core, workflow_runner
 from workflows.batch import BatchWorkflow
@@ -141,6 +142,7 @@ def batch_worker(
                     else [],
                 ),
                 metrics=metrics,
+                release_memory=release_freed_memory,
             ),
             RetentionActivities(retention_service(core, settings), metrics=metrics),
         ),

@@ -32,7 +32,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from missive.config import Settings
 from missive.constants import RETENTION_SCHEDULE_ID, TASK_QUEUE_BATCH, batch_workflow_id
-from missive.crypto import MessageCipher
+from missive.crypto import MessageCipher, StagingCipher
 from missive.db import create_engine
 from missive.errors import InvalidInput, MessagingError, ProviderUnavailable
 from missive.schemas import (
@@ -44,7 +44,7 @@ from missive.schemas import (
     RestoreResult,
 )
 from missive.services.batch import (
-    BatchService,
+    BatchStaging,
     announcement_items,
     new_batch_id,
     require_batch_id,
@@ -108,7 +108,7 @@ class BatchClient:
         self.task_queue = task_queue
         self._settings = settings
         self._stack = stack or AsyncExitStack()
-        self._batches: BatchService | None = None
+        self._batches: BatchStaging | None = None
         self._retention: RetentionService | None = None
 
     @classmethod
@@ -140,16 +140,15 @@ class BatchClient:
         return engine
 
     @property
-    def batches(self) -> BatchService:
-        """The batch service (staging and reports); needs DATABASE_URL and MASTER_KEYS."""
+    def batches(self) -> BatchStaging:
+        """Staging and reports; needs DATABASE_URL and CODEC_KEYS (or else MASTER_KEYS).
+
+        Raises:
+            InvalidInput: neither CODEC_KEYS nor MASTER_KEYS is set.
+        """
         if self._batches is None:
-            cipher = MessageCipher(
-                self._settings.master_keyring, current_version=self._settings.master_key_version
-            )
-            # Items are staged sealed with CODEC_KEYS-derived keys, which the worker shares.
-            self._batches = BatchService(
-                self._engine(), cipher, None, staging=staging_cipher(self._settings)
-            )
+            keys = staging_keys(self._settings)  # before the engine: no key, no connection
+            self._batches = BatchStaging(self._engine(), keys)
         return self._batches
 
     @property
@@ -430,6 +429,24 @@ class BatchClient:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise InvalidInput(f"not found: {err.message}") from None
             raise ProviderUnavailable(f"Temporal refused the call: {err.message}") from None
+
+
+def staging_keys(settings: Settings) -> StagingCipher:
+    """The keys the starter seals staged items with: derived from CODEC_KEYS, which the
+    worker shares (staging encrypts no message, so MASTER_KEYS is not needed), or from
+    MASTER_KEYS where CODEC_KEYS is unset (ALLOW_PLAINTEXT_PAYLOADS).
+
+    Raises:
+        InvalidInput: neither CODEC_KEYS nor MASTER_KEYS is set.
+    """
+    codec = staging_cipher(settings)
+    if codec is not None:
+        return codec
+    if not settings.master_keyring:
+        raise InvalidInput("staging a batch needs CODEC_KEYS (the worker's too) or MASTER_KEYS")
+    return MessageCipher(
+        settings.master_keyring, current_version=settings.master_key_version
+    ).staging
 
 
 def progress_line(p: BatchProgress) -> str:

@@ -26,7 +26,12 @@ from missive.errors import InvalidInput
 from missive.models import ConversationKind
 from missive.schemas import BatchStatus, RetentionResult
 from missive.services.directory import NewUser
-from runtime.batch_worker import RETENTION_CATCHUP_WINDOW, batch_worker, ensure_retention_schedule
+from runtime.batch_worker import (
+    RETENTION_CATCHUP_WINDOW,
+    batch_service,
+    batch_worker,
+    ensure_retention_schedule,
+)
 from runtime.wiring import Core
 from starter.batch import BatchClient, BatchOptions
 from tests.conftest import ROOT, process_env
@@ -123,7 +128,8 @@ async def test_retention_schedule_is_idempotent_and_its_trigger_runs_the_cleanup
         "import",  # type: ignore[arg-type]
         [{"conversation_id": conv, "sender_id": ana, "body": f"old {i}"} for i in range(12)],
     )
-    await client.batches.process_chunk("ret", 1, 13, max_body_bytes=100, step=100)
+    # The starter only stages; the worker's service stores the chunk.
+    await batch_service(core, None).process_chunk("ret", 1, 13, max_body_bytes=100, step=100)
     await client.set_policy(conv, retention_days=1)
     async with core.engine.begin() as conn:
         await conn.execute(text("UPDATE messages SET created_at = now() - interval '2 days'"))

@@ -7,13 +7,17 @@ from typing import Any
 
 import pytest
 from sqlalchemy import text
+from temporalio.testing import WorkflowEnvironment
 
 from missive.config import Settings
+from missive.errors import InvalidInput
 from missive.models import ConversationKind
 from missive.schemas import BatchKind
 from missive.services.batch import BatchService
 from missive.services.directory import NewUser
 from runtime.wiring import Core, staging_cipher
+from starter.batch import BatchClient
+from tests.conftest import base_settings
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +69,29 @@ async def test_staged_bodies_are_sealed_and_removed_once_stored(
     mids = [str(mid) for (mid,) in await _rows(core, "SELECT message_id FROM batch_items")]
     bodies = sorted([(await core.messages.load(mid)).body for mid in mids])
     assert bodies == sorted(i["body"] for i in items)
+
+
+async def test_the_starter_stages_with_no_master_keys(
+    core: Core, settings: Settings, dev_env: WorkflowEnvironment
+) -> None:
+    ana, group = await _group(core)
+    # Fresh settings (a copy would keep the parsed keyrings): the session's CODEC_KEYS only.
+    starter_settings = base_settings(database_url=settings.database_url, master_keys="")
+    assert starter_settings.master_keyring == {} and starter_settings.codec_keyring
+    async with BatchClient(dev_env.client, starter_settings) as starter:
+        items = [{"conversation_id": group, "sender_id": ana, "body": SECRET}]
+        assert await starter.batches.stage_items("nomaster", BatchKind.IMPORT, items)
+        assert (await starter.report("nomaster")).pending == 1
+
+    worker = BatchService(core.engine, core.cipher, None, staging=core.staging)
+    result = await worker.process_chunk("nomaster", 1, 2, max_body_bytes=1000, step=10)
+    assert (result.stored, result.failed) == (1, 0)
+
+    # Without CODEC_KEYS either there is no key to seal with: said before anything is staged.
+    keyless = base_settings(database_url=settings.database_url, master_keys="", codec_keys="")
+    async with BatchClient(dev_env.client, keyless) as starter:
+        with pytest.raises(InvalidInput, match="CODEC_KEYS"):
+            await starter.start_announcement(ana, "hi", [group])
 
 
 async def test_a_sealed_item_moved_to_another_batch_or_key_does_not_open(
