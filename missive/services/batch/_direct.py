@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import replace
 
 import asyncpg
@@ -11,9 +10,7 @@ from missive.crypto import MessageCipher
 from missive.errors import UserNotFound
 from missive.services.batch._items import failure_reason
 from missive.services.batch._parse import Item
-
-_DIRECT_NAMESPACE = uuid.UUID("5b0c51a4-3b7e-4e36-9d67-4f1f0c1f2d8e")
-"""Of direct_conversation_id; fixed, so later batches derive the same ids."""
+from missive.services.directory import direct_conversation_id
 
 _FIND_DIRECT = """
 SELECT DISTINCT ON (x.sender, x.recipient) x.sender, x.recipient, c.id
@@ -25,16 +22,6 @@ WHERE (SELECT count(*) FROM participants o WHERE o.conversation_id = c.id) = 2
 ORDER BY x.sender, x.recipient, c.encryption_mode = 'e2e', c.created_at, c.id
 """
 """The direct conversation of each (sender, recipient) pair that has one."""
-
-
-def direct_conversation_id(user_a: str, user_b: str) -> str:
-    """The id a batch gives the direct conversation of two users it creates.
-
-    Derived from the pair (in either order), so concurrent chunks, retries and
-    other batches that create the same pair's conversation create one.
-    """
-    first, second = sorted((user_a, user_b))
-    return str(uuid.uuid5(_DIRECT_NAMESPACE, f"direct:{first}:{second}"))
 
 
 def _found(found: dict[tuple[str, str], str], pair: tuple[str, ...]) -> bool:
