@@ -27,6 +27,15 @@ class _HttpClient(AsyncTwilioHttpClient):
     """
 
     async def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Response:
+        # The twilio client (9.13) turns ``auth`` into aiohttp's BasicAuth, deprecated
+        # since aiohttp 3.14: the same credentials go as the header aiohttp asks for.
+        auth = kwargs.pop("auth", None)
+        if auth is not None:
+            login, password = auth
+            kwargs["headers"] = {
+                **(kwargs.get("headers") or {}),
+                "Authorization": aiohttp.encode_basic_auth(login, password),
+            }
         try:
             response = await super().request(method, url, *args, **kwargs)
         except (aiohttp.ClientError, TimeoutError) as err:
