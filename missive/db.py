@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import asyncpg
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -51,3 +55,22 @@ def describe(database_url: str) -> str:
     """host:port/db of a URL, without the password, for one-line errors."""
     url = make_url(database_url)
     return f"{url.host or 'localhost'}:{url.port or 5432}/{url.database}"
+
+
+DRIVER_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.OperatorInterventionError,  # the server shutting down
+)
+"""What asyncpg raises when the database is down or restarting (no SQLAlchemy wrapper)."""
+
+
+@asynccontextmanager
+async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection's asyncpg driver, for the paths where SQLAlchemy's per-row
+    work would cost more than the query (COPY, bulk statements, history pages)."""
+    async with engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        yield raw.driver_connection  # type: ignore[misc]

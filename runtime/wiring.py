@@ -104,7 +104,7 @@ async def open_core(settings: Settings, stack: AsyncExitStack, *, pool_size: int
         directory=DirectoryService(sessions, cipher),
         notifications=NotificationLog(sessions),
         preferences=PreferenceService(sessions),
-        history=HistoryService(sessions, cipher),
+        history=HistoryService(engine, cipher),
         membership=MembershipService(sessions, cipher),
         edits=EditService(
             sessions,

@@ -3,15 +3,24 @@ conversations with where they stand. Reads only: no workflow, straight from Post
 
 from __future__ import annotations
 
+import asyncio
+import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from missive.crypto import MessageCipher, WrappedKey
-from missive.errors import ConversationNotFound, InvalidInput, NotAMember
+from missive.db import DRIVER_CONNECTION_ERRORS, driver_connection
+from missive.errors import (
+    ConversationNotFound,
+    InvalidInput,
+    KeyVersionMissing,
+    NotAMember,
+    ProviderUnavailable,
+)
 from missive.stored import StoredMessage
 from missive.validation import require_uuid
 
@@ -21,56 +30,47 @@ SYNC_DEFAULT_LIMIT = 100
 SYNC_MAX_LIMIT = 500
 """Most messages one ``message:sync`` returns."""
 
-_WHERE_MEMBER = text(
-    """
-    SELECT c.last_seq, p.user_id IS NOT NULL AS is_member
-    FROM conversations c
-    LEFT JOIN participants p ON p.conversation_id = c.id AND p.user_id = :uid
-    WHERE c.id = :cid
-    """
-)
-
-_COLUMNS = """
-    m.id, m.seq, m.sender_id, m.client_message_id, m.body_ciphertext, m.key_version,
-    m.created_at, m.edited_at, m.deleted_at, m.e2e_header
+# One round trip per page: the membership check, the conversation's last seq, the page
+# (only for a member: the LATERAL's condition) and each row's data key. Run on the
+# driver itself: SQLAlchemy's per-row work would cost more than the query.
+_PAGE = """
+SELECT c.last_seq, p.user_id IS NOT NULL AS is_member,
+       m.id::text AS id, m.seq, m.sender_id::text AS sender_id, m.client_message_id,
+       m.body_ciphertext, m.key_version, m.created_at, m.edited_at, m.deleted_at,
+       m.e2e_header::text AS e2e_header, k.master_key_version, k.wrapped_key
+FROM conversations c
+LEFT JOIN participants p ON p.conversation_id = c.id AND p.user_id = $2
+LEFT JOIN LATERAL (
+    SELECT * FROM messages mm
+    WHERE mm.conversation_id = c.id AND p.user_id IS NOT NULL AND {where}
+    ORDER BY mm.seq {order} LIMIT $4
+) m ON true
+LEFT JOIN conversation_keys k ON k.conversation_id = c.id AND k.version = m.key_version
+WHERE c.id = $1
+ORDER BY m.seq {order}
 """
-
-_AFTER = text(
-    f"SELECT {_COLUMNS} FROM messages m WHERE m.conversation_id = :cid AND m.seq > :seq"
-    " ORDER BY m.seq LIMIT :limit"
-)
-
-_BEFORE = text(
-    f"SELECT {_COLUMNS} FROM messages m WHERE m.conversation_id = :cid AND m.seq < :seq"
-    " ORDER BY m.seq DESC LIMIT :limit"
-)
-
-_KEYS = text(
-    "SELECT version, master_key_version, wrapped_key FROM conversation_keys"
-    " WHERE conversation_id = :cid AND version = ANY(CAST(:versions AS int[]))"
-)
+_AFTER = _PAGE.format(where="mm.seq > $3", order="ASC")
+_BEFORE = _PAGE.format(where="mm.seq < $3", order="DESC")
 
 # Unread: the user's deliveries not yet read (the partial index ix_deliveries_pending),
 # of messages not deleted since. The newest conversations first.
-_LIST = text(
-    """
-    SELECT c.id::text AS conversation_id, c.kind::text AS kind, c.title,
-           c.encryption_mode::text AS encryption_mode, c.last_seq,
-           p.delivered_seq, p.read_seq, p.role::text AS role,
-           coalesce(p.muted_until > now(), false) AS muted,
-           (SELECT count(*) FROM participants pc WHERE pc.conversation_id = c.id)
-               AS member_count,
-           (SELECT count(*) FROM deliveries d JOIN messages m ON m.id = d.message_id
-             WHERE d.recipient_id = p.user_id AND d.conversation_id = c.id AND d.status < 2
-               AND m.deleted_at IS NULL) AS unread_count,
-           (SELECT lm.created_at FROM messages lm
-             WHERE lm.conversation_id = c.id AND lm.seq = c.last_seq) AS last_message_at
-    FROM participants p
-    JOIN conversations c ON c.id = p.conversation_id
-    WHERE p.user_id = :uid
-    ORDER BY last_message_at DESC NULLS LAST, c.created_at DESC
-    """
-)
+_LIST = """
+SELECT c.id::text AS conversation_id, c.kind::text AS kind, c.title,
+       c.encryption_mode::text AS encryption_mode, p.role::text AS role,
+       (SELECT count(*) FROM participants pc WHERE pc.conversation_id = c.id)
+           AS member_count,
+       c.last_seq, p.delivered_seq, p.read_seq,
+       (SELECT count(*) FROM deliveries d JOIN messages m ON m.id = d.message_id
+         WHERE d.recipient_id = p.user_id AND d.conversation_id = c.id AND d.status < 2
+           AND m.deleted_at IS NULL) AS unread_count,
+       coalesce(p.muted_until > now(), false) AS muted,
+       (SELECT lm.created_at FROM messages lm
+         WHERE lm.conversation_id = c.id AND lm.seq = c.last_seq) AS last_message_at
+FROM participants p
+JOIN conversations c ON c.id = p.conversation_id
+WHERE p.user_id = $1
+ORDER BY last_message_at DESC NULLS LAST, c.created_at DESC
+"""
 
 
 @dataclass(frozen=True)
@@ -106,9 +106,19 @@ class ConversationState:
 class HistoryService:
     """Pages through a conversation's messages and lists a user's conversations."""
 
-    def __init__(self, sessions: async_sessionmaker[AsyncSession], cipher: MessageCipher):
-        self._sessions = sessions
+    def __init__(self, engine: AsyncEngine, cipher: MessageCipher, *, max_concurrent: int = 8):
+        """Builds the service.
+
+        Args:
+            engine: The database (pages run on its pooled connections' driver).
+            cipher: Decrypts the bodies.
+            max_concurrent: Reads at once; more wait. Kept under the pool's size, so a
+                reconnect's burst of syncs reuses pooled connections instead of opening
+                (and closing) overflow ones, which costs more than the reads.
+        """
+        self._engine = engine
         self._cipher = cipher
+        self._slots = asyncio.Semaphore(max_concurrent)
 
     async def sync(
         self,
@@ -143,77 +153,76 @@ class HistoryService:
             raise InvalidInput(
                 f"limit must be an integer from 1 to {SYNC_MAX_LIMIT}, got {limit!r}"
             )
-        async with self._sessions() as session:
-            state = (await session.execute(_WHERE_MEMBER, {"cid": cid, "uid": uid})).one_or_none()
-            if state is None:
-                raise ConversationNotFound(f"conversation {cid} does not exist")
-            if not state.is_member:
-                raise NotAMember(f"user {uid} is not a member of conversation {cid}")
-            if after_seq is not None and after_seq > state.last_seq:
-                raise InvalidInput(
-                    f"after_seq {after_seq} is past the end: conversation {cid}'s last seq is"
-                    f" {state.last_seq}"
-                )
-            if before_seq is not None and not 1 <= before_seq <= state.last_seq + 1:
-                raise InvalidInput(
-                    f"before_seq must be from 1 to {state.last_seq + 1} (one past conversation"
-                    f" {cid}'s last seq), got {before_seq}"
-                )
-            backwards = before_seq is not None
-            query, seq = (_BEFORE, before_seq) if backwards else (_AFTER, after_seq or 0)
-            rows = list(
-                (await session.execute(query, {"cid": cid, "seq": seq, "limit": limit + 1})).all()
+        backwards = before_seq is not None
+        query, seq = (_BEFORE, before_seq) if backwards else (_AFTER, after_seq or 0)
+        try:
+            async with self._slots, driver_connection(self._engine) as conn:
+                rows = await conn.fetch(query, uuid.UUID(cid), uuid.UUID(uid), seq, limit + 1)
+        except DRIVER_CONNECTION_ERRORS:
+            raise ProviderUnavailable("the database is unavailable; try again shortly") from None
+        if not rows:
+            raise ConversationNotFound(f"conversation {cid} does not exist")
+        last_seq, is_member = rows[0]["last_seq"], rows[0]["is_member"]
+        if not is_member:
+            raise NotAMember(f"user {uid} is not a member of conversation {cid}")
+        if after_seq is not None and after_seq > last_seq:
+            raise InvalidInput(
+                f"after_seq {after_seq} is past the end: conversation {cid}'s last seq"
+                f" is {last_seq}"
             )
-            has_more = len(rows) > limit
-            rows = rows[:limit]
-            if backwards:
-                rows.reverse()
-            keys = await self._keys(session, cid, {r.key_version for r in rows if not r.deleted_at})
+        if before_seq is not None and not 1 <= before_seq <= last_seq + 1:
+            raise InvalidInput(
+                f"before_seq must be from 1 to {last_seq + 1} (one past conversation"
+                f" {cid}'s last seq), got {before_seq}"
+            )
+        found = [row for row in rows if row["id"] is not None]
+        has_more = len(found) > limit
+        found = found[:limit]
+        if backwards:
+            found.reverse()
         return SyncPage(
-            messages=[self._message(cid, row, keys) for row in rows],
+            messages=[self._message(cid, row) for row in found],
             has_more=has_more,
-            last_seq=state.last_seq,
+            last_seq=last_seq,
         )
 
     async def conversations(self, user_id: str) -> list[ConversationState]:
         """The user's conversations, the one with the latest message first."""
         uid = require_uuid(user_id, "user_id")
-        async with self._sessions() as session:
-            rows = (await session.execute(_LIST, {"uid": uid})).all()
-        return [ConversationState(**row._asdict()) for row in rows]
+        try:
+            async with self._slots, driver_connection(self._engine) as conn:
+                rows = await conn.fetch(_LIST, uuid.UUID(uid))
+        except DRIVER_CONNECTION_ERRORS:
+            raise ProviderUnavailable("the database is unavailable; try again shortly") from None
+        return [ConversationState(**dict(row)) for row in rows]
 
-    async def _keys(self, session: AsyncSession, cid: str, versions: set[int]) -> dict[int, Any]:
-        if not versions:
-            return {}
-        rows = await session.execute(_KEYS, {"cid": cid, "versions": sorted(versions)})
-        return {
-            r.version: self._cipher.data_key(
-                cid, r.version, WrappedKey(r.master_key_version, r.wrapped_key)
-            )
-            for r in rows
-        }
-
-    def _message(self, cid: str, row: Any, keys: dict[int, Any]) -> StoredMessage:
-        mid = str(row.id)
+    def _message(self, cid: str, row: Any) -> StoredMessage:
+        mid = row["id"]
         body = ""
-        if row.deleted_at is None:
+        deleted = row["deleted_at"] is not None
+        if not deleted:
+            if row["wrapped_key"] is None:
+                raise KeyVersionMissing(
+                    f"data key version {row['key_version']} of conversation {cid} is missing"
+                )
+            key = self._cipher.data_key(
+                cid, row["key_version"], WrappedKey(row["master_key_version"], row["wrapped_key"])
+            )
             body = self._cipher.decrypt_body(
-                keys[row.key_version],
-                conversation_id=cid,
-                message_id=mid,
-                ciphertext=row.body_ciphertext,
+                key, conversation_id=cid, message_id=mid, ciphertext=row["body_ciphertext"]
             ).decode("utf-8")
+        header = row["e2e_header"]
         return StoredMessage(
             message_id=mid,
             conversation_id=cid,
-            seq=row.seq,
-            sender_id=str(row.sender_id),
-            client_message_id=row.client_message_id,
+            seq=row["seq"],
+            sender_id=row["sender_id"],
+            client_message_id=row["client_message_id"],
             body=body,
-            created_at=row.created_at,
-            edited_at=row.edited_at,
-            deleted_at=row.deleted_at,
-            e2e_header=row.e2e_header if row.deleted_at is None else None,
+            created_at=row["created_at"],
+            edited_at=row["edited_at"],
+            deleted_at=row["deleted_at"],
+            e2e_header=json.loads(header) if header is not None and not deleted else None,
         )
 
 

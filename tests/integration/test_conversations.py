@@ -78,8 +78,14 @@ class Client:
     acks: list[asyncio.Task[Any]] = field(default_factory=list)
 
     async def call(self, event: str, data: object = None) -> dict[str, Any]:
-        """Emits an event and returns the gateway's ack."""
-        return await self.sio.call(event, data, timeout=WAIT)
+        """Emits an event and returns the gateway's ack; over the send limit, waits the
+        ``retry_after_ms`` it was told and sends it again, as a chat app does."""
+        while True:
+            ack: dict[str, Any] = await self.sio.call(event, data, timeout=WAIT)
+            if ack.get("ok") is False and ack["error"]["type"] == "RateLimited":
+                await asyncio.sleep(ack["error"]["retry_after_ms"] / 1000)
+                continue
+            return ack
 
     async def next(self, event: str) -> dict[str, Any]:
         """The next ``event`` this client receives."""

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from missive.broadcast import Emitter, emit_many, message_new_event
 from missive.constants import EVENT_MESSAGE_NEW, EVENT_MESSAGES_BATCH, conversation_room
 from missive.crypto import MessageCipher, StagingCipher, WrappedKey
+from missive.db import driver_connection
 from missive.e2e import E2E
 from missive.errors import (
     ConversationNotFound,
@@ -24,7 +25,7 @@ from missive.errors import (
 from missive.pubsub import Emit
 from missive.schemas import BatchChunkResult
 from missive.services.batch._direct import direct_conversations
-from missive.services.batch._items import ItemState, driver_connection, failure_reason
+from missive.services.batch._items import ItemState, failure_reason
 from missive.services.batch._parse import Item, parse_item
 from missive.services.batch._staging import BatchStaging
 from missive.stored import StoredMessage

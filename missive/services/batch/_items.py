@@ -1,15 +1,10 @@
-"""What staging and chunk processing share: batch ids, item states, the driver connection."""
+"""What staging and chunk processing share: batch ids, item states, failure reasons."""
 
 from __future__ import annotations
 
 import enum
 import re
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-
-import asyncpg
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from missive.errors import InvalidInput, PermanentError
 
@@ -40,11 +35,3 @@ def new_batch_id() -> str:
 def failure_reason(err: PermanentError) -> str:
     """An item's ``reason``: the error's class name, then its message."""
     return f"{err.type}: {err}"
-
-
-@asynccontextmanager
-async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection's asyncpg driver: COPY and the bulk statements use it directly."""
-    async with engine.connect() as conn:
-        raw = await conn.get_raw_connection()
-        yield raw.driver_connection  # type: ignore[misc]

@@ -17,9 +17,10 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from missive.crypto import StagingCipher
+from missive.db import driver_connection
 from missive.errors import InvalidInput
 from missive.schemas import BatchFailure, BatchKind, BatchReport
-from missive.services.batch._items import ItemState, driver_connection, require_batch_id
+from missive.services.batch._items import ItemState, require_batch_id
 
 _MAX_LISTED_BAD_LINES = 10
 
