@@ -25,9 +25,9 @@ from missive.constants import (
 )
 from missive.errors import MessagingError
 from missive.models import Conversation, ConversationKind, User
-from missive.services.directory import NewUser
 from missive.tokens import issue_token
 from runtime.wiring import open_core
+from starter.client import MissiveClient
 
 DEMO_HANDLES = ("ana", "ben", "cy")
 DEMO_TITLE = "Missive demo"
@@ -54,7 +54,8 @@ class DemoState:
 
 
 async def demo_people(settings: Settings) -> tuple[dict[str, str], str]:
-    """Finds or creates ana, ben and cy and their group conversation.
+    """Finds or creates ana, ben and cy and their group conversation, through the starter
+    library's provisioning calls (the ones a back-end service makes).
 
     Returns:
         handle -> user id, and the conversation id.
@@ -73,21 +74,26 @@ async def demo_people(settings: Settings) -> tuple[dict[str, str], str]:
                 .order_by(Conversation.created_at)
                 .limit(1)
             )
+        missive = await stack.enter_async_context(await MissiveClient.connect(settings))
         for handle in DEMO_HANDLES:
             if handle not in users:
-                new = NewUser(handle=handle, display_name=handle.title())
-                users[handle] = await core.directory.create_user(new)
+                user = await missive.create_user(
+                    handle, display_name=handle.title(), client_user_id=f"missive-demo:{handle}"
+                )
+                users[handle] = user.user_id
         members = [users[h] for h in DEMO_HANDLES]
         if found is None:
-            conversation_id = await core.directory.create_conversation(
-                kind=ConversationKind.GROUP,
-                members=members,
+            made = await missive.create_conversation(
+                "group",
+                members,
                 title=DEMO_TITLE,
-                owner_id=users["ana"],
+                creator_id=users["ana"],
+                client_conversation_id="missive-demo",
             )
+            conversation_id = made.conversation.conversation_id
         else:
             conversation_id = str(found)
-            await core.directory.add_participants(conversation_id, members)
+            await missive.add_members(conversation_id, members)
     return users, conversation_id
 
 
