@@ -11,7 +11,7 @@ import uuid
 
 from missive.errors import InvalidInput
 
-E164 = re.compile(r"^\+[1-9]\d{6,14}$")
+E164 = re.compile(r"^\+[1-9]\d{6,14}\Z")
 """An E.164 phone number: ``+`` then 7 to 15 digits, no leading zero (planning and the
 SMS sender apply the same rule)."""
 

@@ -237,3 +237,9 @@ def test_e164_numbers(number: str) -> None:
 )
 def test_not_e164(number: str) -> None:
     assert not E164.match(number)
+
+
+def test_a_trailing_newline_is_not_e164() -> None:
+    # ``$`` also matches before a final newline: "+14155550100\n" must still be refused,
+    # or it is stored as a user's phone and handed to the SMS provider.
+    assert not E164.match("+14155550100\n")
