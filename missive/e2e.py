@@ -29,7 +29,7 @@ def require_e2e_header(value: object) -> dict[str, Any]:
             f"e2e_header must be a non-empty object of key metadata, got {type(value).__name__}"
         )
     try:
-        size = len(json.dumps(value, separators=(",", ":")).encode())
+        size = len(json.dumps(value, separators=(",", ":"), allow_nan=False).encode())
     except (TypeError, ValueError):
         raise InvalidInput("e2e_header must be plain JSON (objects, strings, numbers)") from None
     if size > MAX_E2E_HEADER_BYTES:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import math
 import re
 
 import pytest
@@ -83,6 +84,14 @@ def test_a_header_that_is_not_plain_json_is_refused(bad: dict[str, object]) -> N
         InvalidInput, match=exactly("e2e_header must be plain JSON (objects, strings, numbers)")
     ):
         require_e2e_header(bad)
+
+
+@pytest.mark.parametrize("number", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+def test_nan_and_infinity_are_not_plain_json(number: float) -> None:
+    # The gateway's reader accepts NaN and Infinity; PostgreSQL's jsonb refuses them, and
+    # orjson re-encodes them as null for the other clients.
+    with pytest.raises(InvalidInput, match="e2e_header must be plain JSON"):
+        require_e2e_header({"alg": "x25519", "n": number})
 
 
 def test_a_standard_send_names_its_conversation_and_mode_when_refusing_a_header() -> None:
