@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 
 from missive.notify.content import (
     SMS_CHARS,
+    PushContent,
+    conversation_label,
     email_content,
+    headline,
     in_app_title,
     names,
     preview,
@@ -182,3 +186,137 @@ def test_nothing_to_render_is_refused() -> None:
         email_content([], {}, recipient_name="x")
     with pytest.raises(ValueError):
         sms_text([], {})
+
+
+# --- the pieces: labels, names, headlines, truncation ---
+
+
+def test_preview_keeps_a_body_at_the_limit_and_trims_before_the_ellipsis() -> None:
+    assert preview("x" * 140) == "x" * 140
+    assert preview("abc def", limit=5) == "abc…"  # "abc " + "…" would end in a space
+    assert preview("abcdef", limit=5) == "abcd…"
+    assert preview("a\u2028b\u00a0c") == "a b c"  # line separator and no-break space
+    assert preview("\n\t ") == ""
+
+
+def test_conversation_label() -> None:
+    assert conversation_label(dm("m1")) is None
+    assert conversation_label(dm("m1", conversation_title="ignored for direct")) is None
+    assert conversation_label(Msg("m1", conversation_title="  ops  ")) == "#ops"
+    assert conversation_label(Msg("m1", conversation_title="## ops")) == "#ops"
+    assert conversation_label(Msg("m1", conversation_title="#")) == "a group"
+    assert conversation_label(Msg("m1", conversation_title="  ")) == "a group"
+    untitled = Msg("m1", conversation_kind="channel", conversation_title=None)
+    assert conversation_label(untitled) == "a channel"
+
+
+def test_names_of_nobody_and_of_four() -> None:
+    assert names([]) == "someone"
+    assert names(["Ana", "Ben", "Cy", "Di"]) == "Ana, Ben and 2 others"
+
+
+def test_a_blank_sender_name_is_someone() -> None:
+    anonymous = Msg("m1", sender_name="   ")
+    assert headline(anonymous) == "New message from Someone in #ops"
+    assert push_content([anonymous], {"m1": "hi"}).title == "Someone in #ops"
+    assert summary([anonymous]) == "1 new message from Someone in #ops"
+
+
+def test_headline() -> None:
+    assert headline(Msg("m1")) == "New message from Ana in #ops"
+    assert headline(Msg("m1"), mention=True) == "Ana mentioned you in #ops"
+    assert headline(dm("m1")) == "New message from Ana"
+    assert headline(dm("m1"), mention=True) == "Ana mentioned you"
+
+
+def test_a_summary_counts_each_sender_once_in_first_seen_order() -> None:
+    messages = [
+        Msg("m1", sender_id=BEN, sender_name="Ben"),
+        Msg("m2"),
+        Msg("m3", sender_id=BEN, sender_name="Benjamin"),  # the first name seen wins
+    ]
+    assert summary(messages) == "3 new messages from Ben and Ana in #ops"
+
+
+# --- push, email and SMS edges ---
+
+
+def test_a_push_of_several_messages_is_a_summary_without_text() -> None:
+    content = push_content([Msg("m1"), Msg("m2", seq=2)], {"m1": "a", "m2": "b"}, mention=True)
+    assert content == PushContent(title="2 new messages from Ana in #ops", body=None)
+
+
+def test_an_empty_preview_is_no_preview() -> None:
+    assert push_content([Msg("m1")], {"m1": ""}) == PushContent(
+        title="New message from Ana in #ops", body=None
+    )
+    mail = email_content([Msg("m1")], {"m1": ""}, recipient_name="Ben")
+    assert "  Ana sent a message" in mail.text
+    assert "<li><strong>Ana</strong> <em>sent a message</em></li>" in mail.html
+
+
+def test_a_single_email_is_laid_out_in_full() -> None:
+    mail = email_content([dm("m1")], {"m1": "see you"}, recipient_name=" Ben ", mention=True)
+    assert mail.subject == "Ana mentioned you"
+    assert mail.text == (
+        "Hi Ben,\n"
+        "\n"
+        "1 new message from Ana:\n"
+        "\n"
+        "Direct message from Ana\n"
+        "  Ana: see you\n"
+        "\n"
+        "Open Missive to read and reply. You can change which notifications you get"
+        " in Missive's notification settings.\n"
+    )
+    assert mail.html == (
+        '<!DOCTYPE html><html><body style="font-family:sans-serif">'
+        "<p>Hi Ben,</p>"
+        "<p><strong>1 new message from Ana</strong></p>"
+        "<h3>Direct message from Ana</h3>"
+        "<ul><li><strong>Ana</strong>: see you</li></ul>"
+        '<p style="color:#666;font-size:small">Open Missive to read and reply. You can change'
+        " which notifications you get in Missive&#x27;s notification settings.</p>"
+        "</body></html>"
+    )
+
+
+def test_an_email_without_a_recipient_name_just_says_hi() -> None:
+    mail = email_content([Msg("m1")], {"m1": "x"}, recipient_name="  ")
+    assert mail.text.startswith("Hi,\n")
+    assert mail.html.startswith(
+        '<!DOCTYPE html><html><body style="font-family:sans-serif"><p>Hi,</p>'
+    )
+
+
+def test_an_e2e_line_in_html_is_emphasised_not_quoted() -> None:
+    mail = email_content([Msg("m1", e2e=True)], {}, recipient_name="Ben")
+    assert "<li><strong>Ana</strong> <em>sent an end-to-end encrypted message</em></li>" in (
+        mail.html
+    )
+
+
+def test_sms_mention_and_truncation_to_one_segment() -> None:
+    assert sms_text([Msg("m1")], {"m1": "look"}, mention=True) == (
+        "Missive: Ana mentioned you in #ops: look"
+    )
+    # Cut at 157 characters, which end in a space: trimmed before the dots.
+    long = sms_text([Msg("m1")], {"m1": "word " * 40})
+    assert long == "Missive: Ana in #ops: " + "word " * 26 + "word..."
+    assert len(long) == SMS_CHARS - 1
+    exact = "x" * (SMS_CHARS - len("Missive: Ana in #ops: "))
+    assert sms_text([Msg("m1")], {"m1": exact}) == f"Missive: Ana in #ops: {exact}"
+
+
+@pytest.mark.parametrize(
+    ("render", "message"),
+    [
+        (lambda: push_content([], {}), "a push needs at least one message"),
+        (lambda: email_content([], {}, recipient_name="x"), "an email needs at least one message"),
+        (lambda: sms_text([], {}), "an SMS needs at least one message"),
+    ],
+    ids=["push", "email", "sms"],
+)
+def test_nothing_to_render_names_the_channel(render: Callable[[], object], message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        render()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import zoneinfo
 from datetime import UTC, datetime, time, timedelta
 
 import pytest
@@ -9,13 +11,19 @@ import pytest
 from missive.errors import InvalidInput
 from missive.models import DevicePlatform
 from missive.notify.preferences import (
+    MAX_PUSH_TOKEN,
+    REASON_NO_PHONE,
     allowed_channels,
+    conversation_preferences,
+    format_hhmm,
     parse_hhmm,
     phone_problem,
     quiet_hours_end,
     require_platform,
     require_push_token,
     require_timezone,
+    resolve_timezone,
+    user_preferences,
     validate_conversation_preferences,
     validate_user_preferences,
 )
@@ -272,3 +280,205 @@ def test_quiet_hours_never_end_in_the_past() -> None:
             if end is not None:
                 assert now < end <= now + timedelta(hours=10), (zone, now, end)
                 assert quiet_hours_end(prefs, zone, end, mention=False)[0] is None, (zone, end)
+
+
+# --- more edges: exact messages, rows, timezones ---
+
+
+def exactly(message: str) -> str:
+    """A ``match`` pattern for exactly this message."""
+    return f"^{re.escape(message)}$"
+
+
+def test_a_mute_ending_now_is_over() -> None:
+    assert channels(muted_until=NOW) == {IN_APP, PUSH, EMAIL}
+    assert channels(muted_until=NOW + timedelta(microseconds=1)) is None
+
+
+def test_a_conversation_mute_wins_over_every_channel_override() -> None:
+    loud = ConversationPreferences(muted=True, in_app=True, push=True, email=True, sms=True)
+    assert channels(NotificationPreferences(sms=True), loud, mention=True) is None
+
+
+def test_the_resolved_channels_are_a_frozenset() -> None:
+    assert isinstance(channels(), frozenset)
+
+
+def test_format_hhmm_drops_seconds_and_round_trips_parse() -> None:
+    assert format_hhmm(time(7, 5, 59)) == "07:05"
+    for value in ("00:00", "09:30", "23:59"):
+        assert format_hhmm(parse_hhmm(value)) == value
+
+
+def test_parse_hhmm_names_the_field_and_shows_the_value() -> None:
+    with pytest.raises(
+        InvalidInput, match=exactly("quiet_start must be a 24-hour time HH:MM, got '7pm'")
+    ):
+        parse_hhmm("7pm", what="quiet_start")
+    with pytest.raises(InvalidInput, match=exactly("time must be a 24-hour time HH:MM, got None")):
+        parse_hhmm(None)
+
+
+def test_resolve_timezone() -> None:
+    zone, note = resolve_timezone("Asia/Tokyo")
+    assert zone == zoneinfo.ZoneInfo("Asia/Tokyo") and note is None
+    for unknown in ("Mars/Olympus", "../etc/passwd", "", None):
+        zone, note = resolve_timezone(unknown)
+        assert zone is UTC
+        assert note == f"unknown timezone {unknown!r}: quiet hours taken in UTC"
+
+
+def test_an_unknown_timezone_notes_it_even_outside_quiet_hours() -> None:
+    end, note = quiet_hours_end(quiet("22:00", "07:00"), "Nowhere/Land", NOW, mention=False)
+    assert end is None
+    assert note == "unknown timezone 'Nowhere/Land': quiet hours taken in UTC"
+
+
+def test_a_mention_that_breaks_through_reads_no_timezone() -> None:
+    lenient = quiet("22:00", "07:00", quiet_mentions=True)
+    assert quiet_hours_end(lenient, "Nowhere/Land", utc(2026, 1, 10, 23), mention=True) == (
+        None,
+        None,
+    )
+
+
+def test_user_preferences_from_a_row() -> None:
+    assert user_preferences({"user_id": None}) == NotificationPreferences()
+    assert user_preferences({}) == NotificationPreferences()
+    row = {
+        "np_user_id": "u1",
+        "np_in_app": False,
+        "np_push": True,
+        "np_email": False,
+        "np_sms": True,
+        "np_mentions_only": True,
+        "np_quiet_start": time(22, 0),
+        "np_quiet_end": time(6, 45, 30),
+        "np_quiet_mentions": True,
+    }
+    assert user_preferences(row, prefix="np_") == NotificationPreferences(
+        in_app=False,
+        push=True,
+        email=False,
+        sms=True,
+        mentions_only=True,
+        quiet_start="22:00",
+        quiet_end="06:45",
+        quiet_mentions=True,
+    )
+    no_quiet = {**row, "np_quiet_start": None, "np_quiet_end": None}
+    prefs = user_preferences(no_quiet, prefix="np_")
+    assert (prefs.quiet_start, prefs.quiet_end) == (None, None)
+
+
+def test_conversation_preferences_from_a_row() -> None:
+    assert conversation_preferences({"cp_user_id": None}, prefix="cp_") is None
+    assert conversation_preferences({}) is None
+    row = {
+        "user_id": "u1",
+        "muted": False,
+        "mentions_only": None,
+        "in_app": True,
+        "push": None,
+        "email": False,
+        "sms": None,
+    }
+    assert conversation_preferences(row) == ConversationPreferences(
+        muted=False, mentions_only=None, in_app=True, push=None, email=False, sms=None
+    )
+
+
+def test_validation_messages_are_exact() -> None:
+    with pytest.raises(
+        InvalidInput, match=exactly("quiet hours need both quiet_start and quiet_end (or neither)")
+    ):
+        validate_user_preferences(NotificationPreferences(quiet_end="07:00"))
+    with pytest.raises(InvalidInput, match=exactly("quiet_start and quiet_end are both 07:00")):
+        validate_user_preferences(quiet("07:00", "07:00"))
+    with pytest.raises(InvalidInput, match=exactly("sms must be true or false, got None")):
+        validate_user_preferences(NotificationPreferences(sms=None))  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match=exactly("quiet_mentions must be true or false, got 1")):
+        validate_user_preferences(NotificationPreferences(quiet_mentions=1))  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match=exactly("muted must be true or false, got 'no'")):
+        validate_conversation_preferences(ConversationPreferences(muted="no"))  # type: ignore[arg-type]
+    with pytest.raises(
+        InvalidInput, match=exactly("mentions_only must be true, false or null, got 'yes'")
+    ):
+        validate_conversation_preferences(ConversationPreferences(mentions_only="yes"))  # type: ignore[arg-type]
+
+
+def test_a_flag_is_checked_before_the_quiet_hours() -> None:
+    prefs = NotificationPreferences(email="yes", quiet_start="bad")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match=r"^email must be true or false"):
+        validate_user_preferences(prefs)
+
+
+def test_require_timezone_messages() -> None:
+    with pytest.raises(
+        InvalidInput,
+        match=exactly("timezone must be an IANA name like 'Europe/Paris', got '  '"),
+    ):
+        require_timezone("  ")
+    with pytest.raises(
+        InvalidInput, match=exactly("timezone must be an IANA name like 'Europe/Paris', got 3")
+    ):
+        require_timezone(3)
+    with pytest.raises(InvalidInput, match=exactly("timezone 'Mars/Olympus' does not exist")):
+        require_timezone("Mars/Olympus")
+    assert require_timezone("UTC") == "UTC"
+    assert require_timezone("America/Argentina/Buenos_Aires") == "America/Argentina/Buenos_Aires"
+
+
+def test_push_token_limits_and_messages() -> None:
+    longest = "x" * MAX_PUSH_TOKEN
+    assert require_push_token(longest) == longest
+    assert require_push_token("!~") == "!~"  # the ends of printable ASCII
+    with pytest.raises(InvalidInput, match=exactly("push token must be a string, got bytes")):
+        require_push_token(b"token")
+    with pytest.raises(InvalidInput) as info:
+        require_push_token("x" * (MAX_PUSH_TOKEN + 1))
+    # A long token is shown by its first 24 characters only.
+    assert str(info.value) == (
+        f"push token {'x' * 24 + '...'!r} is malformed: expected 1-4096 printable "
+        "ASCII characters without spaces"
+    )
+    with pytest.raises(InvalidInput, match=r"^push token 'a b' is malformed: expected 1-4096"):
+        require_push_token("a b")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="bug: _PUSH_TOKEN ends in $, which also matches before a final newline",
+)
+def test_a_push_token_with_a_trailing_newline_is_malformed() -> None:
+    with pytest.raises(InvalidInput, match="is malformed"):
+        require_push_token("fcm-token\n")
+
+
+@pytest.mark.parametrize("platform", list(DevicePlatform))
+def test_every_platform_is_accepted_by_its_value(platform: DevicePlatform) -> None:
+    assert require_platform(platform.value) is platform
+    assert require_platform(platform) is platform
+
+
+@pytest.mark.parametrize("bad", ["IOS", "", None, 1])
+def test_a_platform_is_refused_listing_the_choices(bad: object) -> None:
+    with pytest.raises(
+        InvalidInput, match=exactly(f"platform must be one of ios, android, web, got {bad!r}")
+    ):
+        require_platform(bad)
+
+
+@pytest.mark.parametrize(
+    ("phone", "problem"),
+    [
+        ("+33612345678", None),
+        (None, REASON_NO_PHONE),
+        ("", REASON_NO_PHONE),
+        ("   ", REASON_NO_PHONE),
+        ("+33 6 12 34 56 78", "phone number '+33 6 12 34 56 78' is not E.164 (+ then 7-15 digits)"),
+        ("+14155550100\n", "phone number '+14155550100\\n' is not E.164 (+ then 7-15 digits)"),
+    ],
+)
+def test_phone_problem(phone: str | None, problem: str | None) -> None:
+    assert phone_problem(phone) == problem
