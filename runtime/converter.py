@@ -7,7 +7,9 @@ input fails so keeps its first workflow task failing, retried forever, before
 any of its code runs. This converter checks every typed JSON value against its
 type hint first (dataclasses field by field, lists, dicts, unions, enums,
 datetimes, and the range a dataclass field declares with
-``missive.validation.bounds``) and raises
+``missive.validation.bounds``), and every JSON value for what no worker can
+store or act on (nesting deeper than MAX_JSON_DEPTH, a string holding U+0000 or
+a lone surrogate, an integer outside 64 bits, NaN or Infinity), and raises
 a non-retryable ``ApplicationError`` of type ``InvalidInput`` whose message names
 the field. The SDK fails the workflow (not the task) on such an error raised
 while converting its input; an activity input fails the activity for good; a
@@ -20,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -44,6 +47,12 @@ _REFUSED = b"missive/refused"
 """A payload InputCheckingRunner put in place of a start's arguments, with the reason."""
 _SHOWN = 64
 """Most characters of a payload's own text (an encoding name) a refusal quotes."""
+MAX_JSON_DEPTH = 64
+"""Deepest nesting of arrays and objects a payload may have: the SDK encodes values
+recursively, and a deeper one would fail every workflow task that passes it on.
+The gateway allows 32 levels per event, so what it accepts always fits."""
+_INT64 = (-(2**63), 2**63 - 1)
+"""Integers Temporal (protobuf) and PostgreSQL (bigint) hold."""
 
 
 def invalid_input(message: str) -> ApplicationError:
@@ -89,6 +98,7 @@ class StrictPayloadConverter(CompositePayloadConverter):
                 value = json.loads(payload.data)
             except (ValueError, RecursionError):
                 raise invalid_input(f"{root}: the payload is not valid JSON") from None
+            check_json(value, root)
             check_value(value, hint, root)
         elif hint is not None and encoding == _NULL:
             check_value(None, hint, root)
@@ -101,6 +111,53 @@ class StrictPayloadConverter(CompositePayloadConverter):
             # of another encoding for a typed value): refused, not retried.
             reason = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
             raise invalid_input(f"{root}: {reason}") from None
+
+
+def check_json(value: Any, path: str) -> None:
+    """Checks a decoded JSON value for what no worker can store or act on.
+
+    PostgreSQL's text and jsonb cannot hold U+0000, UTF-8 cannot encode a lone
+    surrogate (JSON's ``"\\ud800"``), bigint and protobuf stop at 64 bits, and a
+    timer of NaN seconds is no timer: such values would fail an activity or a
+    workflow task on every retry, so they are refused here, naming where they are.
+
+    Raises:
+        ApplicationError: ``InvalidInput`` naming the path (``Input.field[2].name``).
+    """
+    stack: list[tuple[Any, str, int]] = [(value, path, 1)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, str):
+            _check_string(item, where)
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            if not _INT64[0] <= item <= _INT64[1]:
+                raise invalid_input(f"{where}: the integer is outside the signed 64-bit range")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                raise invalid_input(f"{where}: expected a finite number, got {item}")
+        elif isinstance(item, (list, dict)):
+            if depth > MAX_JSON_DEPTH:
+                raise invalid_input(f"{where}: nested deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(item, list):
+                stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(item))
+                continue
+            for key, v in item.items():
+                _check_string(key, f"{where}: a key")
+                stack.append((v, f"{where}.{key[:_SHOWN]}", depth + 1))
+
+
+def _check_string(text: str, where: str) -> None:
+    if "\x00" in text:
+        raise invalid_input(f"{where}: holds U+0000 (NUL), which cannot be stored")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise invalid_input(
+                f"{where}: is not valid Unicode: a lone surrogate at character {err.start}"
+            ) from None
 
 
 def check_value(value: Any, hint: Any, path: str) -> None:
