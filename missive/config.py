@@ -11,7 +11,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from missive.constants import TASK_QUEUE_SEARCH
 from missive.errors import InvalidInput
-from missive.validation import MAX_LIFECYCLE_WINDOW_SECONDS, MAX_RECEIPT_DETAIL_RECIPIENTS
+from missive.validation import (
+    MAX_LIFECYCLE_WINDOW_SECONDS,
+    MAX_NOTIFY_SECONDS,
+    MAX_RECEIPT_DETAIL_RECIPIENTS,
+)
 
 
 def parse_keyring(spec: str, *, name: str) -> dict[int, bytes]:
@@ -334,29 +338,29 @@ class Settings(BaseSettings):
     """Whether each new message's lifecycle notifies its recipients (the sender's
     setting, carried in the send); a worker with it off serves no notification queues."""
 
-    notify_grace_seconds: int = Field(default=60, ge=0)
+    notify_grace_seconds: int = Field(default=60, ge=0, le=MAX_NOTIFY_SECONDS)
     """Push goes to a recipient whose delivery is still not "delivered" this long
     after the message (in-app notifications are created at once)."""
 
-    notify_email_delay_seconds: int = Field(default=900, ge=0)
+    notify_email_delay_seconds: int = Field(default=900, ge=0, le=MAX_NOTIFY_SECONDS)
     """An email digest goes to a recipient who has still not read the message
     this long after it."""
 
-    notify_sms_delay_seconds: int = Field(default=3_600, ge=0)
+    notify_sms_delay_seconds: int = Field(default=3_600, ge=0, le=MAX_NOTIFY_SECONDS)
     """An SMS digest goes to a recipient who opted in to SMS and has still not
     read the message this long after it."""
 
-    notify_digest_window_seconds: int = Field(default=300, ge=0)
+    notify_digest_window_seconds: int = Field(default=300, ge=0, le=MAX_NOTIFY_SECONDS)
     """An email or SMS digest gathers a recipient's messages for this long after
     the first one, then sends one notification for all still unread."""
 
-    notify_push_deadline_seconds: int = Field(default=600, gt=0)
+    notify_push_deadline_seconds: int = Field(default=600, gt=0, le=MAX_NOTIFY_SECONDS)
     """Push retries transient FCM failures this long, then falls back to email."""
 
-    notify_email_deadline_seconds: int = Field(default=1_800, gt=0)
+    notify_email_deadline_seconds: int = Field(default=1_800, gt=0, le=MAX_NOTIFY_SECONDS)
     """Email retries transient SMTP failures this long, then falls back to SMS."""
 
-    notify_sms_deadline_seconds: int = Field(default=1_800, gt=0)
+    notify_sms_deadline_seconds: int = Field(default=1_800, gt=0, le=MAX_NOTIFY_SECONDS)
     """SMS retries transient Twilio failures this long, then gives up (recorded)."""
 
     notify_push_per_second: float = Field(default=500.0, gt=0)

@@ -42,6 +42,10 @@ def require_client_message_id(value: object) -> str:
 MAX_LIFECYCLE_WINDOW_SECONDS = 30 * 86_400
 """Longest lifecycle window a workflow input may ask for (30 days)."""
 
+MAX_NOTIFY_SECONDS = 30 * 86_400
+"""Longest notification delay, window or deadline an input may ask for (30 days): the
+agenda turns each into a timer from the message's time."""
+
 MAX_RECEIPT_DETAIL_RECIPIENTS = 1_024
 """Most recipients a lifecycle may track one by one: each costs it history and state."""
 

@@ -4,17 +4,24 @@
 
 from dataclasses import dataclass, field
 
+from missive.validation import bounds
+
+KEY_VERSION = bounds(1, 2**31 - 1)
+"""Field metadata of a key version (an integer column)."""
+CHUNK_SIZE = bounds(1, 10_000)
+"""Field metadata of rows per transaction (the key service's own limit)."""
+
 
 @dataclass(frozen=True)
 class MasterKeyRotationInput:
     """Input of MasterKeyRotationWorkflow: re-wrap every data key under one master key."""
 
-    master_key_version: int | None = None
+    master_key_version: int | None = field(default=None, metadata=KEY_VERSION)
     """The master key version to re-wrap under; the workers' MASTER_KEY_VERSION must
     be it (a worker configured otherwise refuses). None: whatever the workers use."""
-    chunk_size: int = 500
+    chunk_size: int = field(default=500, metadata=CHUNK_SIZE)
     """Data keys re-wrapped per transaction (one bulk UPDATE)."""
-    chunks_per_activity: int = 20
+    chunks_per_activity: int = field(default=20, metadata=bounds(1))
     """Chunks one activity run does, heartbeating after each, before reporting back."""
     rewrapped: int = 0
     """Data keys re-wrapped by earlier runs (carried over continue-as-new)."""
@@ -60,14 +67,14 @@ class DataKeyRotationInput:
 
     conversation_id: str
     """The conversation (UUID)."""
-    chunk_size: int = 500
+    chunk_size: int = field(default=500, metadata=CHUNK_SIZE)
     """Messages re-encrypted per transaction (one bulk UPDATE)."""
-    chunks_per_activity: int = 20
+    chunks_per_activity: int = field(default=20, metadata=bounds(1))
     """Chunks one activity run does, heartbeating after each, before reporting back."""
-    settle_seconds: float = 20.0
+    settle_seconds: float = field(default=20.0, metadata=bounds(0, 3_600))
     """Wait before the final sweep, so a send that read the old key version before
     the switch (it commits within DB_WRITE_TIMEOUT) is re-encrypted too."""
-    to_version: int | None = None
+    to_version: int | None = field(default=None, metadata=KEY_VERSION)
     """The new data key version, once chosen (carried over continue-as-new)."""
     reencrypted: int = 0
     """Messages re-encrypted by earlier runs (carried over continue-as-new)."""

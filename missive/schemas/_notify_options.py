@@ -2,7 +2,14 @@
 
 # Annotations are evaluated, not postponed: see missive/schemas/__init__.py.
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from missive.validation import MAX_NOTIFY_SECONDS, bounds
+
+DELAY = bounds(0, MAX_NOTIFY_SECONDS)
+"""Field metadata of a delay or a window: 0 s to 30 days."""
+DEADLINE = bounds(1, MAX_NOTIFY_SECONDS)
+"""Field metadata of a deadline: 1 s to 30 days."""
 
 
 @dataclass(frozen=True)
@@ -13,21 +20,21 @@ class NotifyOptions:
     environment); see the NOTIFY_* settings for what each means.
     """
 
-    grace_seconds: int = 60
+    grace_seconds: int = field(default=60, metadata=DELAY)
     """Push after this long if still not delivered."""
-    email_delay_seconds: int = 900
+    email_delay_seconds: int = field(default=900, metadata=DELAY)
     """Email (digest) after this long if still unread."""
-    sms_delay_seconds: int = 3_600
+    sms_delay_seconds: int = field(default=3_600, metadata=DELAY)
     """SMS (digest, opted-in recipients only) after this long if still unread."""
-    digest_window_seconds: int = 300
+    digest_window_seconds: int = field(default=300, metadata=DELAY)
     """A digest gathers for this long after its first message."""
-    push_deadline_seconds: int = 600
+    push_deadline_seconds: int = field(default=600, metadata=DEADLINE)
     """Push retries this long, then falls back."""
-    email_deadline_seconds: int = 1_800
+    email_deadline_seconds: int = field(default=1_800, metadata=DEADLINE)
     """Email retries this long, then falls back."""
-    sms_deadline_seconds: int = 1_800
+    sms_deadline_seconds: int = field(default=1_800, metadata=DEADLINE)
     """SMS retries this long, then gives up."""
-    push_batch_size: int = 100
+    push_batch_size: int = field(default=100, metadata=bounds(1, 1_000))
     """Pushes per send activity."""
     task_queue: str = "missive-notify"
     """Queue of the notification workflows and their database activities."""

@@ -2,15 +2,17 @@
 
 # Annotations are evaluated, not postponed: see missive/schemas/__init__.py.
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+
+from missive.validation import bounds
 
 
 @dataclass(frozen=True)
 class RetentionInput:
     """Input of RetentionWorkflow (the Schedule starts it with the defaults)."""
 
-    chunk_size: int = 0
+    chunk_size: int = field(default=0, metadata=bounds(0, 100_000))
     """Messages per transaction; 0 takes the worker's RETENTION_CHUNK_SIZE."""
 
 

@@ -5,6 +5,8 @@
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from missive.validation import bounds
+
 
 @dataclass(frozen=True)
 class SearchIndexerInput:
@@ -50,7 +52,7 @@ class SearchIndexerStatus:
 class RebuildInput:
     """Input of SearchRebuildWorkflow."""
 
-    batch_size: int = 2_000
+    batch_size: int = field(default=2_000, metadata=bounds(1, 10_000))
     """Documents per import call while filling the new collection."""
 
 

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from temporalio.api.common.v1 import Payload
 from temporalio.exceptions import ApplicationError
 
-from missive.schemas import EditMessageInput, MembershipInput, SendMessageInput, UserProfileInput
+from missive.schemas import (
+    DataKeyRotationInput,
+    EditMessageInput,
+    MasterKeyRotationInput,
+    MembershipInput,
+    NotifyMessageInput,
+    RebuildInput,
+    RetentionInput,
+    SendMessageInput,
+    UserProfileInput,
+)
+from missive.validation import MAX_NOTIFY_SECONDS
 from runtime.converter import MAX_JSON_DEPTH, StrictPayloadConverter
+from tests.conftest import base_settings
 
 pytestmark = pytest.mark.unit
 
@@ -88,3 +102,46 @@ def test_what_the_gateway_accepts_still_reads() -> None:
     assert edit.body == "hi \U0001f600"
     assert edit.e2e_header == header
     assert _read(_edit(e2e_header=json.loads(_nested(MAX_JSON_DEPTH - 1))), EditMessageInput)
+
+
+def _notify(**options: object) -> str:
+    created = datetime(2026, 1, 1, tzinfo=UTC).isoformat()
+    message = {**IDS, "sender_id": IDS["editor_id"], "seq": 1, "created_at": created}
+    return json.dumps({**message, "options": options})
+
+
+@pytest.mark.parametrize(
+    ("raw", "hint", "named"),
+    [
+        # Timers from the message's time: past ~10**11 s the timer or the date overflows.
+        (_notify(grace_seconds=10**12), NotifyMessageInput,
+         f"NotifyMessageInput.options.grace_seconds: must be between 0 and {MAX_NOTIFY_SECONDS}"),
+        (_notify(email_deadline_seconds=0), NotifyMessageInput,
+         "options.email_deadline_seconds: must be between 1 and"),
+        (_notify(push_batch_size=0), NotifyMessageInput,
+         "options.push_batch_size: must be between 1 and 1000, got 0"),
+        (json.dumps({"conversation_id": IDS["conversation_id"], "settle_seconds": -1}),
+         DataKeyRotationInput, "DataKeyRotationInput.settle_seconds: must be between 0 and 3600"),
+        # A version of 0 made a data key numbered 0; one past 32 bits, a retried INSERT.
+        (json.dumps({"conversation_id": IDS["conversation_id"], "to_version": 0}),
+         DataKeyRotationInput, "DataKeyRotationInput.to_version: must be between 1 and"),
+        (json.dumps({"conversation_id": IDS["conversation_id"], "chunk_size": 0}),
+         DataKeyRotationInput, "DataKeyRotationInput.chunk_size: must be between 1 and 10000"),
+        (json.dumps({"master_key_version": 2**31}), MasterKeyRotationInput,
+         "MasterKeyRotationInput.master_key_version: must be between 1 and 2147483647"),
+        (json.dumps({"chunk_size": -1}), RetentionInput,
+         "RetentionInput.chunk_size: must be between 0 and 100000, got -1"),
+        # A rebuild of batches of 0 swapped in an empty collection and dropped the index.
+        (json.dumps({"batch_size": 0}), RebuildInput,
+         "RebuildInput.batch_size: must be between 1 and 10000, got 0"),
+    ],
+)  # fmt: skip
+def test_numbers_a_workflow_cannot_act_on_are_refused(raw: str, hint: type, named: str) -> None:
+    message = _refusal(raw, hint)
+    assert named in message, message
+
+
+def test_the_settings_keep_the_notification_bounds_the_inputs_keep() -> None:
+    with pytest.raises(ValidationError, match="notify_grace_seconds"):
+        base_settings(notify_grace_seconds=MAX_NOTIFY_SECONDS + 1)
+    assert base_settings(notify_grace_seconds=MAX_NOTIFY_SECONDS).notify_grace_seconds
