@@ -203,7 +203,8 @@ USER_ID_NAMESPACE = uuid.UUID("9e2d7c4b-5a6f-4b3e-8d1c-2f3a4b5c6d7e")
 
 
 def _digest(*parts: str) -> str:
-    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
+    # surrogatepass: a body with a lone surrogate gets an id, and then its clear refusal.
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
 def edit_workflow_id(message_id: str, body: str) -> str:

@@ -23,7 +23,7 @@ REASON_NO_PHONE = "no phone number"
 MAX_PUSH_TOKEN = 4_096
 """Longest push token accepted (FCM tokens are a few hundred characters)."""
 
-_PUSH_TOKEN = re.compile(r"^[\x21-\x7e]+$")
+_PUSH_TOKEN = re.compile(r"^[\x21-\x7e]+\Z")
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 _CHANNEL_FLAGS = (
     (Channel.IN_APP, "in_app"),

@@ -24,9 +24,9 @@ MAX_DISPLAY_NAME_CHARS = 128
 MAX_EMAIL_CHARS = 320
 MAX_LOCALE_CHARS = 16
 
-_HANDLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-_LOCALE = re.compile(r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*$")
+_HANDLE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+\Z")
+_LOCALE = re.compile(r"^[A-Za-z]{2,8}(-[A-Za-z0-9]{1,8})*\Z")
 
 _COLUMNS = "id::text AS user_id, handle, display_name, email, phone, timezone, locale"
 

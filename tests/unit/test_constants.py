@@ -57,12 +57,6 @@ def test_a_long_text_makes_a_short_id() -> None:
     assert len(edit_workflow_id(MID, "x" * 100_000)) == len(f"message-edit-{MID}-") + 24
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason="bug: _digest encodes strictly, so starter's Missive.edit_message raises "
-    "UnicodeEncodeError for a lone surrogate instead of the edit's InvalidInput",
-)
 def test_an_edit_of_a_lone_surrogate_is_named_so_the_edit_can_refuse_it() -> None:
     # The starter names the workflow before anything checks the body; the edit service
     # then refuses it as InvalidInput ("body is not valid Unicode ..."), as a send does.

@@ -446,10 +446,6 @@ def test_push_token_limits_and_messages() -> None:
         require_push_token("a b")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: _PUSH_TOKEN ends in $, which also matches before a final newline",
-)
 def test_a_push_token_with_a_trailing_newline_is_malformed() -> None:
     with pytest.raises(InvalidInput, match="is malformed"):
         require_push_token("fcm-token\n")
