@@ -30,6 +30,9 @@ SYNC_DEFAULT_LIMIT = 100
 SYNC_MAX_LIMIT = 500
 """Most messages one ``message:sync`` returns."""
 
+MAX_SEQ = 2**63 - 1
+"""The largest seq a conversation can reach (a bigint); a sync past it reads nothing."""
+
 # One round trip per page: the membership check, the conversation's last seq, the page
 # (only for a member: the LATERAL's condition) and each row's data key. Run on the
 # driver itself: SQLAlchemy's per-row work would cost more than the query.
@@ -147,8 +150,8 @@ class HistoryService:
         if after_seq is not None and before_seq is not None:
             raise InvalidInput("give after_seq or before_seq, not both")
         for name, seq in (("after_seq", after_seq), ("before_seq", before_seq)):
-            if seq is not None and not _is_int(seq, low=0):
-                raise InvalidInput(f"{name} must be an integer of 0 or more, got {seq!r}")
+            if seq is not None and not _is_int(seq, low=0, high=MAX_SEQ):
+                raise InvalidInput(f"{name} must be an integer from 0 to {MAX_SEQ}, got {seq!r}")
         if not _is_int(limit, low=1, high=SYNC_MAX_LIMIT):
             raise InvalidInput(
                 f"limit must be an integer from 1 to {SYNC_MAX_LIMIT}, got {limit!r}"

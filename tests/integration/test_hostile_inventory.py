@@ -1,0 +1,229 @@
+"""Hostile input over every surface: each kind refused by name, nothing written, nothing leaked,
+no workflow left Running.
+
+The kinds this file adds, by surface (the inventory of every surface, the earlier
+tests' kinds included, is at the end of this docstring):
+
+Gateway events and connection (test_gateway_events_refuse_hostile_input_by_name):
+  G1 a NUL in a stored string (a conversation's title), G4 a NUL in a device token,
+  G5 a lone surrogate in a title, G6 a seq past 64 bits in message:sync,
+  G7 one past the last message in message:read,
+  G8 a limit of 10**30, G9 1,001 members at once, G10 257 mentions, G11 a mention that is
+  not a user id, G12 a role that does not exist, G13 membership events without a
+  conversation, G14 deleting another member's message, G15 removing a member without the
+  right, G16 adding members to a conversation one is not in, G17 a group with a user who
+  does not exist, G18 a direct conversation with oneself.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.testing import WorkflowEnvironment
+
+from missive.constants import (
+    EVENT_CONVERSATION_ADD_MEMBERS,
+    EVENT_CONVERSATION_CREATE,
+    EVENT_CONVERSATION_LEAVE,
+    EVENT_CONVERSATION_REMOVE_MEMBER,
+    EVENT_CONVERSATION_SET_ROLE,
+    EVENT_DEVICE_REGISTER,
+    EVENT_MESSAGE_DELETE,
+    EVENT_MESSAGE_EDIT,
+    EVENT_MESSAGE_READ,
+    EVENT_MESSAGE_SEND,
+    EVENT_MESSAGE_SYNC,
+    EVENT_NOTIFICATION_LIST,
+)
+from missive.models import ConversationKind, EncryptionMode
+from missive.schemas import PersistMessageInput
+from missive.services.directory import NewUser
+from runtime.wiring import Core
+from tests.integration import test_gateway as gateway_tests
+from tests.integration.test_gateway import Peer, RunningGateway
+
+pytestmark = pytest.mark.integration
+
+gateway = gateway_tests.gateway
+"""The gateway fixture of test_gateway (uvicorn, the test's database, the dev server)."""
+connect = gateway_tests.connect
+"""Connects a Socket.IO client as a user; closed at teardown."""
+
+UNLOGGED = {"alembic_version", "send_rate_buckets"}
+"""Tables that are not data: the migration mark and the send limit's token buckets."""
+
+LEAK_MARKS = ("Traceback", 'File "', "sqlalchemy", "asyncpg", "temporalio")
+"""What an answer that leaks internals would show."""
+
+
+# --- the world, and what every case checks ----------------------------------------------
+
+
+@dataclass
+class World:
+    """Ana owns a group with ben and dan, and an e2e group with ben; cy is in neither.
+
+    Every user has an email address and a phone number, and ben wrote one message:
+    none of them may appear in an answer to somebody else.
+    """
+
+    ana: str
+    ben: str
+    cy: str
+    dan: str
+    group: str
+    e2e: str
+    bens_message: str
+    secrets: tuple[str, ...]
+
+
+async def _world(core: Core) -> World:
+    tag = uuid.uuid4().hex[:6]
+    ids = {}
+    secrets: list[str] = []
+    for n, name in enumerate(("ana", "ben", "cy", "dan")):
+        email, phone = f"{name}.{tag}@private.example", f"+1415555{n:04d}"
+        secrets += [email, phone]
+        ids[name] = await core.directory.create_user(
+            NewUser(handle=f"{name}-{tag}", email=email, phone=phone)
+        )
+    ana, ben, cy, dan = ids["ana"], ids["ben"], ids["cy"], ids["dan"]
+    group = await core.directory.create_conversation(
+        kind=ConversationKind.GROUP, members=[ana, ben, dan], title="deals", owner_id=ana
+    )
+    e2e = await core.directory.create_conversation(
+        kind=ConversationKind.GROUP,
+        members=[ana, ben],
+        owner_id=ana,
+        encryption_mode=EncryptionMode.E2E,
+    )
+    body = f"ben's secret plan {tag}"
+    stored = await core.messages.persist(PersistMessageInput(group, ben, "b-1", body))
+    return World(ana, ben, cy, dan, group, e2e, stored.message_id, (*secrets, body))
+
+
+async def row_counts(core: Core) -> dict[str, int]:
+    """Rows in every data table."""
+    async with core.engine.connect() as conn:
+        tables = (
+            await conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
+        ).scalars()
+        return {
+            t: (await conn.execute(text(f'SELECT count(*) FROM "{t}"'))).scalar_one()
+            for t in sorted(set(tables) - UNLOGGED)
+        }
+
+
+def assert_no_leak(answer: str, secrets: Sequence[str]) -> None:
+    """No internals and none of the world's private data in an answer."""
+    for mark in (*LEAK_MARKS, *secrets):
+        assert mark not in answer, f"{mark!r} leaked in {answer[:300]!r}"
+
+
+def since_now() -> datetime:
+    """A moment just before the cases start (Temporal's clock is this machine's)."""
+    return datetime.now(UTC) - timedelta(seconds=1)
+
+
+async def assert_none_running(client: Client, since: datetime) -> None:
+    """No workflow started since ``since`` is still Running (visibility lists the
+    candidates, a describe of each one settles it)."""
+    query = f"ExecutionStatus = 'Running' AND StartTime >= '{since.isoformat()}'"
+    listed = [w async for w in client.list_workflows(query)]
+    for found in listed:
+        described = await client.get_workflow_handle(found.id, run_id=found.run_id).describe()
+        assert described.status is not WorkflowExecutionStatus.RUNNING, (
+            f"{described.workflow_type} {found.id} left Running"
+        )
+
+
+# --- the gateway ------------------------------------------------------------------------
+
+
+def _refused_by_name(ack: dict[str, Any], type: str, match: str, world: World) -> None:
+    assert ack["ok"] is False, ack
+    assert ack["error"]["type"] == type, ack
+    assert match in ack["error"]["message"], ack
+    assert len(ack["error"]["message"]) < 300, ack
+    assert_no_leak(str(ack), world.secrets)
+
+
+async def test_gateway_events_refuse_hostile_input_by_name(
+    gateway: RunningGateway,
+    core: Core,
+    dev_env: WorkflowEnvironment,
+    connect: Callable[[str], Awaitable[Peer]],
+) -> None:
+    world = await _world(core)
+    a, b, c = await connect(world.ana), await connect(world.ben), await connect(world.cy)
+    group = {"conversation_id": world.group}
+    ben_writes = {**group, "message_id": world.bens_message}
+    nobody = str(uuid.uuid4())
+
+    def send(where: dict[str, str], **fields: object) -> dict[str, object]:
+        return {**where, "client_message_id": uuid.uuid4().hex, "body": "hi", **fields}
+
+    create = EVENT_CONVERSATION_CREATE
+    cases: list[tuple[str, Peer, str, object, str, str]] = [
+        ("G1", a, create, {"kind": "group", "member_ids": [world.ben], "title": "ops\u0000"},
+         "InvalidInput", "MembershipInput.title: holds U+0000"),
+        ("G4", a, EVENT_DEVICE_REGISTER, {"platform": "web", "token": "tok\u0000en"},
+         "InvalidInput", "push token 'tok\\x00en' is malformed"),
+        ("G5", a, create, {"kind": "group", "member_ids": [world.ben], "title": "ops\ud800"},
+         "InvalidInput", "not valid Unicode"),
+        ("G6", a, EVENT_MESSAGE_SYNC, {**group, "after_seq": 2**70},
+         "InvalidInput", "after_seq must be an integer from 0 to 9223372036854775807"),
+        ("G7", b, EVENT_MESSAGE_READ, {**group, "up_to_seq": 2**63},
+         "MessageNotVisible", "has no message 9223372036854775808 (its last is 1)"),
+        ("G8", a, EVENT_NOTIFICATION_LIST, {"limit": 10**30},
+         "InvalidInput", "limit must be between 1 and 100"),
+        ("G9", a, EVENT_CONVERSATION_ADD_MEMBERS,
+         {**group, "user_ids": [str(uuid.uuid4()) for _ in range(1_001)]},
+         "InvalidInput", "user_ids names 1001 users; at most 1000"),
+        ("G10", a, EVENT_MESSAGE_SEND, send(group, mentions=[world.ben] * 257),
+         "InvalidInput", "mentions names 257 users; at most 256"),
+        ("G11", a, EVENT_MESSAGE_SEND, send(group, mentions=["@ben"]),
+         "InvalidInput", "mentions[] is not a valid UUID: '@ben'"),
+        ("G12", a, EVENT_CONVERSATION_SET_ROLE, {**group, "user_id": world.ben, "role": "god"},
+         "InvalidInput", "role must be one of owner, admin, member, got 'god'"),
+        ("G13", a, EVENT_CONVERSATION_LEAVE, {},
+         "InvalidInput", "conversation_id must be a UUID string"),
+        ("G14", a, EVENT_MESSAGE_DELETE, {**group, "message_id": "nope"},
+         "InvalidInput", "message_id is not a valid UUID: 'nope'"),
+        ("G14", c, EVENT_MESSAGE_DELETE, ben_writes, "NotAMember", "is not a member"),
+        ("G14", a, EVENT_MESSAGE_EDIT, {**ben_writes, "body": "rewritten by ana"},
+         "NotAllowed", "only its sender may edit"),
+        ("G15", b, EVENT_CONVERSATION_REMOVE_MEMBER, {**group, "user_id": world.dan},
+         "NotAllowed", "only an owner or admin"),
+        ("G16", c, EVENT_CONVERSATION_ADD_MEMBERS, {**group, "user_ids": [world.cy]},
+         "NotAMember", "is not a member"),
+        ("G17", a, create, {"kind": "group", "member_ids": [world.ben, nobody]},
+         "UserNotFound", nobody),
+        ("G18", a, create, {"kind": "direct", "member_ids": [world.ana]},
+         "InvalidInput", "exactly two members"),
+    ]  # fmt: skip
+    since = since_now()
+    before = await row_counts(core)
+    for kind, peer, event, payload, error, match in cases:
+        ack = await peer.call(event, payload)
+        try:
+            _refused_by_name(ack, error, match, world)
+        except AssertionError as failed:
+            raise AssertionError(f"{kind} {event}: {failed}") from None
+    assert await row_counts(core) == before
+    async with core.engine.connect() as conn:
+        untouched = (
+            await conn.execute(
+                text("SELECT deleted_at IS NULL AND edited_at IS NULL FROM messages WHERE id = :m"),
+                {"m": world.bens_message},
+            )
+        ).scalar_one()
+    assert untouched
+    await assert_none_running(dev_env.client, since)
