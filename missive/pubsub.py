@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,11 @@ _CONNECTION_ERRORS = (
 BATCH_METHOD = "missive:emits"
 """The pub/sub message that carries many emits; processes expand it on arrival."""
 
+_OURS = re.compile(r'^\{\s*"method"\s*:\s*"(missive:[a-z_]+)"(?:\s*,\s*"host_id"\s*:\s*"([^"]*)")?')
+"""The start of a message this module publishes: its method, then the publishing host.
+Known by the head alone, whatever JSON separators the manager's encoder uses, so a
+process skips its own messages and everyone else's emits without parsing them."""
+
 BATCH_EMITS = 256
 """Emits per published batch (a larger batch goes by reference on PostgreSQL)."""
 
@@ -96,8 +102,6 @@ class BatchEmits(AsyncPubSubManager):
     Processes that predate batches ignore them (a rolling upgrade drops these
     events, which clients catch up on as with any missed event).
     """
-
-    _batch_prefix = '{"method": "' + BATCH_METHOD + '"'
 
     async def emit_many(self, emits: Sequence[Emit]) -> None:
         """Emits each event to its room in every process; JSON data only."""
@@ -161,39 +165,27 @@ class BatchEmits(AsyncPubSubManager):
         self._move_rooms(moves)
 
     async def _listen(self) -> AsyncIterator[Any]:
-        rooms_prefix = '{"method": "' + ROOMS_METHOD + '"'
-        raw_rooms_prefix = rooms_prefix.encode()
-        prefix, raw_prefix = self._batch_prefix, self._batch_prefix.encode()
-        # This process's own batches (delivered here when emitted) are known by their
-        # start, which names the host: no parsing of what comes back to the publisher.
-        own = f'{prefix}, "host_id": {self.json.dumps(self.host_id)}'
-        raw_own = own.encode()
         async for message in super()._listen():
-            if isinstance(message, str):
-                is_batch, is_own = message.startswith(prefix), message.startswith(own)
-            elif isinstance(message, bytes):
-                is_batch, is_own = message.startswith(raw_prefix), message.startswith(raw_own)
-            else:
-                is_batch = is_own = False
-            if is_own:
-                continue
-            if isinstance(message, str | bytes) and (
-                message.startswith(rooms_prefix)
-                if isinstance(message, str)
-                else message.startswith(raw_rooms_prefix)
-            ):
-                self._rooms_message(message)
-                continue
-            if not is_batch:
+            head = message[:200] if isinstance(message, str | bytes) else None
+            if isinstance(head, bytes):
+                head = head.decode("utf-8", "replace")
+            ours = _OURS.match(head) if head is not None else None
+            if ours is None:  # Socket.IO's own messages (emit, disconnect, ...)
                 yield message
                 continue
+            method, host = ours.groups()
+            if host == self.host_id:
+                continue  # this process's own: delivered or moved here when published
+            if method == ROOMS_METHOD:
+                self._rooms_message(message)
+                continue
+            if method != BATCH_METHOD:
+                continue  # a newer version's message: not ours to read
             try:
                 batch = self.json.loads(message)
             except ValueError:
                 self._get_logger().warning("Ignoring a malformed batch of emits")
                 continue
-            if batch.get("host_id") == self.host_id:
-                continue  # delivered here before it was published
             for inner in batch.get("messages", ()):
                 if isinstance(inner, dict):
                     yield inner

@@ -51,3 +51,22 @@ async def test_batches_are_expanded_and_other_messages_pass_through() -> None:
     received = [message async for message in manager._listen()]
 
     assert received == [_emit("a", other), plain, _emit("b", other)]
+
+
+async def test_batches_are_known_whatever_separators_the_encoder_used() -> None:
+    manager = _Batching([])
+    own, other = manager.host_id, "another-host"
+    compact = {"separators": (",", ":")}
+    manager.raw = [
+        json.dumps(
+            {"method": BATCH_METHOD, "host_id": other, "messages": [_emit("a", other)]}, **compact
+        ),
+        json.dumps(
+            {"method": BATCH_METHOD, "host_id": own, "messages": [_emit("b", own)]}, **compact
+        ),
+        '{ "method" : "' + BATCH_METHOD + '" , "host_id" : "' + other + '", "messages": []}',
+    ]
+
+    received = [message async for message in manager._listen()]
+
+    assert received == [_emit("a", other)]
