@@ -290,7 +290,21 @@ async def _settled(stack: Stack, traffic: Traffic) -> Figures:
     push, mail, still_open = await look()
     missing_push = sorted(pairs - set(push))
     missing_mail = sorted(pairs - set(mail))
-    assert not missing_push, f"{len(missing_push)} pairs got no push, e.g. {missing_push[:3]}"
+    if missing_push:
+        async with stack.core.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT channel, status, attempts, reason, due_at, updated_at"
+                        " FROM notifications WHERE recipient_id = :r AND message_id = :m"
+                    ),
+                    {"r": missing_push[0][0], "m": missing_push[0][1]},
+                )
+            ).all()
+        raise AssertionError(
+            f"{len(missing_push)} pairs got no push, e.g. {missing_push[:3]}; the first's"
+            f" rows: {rows}"
+        )
     if missing_mail:
         async with stack.core.engine.connect() as conn:
             states = (
