@@ -18,6 +18,7 @@ from temporalio.client import (
     Client,
     WorkflowFailureError,
     WorkflowHandle,
+    WorkflowQueryFailedError,
     WorkflowUpdateFailedError,
 )
 from temporalio.common import (
@@ -156,7 +157,18 @@ async def acceptance(
     handle: LifecycleHandle, check: AcceptInput, *, rpc_timeout: timedelta | None = None
 ) -> MessageAccepted:
     """The ack of a closed lifecycle, from its ``acceptance`` query."""
-    answer = await handle.query(MessageLifecycleWorkflow.acceptance, check, rpc_timeout=rpc_timeout)
+    try:
+        answer = await handle.query(
+            MessageLifecycleWorkflow.acceptance, check, rpc_timeout=rpc_timeout
+        )
+    except WorkflowQueryFailedError:
+        # A lifecycle refused before its code ran (input the converter refused) has
+        # no state to query: its failure is the answer.
+        try:
+            await handle.result(rpc_timeout=rpc_timeout)
+        except WorkflowFailureError as err:
+            raise to_domain_error(err) from None
+        raise
     if answer.accepted is not None:
         return answer.accepted
     if answer.error_type is not None:

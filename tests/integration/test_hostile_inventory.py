@@ -5,7 +5,8 @@ The kinds this file adds, by surface (the inventory of every surface, the earlie
 tests' kinds included, is at the end of this docstring):
 
 Gateway events and connection (test_gateway_events_refuse_hostile_input_by_name):
-  G1 a NUL in a stored string (a conversation's title), G4 a NUL in a device token,
+  G1 a NUL in a stored string (a conversation's title), G2 a NUL in an e2e header,
+  G3 a NUL in a message body, G4 a NUL in a device token,
   G5 a lone surrogate in a title, G6 a seq past 64 bits in message:sync,
   G7 one past the last message in message:read,
   G8 a limit of 10**30, G9 1,001 members at once, G10 257 mentions, G11 a mention that is
@@ -163,7 +164,7 @@ async def test_gateway_events_refuse_hostile_input_by_name(
 ) -> None:
     world = await _world(core)
     a, b, c = await connect(world.ana), await connect(world.ben), await connect(world.cy)
-    group = {"conversation_id": world.group}
+    group, e2e = {"conversation_id": world.group}, {"conversation_id": world.e2e}
     ben_writes = {**group, "message_id": world.bens_message}
     nobody = str(uuid.uuid4())
 
@@ -174,6 +175,12 @@ async def test_gateway_events_refuse_hostile_input_by_name(
     cases: list[tuple[str, Peer, str, object, str, str]] = [
         ("G1", a, create, {"kind": "group", "member_ids": [world.ben], "title": "ops\u0000"},
          "InvalidInput", "MembershipInput.title: holds U+0000"),
+        # The lifecycle fails before its code runs; the ack comes from its failure.
+        ("G2", a, EVENT_MESSAGE_SEND,
+         send(e2e, body="aGk=", e2e_header={"alg": "x25519", "iv": "\u0000"}),
+         "InvalidInput", "SendMessageInput.e2e_header.iv: holds U+0000"),
+        ("G3", a, EVENT_MESSAGE_SEND, send(group, body="a\u0000b"),
+         "InvalidInput", "SendMessageInput.body: holds U+0000"),
         ("G4", a, EVENT_DEVICE_REGISTER, {"platform": "web", "token": "tok\u0000en"},
          "InvalidInput", "push token 'tok\\x00en' is malformed"),
         ("G5", a, create, {"kind": "group", "member_ids": [world.ben], "title": "ops\ud800"},
