@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from gateway.acks import Ack, Handler, optional_object, require_object
 from gateway.context import Context
-from missive.broadcast import history_event
+from missive.broadcast import conversation_json, history_event
 from missive.constants import (
     EVENT_CONVERSATION_ADD_MEMBERS,
     EVENT_CONVERSATION_CREATE,
@@ -275,23 +275,15 @@ def _user_ids(payload: dict[str, Any], name: str) -> list[str]:
 
 
 def _membership_json(result: MembershipResult) -> Ack:
-    c = result.conversation
     return {
         "ok": True,
-        "conversation_id": c.conversation_id,
+        "conversation_id": result.conversation.conversation_id,
         "changed": result.changed,
         "added": result.added,
         "already_members": result.already_members,
         "removed": result.removed,
         "role": result.role,
-        "conversation": {
-            "conversation_id": c.conversation_id,
-            "kind": c.kind,
-            "title": c.title,
-            "encryption_mode": c.encryption_mode,
-            "member_count": c.member_count,
-            "last_seq": c.last_seq,
-        },
+        "conversation": conversation_json(result),
     }
 
 

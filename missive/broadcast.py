@@ -316,7 +316,8 @@ def message_deleted_event(result: DeleteMessageResult) -> dict[str, Any]:
     }
 
 
-def _conversation_json(result: MembershipResult) -> dict[str, Any]:
+def conversation_json(result: MembershipResult) -> dict[str, Any]:
+    """The conversation a membership change left, as events and acks carry it."""
     c = result.conversation
     return {
         "conversation_id": c.conversation_id,
@@ -339,7 +340,7 @@ def member_added_event(result: MembershipResult) -> dict[str, Any]:
         "user_ids": list(result.added),
         "added_by": result.actor_id,
         "created": result.created,
-        "conversation": _conversation_json(result),
+        "conversation": conversation_json(result),
     }
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.conversations import ConversationActivities
-    from missive.constants import clear_pushes_workflow_id
+    from missive.constants import EVENT_MESSAGE_DELETED, clear_pushes_workflow_id
     from missive.schemas import (
         ClearPushesInput,
         DeleteMessageInput,
@@ -18,7 +17,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows import policies
     from workflows.clear_pushes import ClearPushesWorkflow
-    from workflows.failures import reraise_refusal
+    from workflows.steps import announce_locally, write_locally
 
 
 @workflow.defn
@@ -35,27 +34,10 @@ class DeleteMessageWorkflow:
     @workflow.run
     async def run(self, input: DeleteMessageInput) -> DeleteMessageResult:
         """Deletes, announces, withdraws the notifications."""
-        try:
-            result = await workflow.execute_local_activity_method(
-                ConversationActivities.delete_message,
-                input,
-                start_to_close_timeout=policies.DB_WRITE_TIMEOUT,
-                retry_policy=policies.DB_RETRY,
-                local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
-            )
-        except ActivityError as err:
-            reraise_refusal(err)
-        try:
-            await workflow.execute_local_activity_method(
-                ConversationActivities.announce_delete,
-                result,
-                start_to_close_timeout=policies.BROADCAST_TIMEOUT,
-                schedule_to_close_timeout=policies.BROADCAST_DEADLINE,
-                retry_policy=policies.BROADCAST_RETRY,
-                local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
-            )
-        except ActivityError:
-            workflow.logger.warning("message:deleted broadcast gave up")
+        result = await write_locally(ConversationActivities.delete_message, input)
+        await announce_locally(
+            ConversationActivities.announce_delete, result, event=EVENT_MESSAGE_DELETED
+        )
         withdrawn: WithdrawResult = await workflow.execute_local_activity_method(
             ConversationActivities.withdraw_notifications,
             WithdrawInput(

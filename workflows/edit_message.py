@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.conversations import ConversationActivities
+    from missive.constants import EVENT_MESSAGE_EDITED
     from missive.schemas import EditMessageInput, EditMessageResult, EditNotice
-    from workflows import policies
-    from workflows.failures import reraise_refusal
+    from workflows.steps import announce_locally, write_locally
 
 
 @workflow.defn
@@ -25,27 +24,15 @@ class EditMessageWorkflow:
 
     @workflow.run
     async def run(self, input: EditMessageInput) -> EditMessageResult:
-        """Stores the edit and announces it; the same text again only re-announces."""
-        try:
-            result = await workflow.execute_local_activity_method(
-                ConversationActivities.edit_message,
-                input,
-                start_to_close_timeout=policies.DB_WRITE_TIMEOUT,
-                retry_policy=policies.DB_RETRY,
-                local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
-            )
-        except ActivityError as err:
-            reraise_refusal(err)
-        try:
-            await workflow.execute_local_activity_method(
-                ConversationActivities.announce_edit,
-                EditNotice(edit=input, result=result),
-                start_to_close_timeout=policies.BROADCAST_TIMEOUT,
-                schedule_to_close_timeout=policies.BROADCAST_DEADLINE,
-                retry_policy=policies.BROADCAST_RETRY,
-                local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
-            )
-        except ActivityError:
-            # Stored: clients that missed the event see the edit in message:sync.
-            workflow.logger.warning("message:edited broadcast gave up")
+        """Stores the edit and announces it; the same text again only re-announces.
+
+        A message:edited that cannot go out within the broadcast deadline is given
+        up: the edit is stored, and clients that missed the event see it by sync.
+        """
+        result = await write_locally(ConversationActivities.edit_message, input)
+        await announce_locally(
+            ConversationActivities.announce_edit,
+            EditNotice(edit=input, result=result),
+            event=EVENT_MESSAGE_EDITED,
+        )
         return result

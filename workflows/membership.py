@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.conversations import ConversationActivities
@@ -15,7 +14,7 @@ with workflow.unsafe.imports_passed_through():
         WithdrawResult,
     )
     from workflows import policies
-    from workflows.failures import reraise_refusal
+    from workflows.steps import write_locally
 
 
 @workflow.defn
@@ -34,16 +33,7 @@ class MembershipWorkflow:
     @workflow.run
     async def run(self, input: MembershipInput) -> MembershipResult:
         """Applies the change, moves the rooms, withdraws the removed member's notifications."""
-        try:
-            result = await workflow.execute_local_activity_method(
-                ConversationActivities.apply_membership,
-                input,
-                start_to_close_timeout=policies.DB_WRITE_TIMEOUT,
-                retry_policy=policies.DB_RETRY,
-                local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
-            )
-        except ActivityError as err:
-            reraise_refusal(err)
+        result = await write_locally(ConversationActivities.apply_membership, input)
         if not result.changed:
             return result
         await workflow.execute_local_activity_method(

@@ -10,7 +10,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.messages import MessageActivities
     from activities.notify import ChannelActivities, NotifyActivities
-    from missive.constants import message_workflow_id
+    from missive.constants import EVENT_MESSAGE_RECEIPT, message_workflow_id
     from missive.schemas import (
         ApplyReceiptResult,
         ReceiptChange,
@@ -22,8 +22,8 @@ with workflow.unsafe.imports_passed_through():
         SettleNotificationsResult,
     )
     from workflows import policies
-    from workflows.failures import reraise_refusal
     from workflows.message_lifecycle import MessageLifecycleWorkflow
+    from workflows.steps import announce_locally, write_locally
 
 
 @workflow.defn
@@ -37,28 +37,11 @@ class ReceiptWorkflow:
     @workflow.run
     async def run(self, input: ReceiptInput) -> ReceiptResult:
         """Applies the receipt; fails only with a non-retryable ApplicationError."""
-        try:
-            applied: ApplyReceiptResult = await workflow.execute_local_activity_method(
-                MessageActivities.apply_receipt,
-                input,
-                start_to_close_timeout=policies.DB_WRITE_TIMEOUT,
-                retry_policy=policies.DB_RETRY,
-                local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
-            )
-        except ActivityError as err:
-            reraise_refusal(err)
+        applied: ApplyReceiptResult = await write_locally(MessageActivities.apply_receipt, input)
         if applied.changes:
-            try:
-                await workflow.execute_local_activity_method(
-                    MessageActivities.broadcast_receipts,
-                    applied,
-                    start_to_close_timeout=policies.BROADCAST_TIMEOUT,
-                    schedule_to_close_timeout=policies.BROADCAST_DEADLINE,
-                    retry_policy=policies.BROADCAST_RETRY,
-                    local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
-                )
-            except ActivityError:
-                workflow.logger.warning("message:receipt broadcast gave up")
+            await announce_locally(
+                MessageActivities.broadcast_receipts, applied, event=EVENT_MESSAGE_RECEIPT
+            )
         to_tell = [
             c for c in applied.changes if c.lifecycle_reacts(input.receipt_detail_max_recipients)
         ]

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.conversations import ConversationActivities
     from missive.schemas import UserProfile, UserProfileInput
-    from workflows import policies
-    from workflows.failures import reraise_refusal
+    from workflows.steps import write_locally
 
 
 @workflow.defn
@@ -23,13 +21,4 @@ class UserProfileWorkflow:
     @workflow.run
     async def run(self, input: UserProfileInput) -> UserProfile:
         """Creates or updates the user and returns it as stored."""
-        try:
-            return await workflow.execute_local_activity_method(
-                ConversationActivities.apply_user_profile,
-                input,
-                start_to_close_timeout=policies.DB_WRITE_TIMEOUT,
-                retry_policy=policies.DB_RETRY,
-                local_retry_threshold=policies.LOCAL_RETRY_THRESHOLD,
-            )
-        except ActivityError as err:
-            reraise_refusal(err)
+        return await write_locally(ConversationActivities.apply_user_profile, input)

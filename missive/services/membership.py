@@ -279,12 +279,8 @@ class MembershipService:
                 raise NotAllowed(f"only an owner or admin removes members of conversation {cid}")
             if role == ParticipantRole.OWNER.value and mine != ParticipantRole.OWNER.value:
                 raise NotAllowed(f"only an owner removes an owner of conversation {cid}")
-        owners = [u for u, r in conv.roles.items() if r == ParticipantRole.OWNER.value]
-        if owners == [target] and len(conv.roles) > 1:
-            raise NotAllowed(
-                f"user {target} is the last owner of conversation {cid}: make another member"
-                " owner first (set_role)"
-            )
+        if len(conv.roles) > 1:  # the last member may leave: nobody is left to own it
+            _keep_an_owner(conv, cid, target)
         await conn.execute(
             text("DELETE FROM participants WHERE conversation_id = :cid AND user_id = :uid"),
             {"cid": cid, "uid": target},
@@ -320,12 +316,7 @@ class MembershipService:
                 role=role.value,
                 member_id=target,
             )
-        owners = [u for u, r in conv.roles.items() if r == ParticipantRole.OWNER.value]
-        if owners == [target]:
-            raise NotAllowed(
-                f"user {target} is the last owner of conversation {cid}: make another member"
-                " owner first"
-            )
+        _keep_an_owner(conv, cid, target)
         await conn.execute(
             text(
                 "UPDATE participants SET role = CAST(:role AS participant_role)"
@@ -351,6 +342,16 @@ async def _locked(conn: AsyncConnection, cid: str) -> _Conversation:
         raise ConversationNotFound(f"conversation {cid} does not exist")
     roles = {r.user_id: r.role for r in await conn.execute(_ROLES, {"cid": cid})}
     return _Conversation(row.kind, row.title, row.encryption_mode, row.last_seq, roles)
+
+
+def _keep_an_owner(conv: _Conversation, cid: str, target: str) -> None:
+    """Refuses a change that would take the owner role from the last one who has it."""
+    owners = [u for u, r in conv.roles.items() if r == ParticipantRole.OWNER.value]
+    if owners == [target]:
+        raise NotAllowed(
+            f"user {target} is the last owner of conversation {cid}: make another member"
+            " owner first (set_role)"
+        )
 
 
 async def _require_users(conn: AsyncConnection, users: list[str]) -> None:
