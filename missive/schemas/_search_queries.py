@@ -1,7 +1,7 @@
 """A user's search and its hits.
 
 Not workflow or activity types: the gateway and the starter query Typesense
-directly with a scoped key (missive/search.py), so they never enter a history.
+directly with a scoped key (missive/search/), so they never enter a history.
 """
 
 # Annotations are evaluated, not postponed: see missive/schemas/__init__.py.
