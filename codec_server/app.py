@@ -65,6 +65,10 @@ def parse_payloads(raw: bytes) -> list[Payload]:
         document = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise BadRequest(400, "the body is not JSON") from None
+    except RecursionError:
+        raise BadRequest(400, "the body's JSON is nested too deeply to read") from None
+    except ValueError:  # Python reads at most 4,300 digits of one integer
+        raise BadRequest(400, "the body's JSON holds a number too long to read") from None
     if not isinstance(document, dict) or not isinstance(document.get("payloads"), list):
         raise BadRequest(400, 'the body must be a payload list: {"payloads": [...]}')
     payloads = []

@@ -14,21 +14,33 @@ Gateway events and connection (test_gateway_events_refuse_hostile_input_by_name)
   conversation, G14 deleting another member's message, G15 removing a member without the
   right, G16 adding members to a conversation one is not in, G17 a group with a user who
   does not exist, G18 a direct conversation with oneself.
+
+The codec server over HTTP (test_the_codec_server_refuses_hostile_requests_by_name):
+  K1 JSON nested 100,000 deep, K2 an integer of 5,000 digits, K3 a body over 8 MiB,
+  K4 a GET, K5 a payload marked encrypted without a key id, K6 plaintext marked encrypted
+  under a real key id, K7 one byte of a sealed payload changed, K8 an unknown path
+  (with the token: 404; without: 401, so routes cannot be probed), K9 a 5,000-character
+  token in the path.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import aiohttp
 import pytest
 from sqlalchemy import text
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
+from codec_server.__main__ import serve as serve_codec
 from missive.constants import (
     EVENT_CONVERSATION_ADD_MEMBERS,
     EVENT_CONVERSATION_CREATE,
@@ -47,6 +59,7 @@ from missive.models import ConversationKind, EncryptionMode
 from missive.schemas import PersistMessageInput
 from missive.services.directory import NewUser
 from runtime.wiring import Core
+from tests.conftest import base_settings, free_port
 from tests.integration import test_gateway as gateway_tests
 from tests.integration.test_gateway import Peer, RunningGateway
 
@@ -234,3 +247,77 @@ async def test_gateway_events_refuse_hostile_input_by_name(
         ).scalar_one()
     assert untouched
     await assert_none_running(dev_env.client, since)
+
+
+# --- the codec server over HTTP -----------------------------------------------------------
+
+CODEC_TOKEN = "codec-" + uuid.uuid4().hex
+
+
+@pytest.fixture
+async def codec_url() -> AsyncIterator[str]:
+    """``python -m codec_server``'s serve() on a free port, as the Web UI reaches it."""
+    settings = base_settings(codec_server_token=CODEC_TOKEN, codec_server_port=free_port())
+    stop = asyncio.Event()
+    served = asyncio.create_task(serve_codec(settings, stop=stop))
+    url = f"http://{settings.codec_server_host}:{settings.codec_server_port}"
+    async with aiohttp.ClientSession() as http:
+        async with asyncio.timeout(30):
+            while True:
+                if served.done():
+                    served.result()
+                try:
+                    async with http.post(f"{url}/decode"):
+                        break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.05)
+    yield url
+    stop.set()
+    await served
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+async def test_the_codec_server_refuses_hostile_requests_by_name(codec_url: str) -> None:
+    auth = {"Authorization": f"Bearer {CODEC_TOKEN}"}
+    secret = "call ana at +14155550100"
+    plain = {
+        "metadata": {"encoding": _b64(b"json/plain")},
+        "data": _b64(json.dumps(secret).encode()),
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{codec_url}/encode", json={"payloads": [plain]}, headers=auth) as r:
+            assert r.status == 200
+            [sealed] = (await r.json())["payloads"]
+        data = base64.b64decode(sealed["data"])
+        flipped = {**sealed, "data": _b64(data[:-1] + bytes([data[-1] ^ 1]))}
+        no_key = {**sealed, "metadata": {"encoding": sealed["metadata"]["encoding"]}}
+        forged = {**sealed, "data": _b64(secret.encode())}
+
+        def payloads(*items: object) -> bytes:
+            return json.dumps({"payloads": list(items)}).encode()
+
+        cases: list[tuple[str, str, str, bytes, dict[str, str], int, str]] = [
+            ("K1", "POST", "/decode", b'{"payloads": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+             auth, 400, "nested too deeply"),
+            ("K2", "POST", "/decode", b'{"payloads": [], "n": ' + b"7" * 5_000 + b"}",
+             auth, 400, "a number too long"),
+            ("K3", "POST", "/encode", b"x" * (9 * 2**20), auth, 413, "larger than 8388608 bytes"),
+            ("K4", "GET", "/decode", b"", auth, 405, "Method Not Allowed"),
+            ("K5", "POST", "/decode", payloads(no_key), auth, 422, "unknown codec key id ''"),
+            ("K6", "POST", "/decode", payloads(forged), auth, 422, "failed authentication"),
+            ("K7", "POST", "/decode", payloads(flipped), auth, 422, "failed authentication"),
+            ("K8", "POST", "/keys", payloads(), auth, 404, "Not Found"),
+            ("K8", "POST", "/keys", payloads(), {}, 401, "a bearer token is required"),
+            ("K9", "POST", f"/{'t' * 5_000}/decode", payloads(sealed), {}, 401,
+             "the bearer token is not valid"),
+        ]  # fmt: skip
+        for kind, method, path, body, headers, status, named in cases:
+            async with http.request(method, codec_url + path, data=body, headers=headers) as r:
+                answer = await r.text()
+                assert (r.status, named in answer) == (status, True), (kind, r.status, answer)
+                assert json.loads(answer).keys() == {"error"}, (kind, answer)
+                assert len(answer) < 200, (kind, len(answer))
+                assert_no_leak(answer, (secret, CODEC_TOKEN, "t" * 100))
