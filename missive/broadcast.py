@@ -14,6 +14,7 @@ from missive.constants import (
     EVENT_MESSAGE_EDITED,
     EVENT_MESSAGE_NEW,
     EVENT_MESSAGE_RECEIPT,
+    EVENT_MESSAGES_BATCH,
     EVENT_NOTIFICATION_NEW,
     EVENT_NOTIFICATION_UNREAD,
     conversation_room,
@@ -371,3 +372,33 @@ def role_changed_event(result: MembershipResult) -> dict[str, Any]:
         "role": result.role,
         "changed_by": result.actor_id,
     }
+
+
+def batch_emits(
+    batch_id: str, messages: Sequence[StoredMessage], *, live_events: int
+) -> list[Emit]:
+    """A batch chunk's stored messages as events: a ``message:new`` each in a conversation
+    that got at most ``live_events`` of them, else one compact ``messages:batch``
+    ``{"event_id", "batch_id", "conversation_id", "from_seq", "to_seq", "count"}`` telling
+    its clients to sync that range (each live event is a publish: per-message events for
+    an import cost half its speed)."""
+    by_conv: dict[str, list[StoredMessage]] = {}
+    for message in messages:
+        by_conv.setdefault(message.conversation_id, []).append(message)
+    emits: list[Emit] = []
+    for cid, group in by_conv.items():
+        room = conversation_room(cid)
+        if len(group) <= live_events:
+            emits.extend(Emit(EVENT_MESSAGE_NEW, message_new_event(m), room) for m in group)
+            continue
+        first, last = min(m.seq for m in group), max(m.seq for m in group)
+        compact = {
+            "event_id": f"{EVENT_MESSAGES_BATCH}:{batch_id}:{cid}:{first}",
+            "batch_id": batch_id,
+            "conversation_id": cid,
+            "from_seq": first,
+            "to_seq": last,
+            "count": len(group),
+        }
+        emits.append(Emit(EVENT_MESSAGES_BATCH, compact, room))
+    return emits

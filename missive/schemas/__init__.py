@@ -6,9 +6,10 @@ removed. These types are the contract for services in other languages too
 
 One private module per domain: messages, receipts, notifications (and, under
 both, the options a send carries: ``_notify_options``), conversations (membership,
-edits, deletes, users), batches, retention, keys and search. Three hold types that never enter a history: ``_preferences`` (users'
-notification preferences), ``_search_queries`` (a user's search and its hits) and
-``_reports`` (batch reports and restores, read by the starter). Import every type
+edits, deletes, users), batches, retention, keys and search. Three hold types that
+never enter a history: ``_preferences`` (users' notification preferences),
+``_search_queries`` (a user's search and its hits) and ``_reports`` (batch reports
+and restores, read by the starter). Import every type
 from here: the JSON converter records no module paths, so where a type lives is
 not part of any history.
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import uuid
 import zoneinfo
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import asyncpg
 from sqlalchemy import delete, insert, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -35,6 +37,78 @@ def direct_conversation_id(user_a: str, user_b: str) -> str:
     """
     first, second = sorted((user_a, user_b))
     return str(uuid.uuid5(DIRECT_NAMESPACE, f"direct:{first}:{second}"))
+
+
+_FIND_DIRECT = """
+SELECT DISTINCT ON (x.sender, x.recipient) x.sender, x.recipient, c.id
+FROM unnest($1::uuid[], $2::uuid[]) AS x(sender, recipient)
+JOIN participants pr ON pr.user_id = x.recipient
+JOIN conversations c ON c.id = pr.conversation_id AND c.kind = 'direct'
+JOIN participants ps ON ps.conversation_id = c.id AND ps.user_id = x.sender
+WHERE (SELECT count(*) FROM participants o WHERE o.conversation_id = c.id) = 2
+ORDER BY x.sender, x.recipient, c.encryption_mode = 'e2e', c.created_at, c.id
+"""
+"""The direct conversation of each (sender, recipient) pair that has one."""
+
+
+async def find_or_create_direct(
+    conn: asyncpg.Connection, cipher: MessageCipher, pairs: Sequence[tuple[str, str]]
+) -> tuple[set[str], dict[tuple[str, str], str]]:
+    """The direct conversation of each pair of users, found (a standard one before an
+    end-to-end one, then the oldest) or created with its data key and both
+    participants, in bulk, on the driver (batch imports resolve thousands at once).
+
+    Created conversations get the pair's id (direct_conversation_id), and every
+    insert is ``ON CONFLICT DO NOTHING``: a retry, a concurrent chunk, another batch
+    or a ``conversation:create`` of the same pair end up with the same one.
+
+    Returns:
+        The users among the pairs that exist, and each pair of two existing users
+        (as given) -> its conversation id.
+    """
+    people = sorted({user for pair in pairs for user in pair})
+    users = {
+        str(r["id"])
+        for r in await conn.fetch("SELECT id FROM users WHERE id = ANY($1::uuid[])", people)
+    }
+    known = [p for p in pairs if p[0] in users and p[1] in users]
+    found = {
+        (str(r["sender"]), str(r["recipient"])): str(r["id"])
+        for r in await conn.fetch(_FIND_DIRECT, [p[0] for p in known], [p[1] for p in known])
+    }
+    created = {direct_conversation_id(a, b): tuple(sorted((a, b))) for a, b in known}
+    created = {
+        cid: pair
+        for cid, pair in created.items()
+        if (pair[0], pair[1]) not in found and (pair[1], pair[0]) not in found
+    }
+    if created:
+        ids = sorted(created)
+        keys = [cipher.new_data_key(cid, 1) for cid in ids]
+        # Ids in order: concurrent creators wait on each other without deadlocking.
+        await conn.execute(
+            "INSERT INTO conversations (id, kind)"
+            " SELECT id, 'direct' FROM unnest($1::uuid[]) AS x(id) ORDER BY id"
+            " ON CONFLICT (id) DO NOTHING",
+            ids,
+        )
+        await conn.execute(
+            "INSERT INTO conversation_keys (conversation_id, version, master_key_version,"
+            "                               wrapped_key)"
+            " SELECT x.id, 1, x.master, x.wrapped"
+            " FROM unnest($1::uuid[], $2::int4[], $3::bytea[]) AS x(id, master, wrapped)"
+            " ON CONFLICT DO NOTHING",
+            ids,
+            [k.master_key_version for k in keys],
+            [k.wrapped for k in keys],
+        )
+        await conn.execute(
+            "INSERT INTO participants (conversation_id, user_id)"
+            " SELECT * FROM unnest($1::uuid[], $2::uuid[]) ON CONFLICT DO NOTHING",
+            [cid for cid in ids for _ in range(2)],
+            [user for cid in ids for user in created[cid]],
+        )
+    return users, {pair: found.get(pair) or direct_conversation_id(*pair) for pair in known}
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from missive.services.batch._chunks import (
     BatchService,
     StoredMessagesSink,
 )
-from missive.services.batch._direct import direct_conversation_id
 from missive.services.batch._items import ItemState, new_batch_id, require_batch_id
 from missive.services.batch._parse import parse_created_at
 from missive.services.batch._staging import (
@@ -24,6 +23,7 @@ from missive.services.batch._staging import (
     scan_import_file,
     user_announcement_items,
 )
+from missive.services.directory import direct_conversation_id
 
 __all__ = [
     "LIVE_EVENTS_PER_CONVERSATION",

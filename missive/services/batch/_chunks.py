@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Protocol
@@ -10,8 +10,7 @@ from typing import Protocol
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from missive.broadcast import Emitter, emit_many, message_new_event
-from missive.constants import EVENT_MESSAGE_NEW, EVENT_MESSAGES_BATCH, conversation_room
+from missive.broadcast import Emitter, batch_emits, emit_many
 from missive.crypto import MessageCipher, StagingCipher, WrappedKey
 from missive.db import driver_connection
 from missive.e2e import E2E
@@ -22,7 +21,6 @@ from missive.errors import (
     NotAMember,
     PermanentError,
 )
-from missive.pubsub import Emit
 from missive.schemas import BatchChunkResult
 from missive.services.batch._direct import direct_conversations
 from missive.services.batch._items import ItemState, failure_reason
@@ -411,25 +409,5 @@ class BatchService(BatchStaging):
             await sink.messages_stored(messages, kind=kind)
         if self._emitter is None:
             return
-        by_conv: dict[str, list[StoredMessage]] = defaultdict(list)
-        for message in messages:
-            by_conv[message.conversation_id].append(message)
-        emits: list[Emit] = []
-        for cid, group in by_conv.items():
-            if len(group) <= self._live_events:
-                emits.extend(
-                    Emit(EVENT_MESSAGE_NEW, message_new_event(m), conversation_room(cid))
-                    for m in group
-                )
-            else:
-                first, last = min(m.seq for m in group), max(m.seq for m in group)
-                compact = {
-                    "event_id": f"{EVENT_MESSAGES_BATCH}:{batch_id}:{cid}:{first}",
-                    "batch_id": batch_id,
-                    "conversation_id": cid,
-                    "from_seq": first,
-                    "to_seq": last,
-                    "count": len(group),
-                }
-                emits.append(Emit(EVENT_MESSAGES_BATCH, compact, conversation_room(cid)))
+        emits = batch_emits(batch_id, messages, live_events=self._live_events)
         await emit_many(self._emitter, emits)
