@@ -21,6 +21,7 @@ from missive.errors import (
     NotAMember,
     PermanentError,
 )
+from missive.models import DeliveryStatus
 from missive.schemas import BatchChunkResult
 from missive.services.batch._direct import direct_conversations
 from missive.services.batch._items import ItemState, failure_reason
@@ -343,7 +344,7 @@ class BatchService(BatchStaging):
         await conn.execute(
             "INSERT INTO deliveries (message_id, recipient_id, conversation_id, seq, status,"
             "                        sent_at)"
-            " SELECT m.id, p.user_id, m.cid, m.seq, 0, m.created_at"
+            f" SELECT m.id, p.user_id, m.cid, m.seq, {DeliveryStatus.SENT.value}, m.created_at"
             " FROM unnest($1::uuid[], $2::uuid[], $3::int8[], $4::uuid[], $5::timestamptz[])"
             "   AS m(id, cid, seq, sender, created_at)"
             " JOIN participants p ON p.conversation_id = m.cid AND p.user_id <> m.sender"
