@@ -247,12 +247,13 @@ class BatchClient:
         return await self._start(bid, BatchKind.ANNOUNCEMENT, len(items), staged, options)
 
     def _check_options(self, options: BatchOptions) -> None:
-        if options.chunk_size is not None and options.chunk_size <= 0:
-            raise InvalidInput(f"chunk size must be positive, got {options.chunk_size}")
-        if options.max_concurrent_chunks is not None and options.max_concurrent_chunks <= 0:
-            raise InvalidInput(
-                f"max concurrent chunks must be positive, got {options.max_concurrent_chunks}"
-            )
+        # The bounds BATCH_CHUNK_SIZE and BATCH_MAX_CONCURRENT_CHUNKS keep, checked
+        # before anything is staged.
+        if options.chunk_size is not None and not 0 < options.chunk_size <= 50_000:
+            raise InvalidInput(f"chunk size must be 1 to 50000, got {options.chunk_size}")
+        concurrency = options.max_concurrent_chunks
+        if concurrency is not None and not 0 < concurrency <= 64:
+            raise InvalidInput(f"max concurrent chunks must be 1 to 64, got {concurrency}")
         if options.items_per_transaction <= 0 or options.heartbeat_timeout_seconds <= 0:
             raise InvalidInput("items per transaction and the heartbeat timeout must be positive")
         threshold = options.failure_threshold

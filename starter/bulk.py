@@ -142,11 +142,18 @@ async def send_many(
         finally:
             gate.release()
 
-    async with asyncio.TaskGroup() as tasks:
-        for position, send in enumerate(sends, start=1):
-            total += 1
-            await gate.acquire()
-            tasks.create_task(one(send.number or position, send))
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            for position, send in enumerate(sends, start=1):
+                total += 1
+                await gate.acquire()
+                tasks.create_task(one(send.number or position, send))
+    except ExceptionGroup as group:
+        # Reading the sends failed (a file that cannot be read): that error, not a group.
+        first = group.exceptions[0]
+        if len(group.exceptions) == 1 and isinstance(first, MessagingError):
+            raise first from None
+        raise
     refused.sort(key=lambda p: p.number)
     failed.sort(key=lambda p: p.number)
     return BulkSummary(
@@ -258,6 +265,8 @@ def parse_send_line(line: str, number: int) -> BulkSend:
         value = json.loads(line)
     except json.JSONDecodeError as err:
         raise InvalidInput(f"line {number}: not JSON ({err.msg})") from None
+    except (ValueError, RecursionError):  # a number over 4,300 digits, nesting too deep
+        raise InvalidInput(f"line {number}: not JSON this reader can hold") from None
     if not isinstance(value, dict):
         raise InvalidInput(f"line {number}: must be a JSON object")
     unknown = sorted(set(value) - set(SEND_FIELDS))

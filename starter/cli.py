@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ from starter.client import (
     lifecycle_workflow_id,
     receipt_input,
     send_input,
+    timeout_option,
 )
 
 EXIT_OK = 0
@@ -44,6 +45,9 @@ EXIT_UNAVAILABLE = 1
 """A dependency (Temporal, a worker) did not answer: trying later may work."""
 EXIT_REFUSED = 2
 """The request was refused (bad input, not a member, ...): retrying cannot help."""
+
+MAX_TOKEN_TTL_SECONDS = 10 * 365 * 86_400
+"""The longest-lived token ``token --ttl`` issues (ten years)."""
 
 log = logging.getLogger("missive.starter")
 
@@ -175,9 +179,7 @@ def _report(err: MessagingError, *, as_json: bool) -> int:
 
 
 async def _connect(args: argparse.Namespace, settings: Settings) -> MissiveClient:
-    if args.timeout <= 0:
-        raise InvalidInput(f"--timeout must be positive, got {args.timeout:g}")
-    return await MissiveClient.connect(settings, call_timeout=timedelta(seconds=args.timeout))
+    return await MissiveClient.connect(settings, call_timeout=timeout_option(args.timeout))
 
 
 async def _send(args: argparse.Namespace, settings: Settings) -> None:
@@ -224,8 +226,10 @@ async def _status(args: argparse.Namespace, settings: Settings) -> None:
 
 async def _token(args: argparse.Namespace, settings: Settings) -> None:
     ttl = args.ttl if args.ttl is not None else settings.gateway_token_ttl_seconds
-    if ttl <= 0:
-        raise InvalidInput(f"--ttl must be positive, got {ttl}")
+    if not 0 < ttl <= MAX_TOKEN_TTL_SECONDS:
+        raise InvalidInput(
+            f"--ttl must be more than 0 and at most {MAX_TOKEN_TTL_SECONDS} seconds, got {ttl}"
+        )
     user_id = require_uuid(args.user_id, "user_id")
     now = time.time()
     token = issue_token(settings.gateway_secret, user_id, ttl_seconds=ttl, now=now)
@@ -261,7 +265,7 @@ async def _search(args: argparse.Namespace, settings: Settings) -> None:
 def _json_object(raw: str, option: str) -> dict[str, Any]:
     try:
         value = json.loads(raw)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):
         raise InvalidInput(f"{option} is not JSON") from None
     if not isinstance(value, dict):
         raise InvalidInput(f"{option} must be a JSON object")

@@ -76,6 +76,24 @@ _PROFILE_FIELDS = {"handle", "display_name", "email", "phone", "timezone", "loca
 DEFAULT_TIMEOUT = timedelta(seconds=30)
 """How long a call waits for a worker to answer before raising ProviderUnavailable."""
 
+MAX_TIMEOUT = timedelta(days=1)
+"""The longest call timeout a command takes."""
+
+
+def timeout_option(seconds: float) -> timedelta:
+    """A command's ``--timeout`` as a call timeout.
+
+    Raises:
+        InvalidInput: not more than 0 and at most MAX_TIMEOUT (NaN included).
+    """
+    most = MAX_TIMEOUT.total_seconds()
+    if not 0 < seconds <= most:
+        raise InvalidInput(
+            f"--timeout must be more than 0 and at most {most:g} seconds, got {seconds:g}"
+        )
+    return timedelta(seconds=seconds)
+
+
 _TRANSIENT_RPC = frozenset(
     {
         RPCStatusCode.UNAVAILABLE,

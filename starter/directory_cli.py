@@ -11,13 +11,12 @@ import argparse
 import dataclasses
 import json
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
 from typing import Any
 
 from missive.config import Settings
 from missive.errors import InvalidInput
 from missive.schemas import MembershipResult, UserProfile
-from starter.client import MissiveClient
+from starter.client import MissiveClient, timeout_option
 
 _PROFILE = ("display_name", "email", "phone", "timezone", "locale")
 
@@ -104,9 +103,7 @@ async def run_conversations(args: argparse.Namespace, settings: Settings) -> Non
 
 
 async def _connect(args: argparse.Namespace, settings: Settings) -> MissiveClient:
-    if args.timeout <= 0:
-        raise InvalidInput(f"--timeout must be positive, got {args.timeout:g}")
-    return await MissiveClient.connect(settings, call_timeout=timedelta(seconds=args.timeout))
+    return await MissiveClient.connect(settings, call_timeout=timeout_option(args.timeout))
 
 
 def _print(args: argparse.Namespace, result: UserProfile | MembershipResult, text: str) -> None:

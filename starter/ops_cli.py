@@ -14,7 +14,7 @@ from missive.errors import InvalidInput, PermanentError, ProviderUnavailable
 from missive.notify.log import OverdueSummary
 from starter import ops
 from starter.bulk import DEFAULT_CONCURRENCY, BulkSummary, JsonlSends, send_many
-from starter.client import MissiveClient
+from starter.client import MissiveClient, timeout_option
 
 SHOWN_PROBLEMS = 20
 """Refused / failed sends listed in text output (``--json`` lists all)."""
@@ -98,8 +98,7 @@ def add_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace, settings: Settings) -> None:
     """Runs one of this module's commands."""
-    if args.timeout <= 0:
-        raise InvalidInput(f"--timeout must be positive, got {args.timeout:g}")
+    call_timeout = timeout_option(args.timeout)
     if args.command == "failures":
         since = ops.parse_duration(args.since)  # bad input never waits on a connection
     if args.command == "send-bulk" and args.concurrency < 1:
@@ -112,9 +111,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> None:
             overdue_after = ops.parse_duration(args.overdue_after)
         except InvalidInput as err:
             raise InvalidInput(str(err).replace("--since", "--overdue-after")) from None
-    async with await MissiveClient.connect(
-        settings, call_timeout=timedelta(seconds=args.timeout)
-    ) as missive:
+    async with await MissiveClient.connect(settings, call_timeout=call_timeout) as missive:
         client = missive.temporal
         if args.command == "send-bulk":
             await _send_bulk(args, missive)

@@ -15,6 +15,16 @@ Gateway events and connection (test_gateway_events_refuse_hostile_input_by_name)
   right, G16 adding members to a conversation one is not in, G17 a group with a user who
   does not exist, G18 a direct conversation with oneself.
 
+The starter CLI, ``python -m starter`` as a subprocess
+(test_the_starter_cli_refuses_hostile_arguments_in_one_line):
+  S1 a --timeout of NaN, S2 a token --ttl past the calendar, S3 a send-bulk file that is not
+  UTF-8, S4 a send-bulk line nested 100,000 deep, S5 an --e2e-header nested 50,000 deep,
+  S6 a --body-file that does not exist, S7 a --body-file that is not UTF-8, S8 a receipt
+  --up-to past 64 bits, S9 a phone number that is not E.164, S10 an email address that is
+  not one, S11 a member id that is not a UUID, S12 a batch file with a line nested 100,000
+  deep, S13 a batch --chunk-size of 10**20, S14 a command that does not exist, S15 a
+  negative --master-version.
+
 The codec server over HTTP (test_the_codec_server_refuses_hostile_requests_by_name):
   K1 JSON nested 100,000 deep, K2 an integer of 5,000 digits, K3 a body over 8 MiB,
   K4 a GET, K5 a payload marked encrypted without a key id, K6 plaintext marked encrypted
@@ -28,10 +38,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -59,9 +72,14 @@ from missive.models import ConversationKind, EncryptionMode
 from missive.schemas import PersistMessageInput
 from missive.services.directory import NewUser
 from runtime.wiring import Core
-from tests.conftest import base_settings, free_port
+from starter.client import MissiveClient
+from tests.conftest import ROOT, base_settings, free_port, process_env
 from tests.integration import test_gateway as gateway_tests
 from tests.integration.test_gateway import Peer, RunningGateway
+from tests.integration.test_starter import (
+    emitter,  # noqa: F401  (a fixture)
+    missive,  # noqa: F401  (a fixture)
+)
 
 pytestmark = pytest.mark.integration
 
@@ -246,6 +264,99 @@ async def test_gateway_events_refuse_hostile_input_by_name(
             )
         ).scalar_one()
     assert untouched
+    await assert_none_running(dev_env.client, since)
+
+
+# --- the starter CLI ------------------------------------------------------------------------
+
+CLI_AT_ONCE = 2
+"""CLI processes run at once (each spends a second or two importing)."""
+
+
+async def _starter(
+    gate: asyncio.Semaphore, env: dict[str, str], *args: str
+) -> tuple[int, str, str]:
+    """``python -m starter ARGS``: exit code, stdout, stderr."""
+    async with gate:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "starter", *args, cwd=ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_starter_cli_refuses_hostile_arguments_in_one_line(
+    missive: MissiveClient,  # noqa: F811  (its worker polls the messages queue)
+    core: Core,
+    dev_env: WorkflowEnvironment,
+    tmp_path: Path,
+) -> None:
+    world = await _world(core)
+    env = process_env(
+        TEMPORAL_ADDRESS=dev_env.client.service_client.config.target_host,
+        DATABASE_URL=str(missive.settings.database_url),
+    )
+    deep = "[" * 100_000 + "]" * 100_000
+    line = {"conversation_id": world.group, "sender_id": world.ana, "body": "hi"}
+    files = {
+        "latin1": b"caf\xe9 " + world.secrets[-1].encode(),
+        "deep.jsonl": json.dumps({**line, "client_message_id": "d-1"})[:-1].encode()
+        + b', "extra": '
+        + deep.encode()
+        + b"}\n",
+        "good.jsonl": (json.dumps(line) + "\n").encode(),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    latin1, deep_file, good = (str(tmp_path / n) for n in files)
+    send = ("send", "--conversation", world.group, "--sender", world.ana, "--client-id", "c-1")
+    cases: list[tuple[str, tuple[str, ...], str]] = [
+        ("S1", (*send, "--body", "hi", "--timeout", "nan"),
+         "error: InvalidInput: --timeout must be more than 0 and at most 86400 seconds, got nan"),
+        ("S2", ("token", world.ana, "--ttl", str(10**20)),
+         "error: InvalidInput: --ttl must be more than 0 and at most"),
+        ("S3", ("send-bulk", "--file", latin1),
+         f"error: InvalidInput: --file {latin1}: 'utf-8' codec can't decode byte 0xe9"),
+        ("S4", ("send-bulk", "--file", deep_file),
+         "error: PermanentError: 1 send(s) refused (first: line 1: InvalidInput: line 1: not JSON"),
+        # An argument holds at most 128 KiB: 50,000 levels.
+        ("S5", (*send, "--body", "aGk=", "--e2e-header", "[" * 50_000 + "]" * 50_000),
+         "error: InvalidInput: --e2e-header is not JSON"),
+        ("S6", (*send, "--body-file", str(tmp_path / "nowhere.txt")),
+         "No such file or directory"),
+        ("S7", (*send, "--body-file", latin1), "'utf-8' codec can't decode byte 0xe9"),
+        ("S8", ("read", "--user", world.ben, "--conversation", world.group, "--up-to", str(2**70)),
+         "error: InvalidInput: ReceiptInput.up_to_seq: the integer is outside the signed 64-bit"),
+        ("S9", ("users", "create", "--handle", "eve", "--phone", "12345"),
+         "error: InvalidInput: phone '12345' is not E.164"),
+        ("S10", ("users", "create", "--handle", "eve", "--email", "eve-at-example"),
+         "error: InvalidInput: email 'eve-at-example' is not an email address"),
+        ("S11", ("conversations", "create", "--kind", "group", "--member", "ben"),
+         "error: InvalidInput: user_ids[] is not a valid UUID: 'ben'"),
+        ("S12", ("batch", "start", "--file", deep_file),
+         "1 malformed line(s), nothing was staged: line 1: not valid JSON (nested too deeply)"),
+        ("S13", ("batch", "start", "--file", good, "--chunk-size", str(10**20)),
+         "error: InvalidInput: chunk size must be 1 to 50000"),
+        ("S14", ("send-everything",), "argument COMMAND: invalid choice: 'send-everything'"),
+        ("S15", ("keys", "rotate-master", "--master-version", "-3"),
+         "error: InvalidInput: master_key_version must be positive, got -3"),
+    ]  # fmt: skip
+    since = since_now()
+    before = await row_counts(core)
+    gate = asyncio.Semaphore(CLI_AT_ONCE)
+    done = await asyncio.gather(*(_starter(gate, env, *args) for _, args, _ in cases))
+    for (kind, args, named), (code, out, err) in zip(cases, done, strict=True):
+        lines = err.splitlines()
+        assert code == 2, (kind, args[:2], code, err[-500:])
+        assert lines and named in lines[-1], (kind, named, err[-500:])
+        # One line, or argparse's usage and then the line that names the problem.
+        assert len(lines) == 1 or lines[0].startswith("usage:"), (kind, err[-500:])
+        if kind != "S4":  # send-bulk prints its summary, the refused line included
+            assert out == "", (kind, out[:300])
+        assert_no_leak(out + err, world.secrets)
+    assert await row_counts(core) == before
     await assert_none_running(dev_env.client, since)
 
 

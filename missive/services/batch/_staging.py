@@ -81,6 +81,8 @@ def _line_problem(raw: bytes) -> str | None:
         value = json.loads(raw)
     except (UnicodeDecodeError, ValueError) as err:
         return f"not valid JSON ({str(err).split(':')[0]})"
+    except RecursionError:
+        return "not valid JSON (nested too deeply)"
     if not isinstance(value, dict):
         return f"expected a JSON object, got {type(value).__name__}"
     return None
