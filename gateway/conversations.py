@@ -9,6 +9,7 @@ a membership change's ack comes after the sockets moved rooms.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -29,7 +30,7 @@ from missive.constants import (
     TASK_QUEUE_PUSH,
 )
 from missive.e2e import require_e2e_header
-from missive.errors import InvalidInput
+from missive.errors import InvalidInput, PermanentError
 from missive.notify.options import send_notify_options
 from missive.schemas import (
     DeleteMessageInput,
@@ -44,6 +45,9 @@ from missive.validation import require_body, require_uuid
 from runtime.conversations import change_membership, delete_message, edit_message
 
 T = TypeVar("T")
+
+SYNC_MAX_CONVERSATIONS = 100
+"""Most conversations one ``message:sync`` with ``conversations`` pages."""
 
 
 class ConversationEvents:
@@ -72,9 +76,41 @@ class ConversationEvents:
     # -- reads ---------------------------------------------------------------
 
     async def sync(self, sid: str, data: object) -> Ack:
-        """``message:sync``: a page of the conversation's messages, in seq order, gap-free."""
+        """``message:sync``: a page of the conversation's messages, in seq order, gap-free.
+
+        With ``conversations`` (a list of such requests, at most SYNC_MAX_CONVERSATIONS),
+        one page of each in one event, as Matrix's /sync gives every room at once: a
+        client back from offline catches up on all its conversations in one round trip.
+        A conversation the user may not read answers its own error; the others their
+        pages.
+        """
         user_id = await self._gateway.user_of(sid)
         payload = require_object(data)
+        if "conversations" not in payload:
+            return {"ok": True, **await self._page(user_id, payload)}
+        requests = payload["conversations"]
+        if not isinstance(requests, list) or not requests:
+            raise InvalidInput("conversations must be a non-empty list of sync requests")
+        if len(requests) > SYNC_MAX_CONVERSATIONS:
+            raise InvalidInput(
+                f"conversations names {len(requests)} syncs; at most {SYNC_MAX_CONVERSATIONS}"
+            )
+        checked = [require_object(r) for r in requests]
+        for request in checked:
+            require_uuid(request.get("conversation_id"), "conversations[].conversation_id")
+
+        async def one(request: dict[str, Any]) -> dict[str, Any]:
+            try:
+                return await self._page(user_id, request)
+            except PermanentError as err:
+                return {
+                    "conversation_id": request["conversation_id"],
+                    "error": {"type": err.type, "message": str(err)},
+                }
+
+        return {"ok": True, "conversations": await asyncio.gather(*(one(r) for r in checked))}
+
+    async def _page(self, user_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         conversation_id = require_uuid(payload.get("conversation_id"), "conversation_id")
         page = await self._gateway.services().core.history.sync(
             user_id,
@@ -84,7 +120,6 @@ class ConversationEvents:
             limit=_limit(payload),
         )
         return {
-            "ok": True,
             "conversation_id": conversation_id,
             "messages": [history_event(m) for m in page.messages],
             "has_more": page.has_more,

@@ -219,6 +219,40 @@ async def test_a_client_back_from_offline_syncs_exactly_what_it_missed(
     assert (tail["messages"], tail["has_more"], tail["last_seq"]) == ([], False, 6)
 
 
+async def test_one_batched_sync_catches_up_on_every_conversation(
+    gateway: RunningGateway,  # noqa: F811
+    core: Core,
+    clients: Callable[..., Awaitable[Client]],
+) -> None:
+    ana, ben, cy = await _people(core, 3)
+    a = await clients(ana)
+    first, second = await _group(a, ben), await _group(a, ben, title="second")
+    elsewhere = await _group(a, cy, title="not ben's")
+    for conversation, count in ((first, 3), (second, 2)):
+        for i in range(count):
+            await _sent(a, conversation, f"{conversation[:4]} {i}")
+    b = await clients(ben)
+    requests = [
+        {"conversation_id": first, "after_seq": 1},
+        {"conversation_id": second},
+        {"conversation_id": elsewhere},
+    ]
+    ack = await b.call(EVENT_MESSAGE_SYNC, {"conversations": requests})
+    assert ack["ok"] is True, ack
+    one, two, refused = ack["conversations"]
+    assert [m["seq"] for m in one["messages"]] == [2, 3]
+    assert (one["conversation_id"], one["has_more"], one["last_seq"]) == (first, False, 3)
+    assert [m["body"] for m in two["messages"]] == [f"{second[:4]} 0", f"{second[:4]} 1"]
+    assert refused["conversation_id"] == elsewhere
+    assert refused["error"]["type"] == "NotAMember" and "messages" not in refused
+    for payload, match in (
+        ({"conversations": []}, "non-empty list"),
+        ({"conversations": [{"conversation_id": first}] * 101}, "at most 100"),
+        ({"conversations": [{"conversation_id": "nope"}]}, "conversations[].conversation_id"),
+    ):
+        _refused(await b.call(EVENT_MESSAGE_SYNC, payload), "InvalidInput", match)
+
+
 async def test_a_client_whose_events_were_dropped_recovers_them_from_the_seq_gap(
     gateway: RunningGateway,  # noqa: F811
     core: Core,
