@@ -133,13 +133,15 @@ def check_json(value: Any, path: str) -> None:
             continue
         elif isinstance(item, int):
             if not _INT64[0] <= item <= _INT64[1]:
-                raise invalid_input(f"{where}: the integer is outside the signed 64-bit range")
+                raise invalid_input(
+                    f"{_short(where)}: the integer is outside the signed 64-bit range"
+                )
         elif isinstance(item, float):
             if not math.isfinite(item):
-                raise invalid_input(f"{where}: expected a finite number, got {item}")
+                raise invalid_input(f"{_short(where)}: expected a finite number, got {item}")
         elif isinstance(item, (list, dict)):
             if depth > MAX_JSON_DEPTH:
-                raise invalid_input(f"{where}: nested deeper than {MAX_JSON_DEPTH} levels")
+                raise invalid_input(f"{_short(where)}: nested deeper than {MAX_JSON_DEPTH} levels")
             if isinstance(item, list):
                 stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(item))
                 continue
@@ -150,14 +152,19 @@ def check_json(value: Any, path: str) -> None:
 
 def _check_string(text: str, where: str) -> None:
     if "\x00" in text:
-        raise invalid_input(f"{where}: holds U+0000 (NUL), which cannot be stored")
+        raise invalid_input(f"{_short(where)}: holds U+0000 (NUL), which cannot be stored")
     if not text.isascii():
         try:
             text.encode("utf-8")
         except UnicodeEncodeError as err:
             raise invalid_input(
-                f"{where}: is not valid Unicode: a lone surrogate at character {err.start}"
+                f"{_short(where)}: is not valid Unicode: a lone surrogate at character {err.start}"
             ) from None
+
+
+def _short(path: str) -> str:
+    """A path as a refusal quotes it: at most _SHOWN characters (deep ones are long)."""
+    return path if len(path) <= _SHOWN else f"{path[: _SHOWN - 3]}..."
 
 
 def check_value(value: Any, hint: Any, path: str) -> None:
