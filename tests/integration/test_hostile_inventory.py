@@ -4,14 +4,15 @@ no workflow left Running.
 The kinds this file adds, by surface (the inventory of every surface, the earlier
 tests' kinds included, is at the end of this docstring):
 
-Gateway events and connection (test_gateway_events_refuse_hostile_input_by_name):
+Gateway events (test_gateway_events_refuse_hostile_input_by_name):
   G1 a NUL in a stored string (a conversation's title), G2 a NUL in an e2e header,
   G3 a NUL in a message body, G4 a NUL in a device token,
   G5 a lone surrogate in a title, G6 a seq past 64 bits in message:sync,
   G7 one past the last message in message:read,
   G8 a limit of 10**30, G9 1,001 members at once, G10 257 mentions, G11 a mention that is
   not a user id, G12 a role that does not exist, G13 membership events without a
-  conversation, G14 deleting another member's message, G15 removing a member without the
+  conversation, G14 deleting or editing another member's message without the right
+  (or from outside the conversation), G15 removing a member without the
   right, G16 adding members to a conversation one is not in, G17 a group with a user who
   does not exist, G18 a direct conversation with oneself.
 
@@ -25,12 +26,116 @@ The starter CLI, ``python -m starter`` as a subprocess
   deep, S13 a batch --chunk-size of 10**20, S14 a command that does not exist, S15 a
   negative --master-version.
 
+Hand-written workflow input, started by name with raw JSON as the Temporal CLI does
+(test_hand_written_workflow_input_fails_at_once_by_name):
+  W1 a NUL in a user's display name, W2 a lone surrogate in it, W3 an email address of
+  10,000 characters, W4 an update of a user id that is not a UUID, W5 a NUL in a
+  conversation's title, W6 a membership action that does not exist, W7 5,000 members at
+  once, W8 a change by an actor who is not a member, W9 an edit by someone other than the
+  sender, W10 an edit of a message of another conversation, W11 an e2e header nested 65
+  deep, W12 a NUL in an e2e header, W13 a delete by a member without the right, W14 a
+  delete of a message id that is not a UUID, W15 an e2e header in a standard conversation,
+  W16 a notification delay of 10**12 s, W17 a receipt seq past 64 bits, W18 a push batch of
+  0, W19 a digest window of 2**40 s, W20 a negative settle time, W21 a data key version of
+  0, W22 a master key version past 32 bits, W23 a negative retention chunk, W24 a search
+  rebuild in batches of 0, W25 a heartbeat timeout of NaN, W26 a NUL in a notification id,
+  W27 a NUL in a search key's user id, W28 a field named by a lone surrogate, W29 a count
+  past 64 bits, W30 a report limit of NaN.
+
 The codec server over HTTP (test_the_codec_server_refuses_hostile_requests_by_name):
   K1 JSON nested 100,000 deep, K2 an integer of 5,000 digits, K3 a body over 8 MiB,
   K4 a GET, K5 a payload marked encrypted without a key id, K6 plaintext marked encrypted
   under a real key id, K7 one byte of a sealed payload changed, K8 an unknown path
   (with the token: 404; without: 401, so routes cannot be probed), K9 a 5,000-character
   token in the path.
+
+The whole inventory, kind -> where it is tested (a kind tested with several variants
+counts once): 147 kinds, 75 in earlier tests (numbered below) and 72 here.
+
+Gateway connection, 13 (tests/integration/):
+  1-5 no token, a malformed one, a forged signature, an expired token, an unknown user:
+    test_gateway.py::test_connections_without_a_valid_token_are_refused
+  6-7 a token over 256 characters, a 2 MB one; 13 a polling POST over the limit (413):
+    test_gateway_malformed.py::
+    test_messages_over_the_size_limit_are_answered_and_the_socket_stays
+  8 a malformed CONNECT packet:
+    test_gateway_malformed.py::test_malformed_connect_packets_get_connect_error
+  9 a token in the query string: test_gateway_tokens.py::test_no_token_reaches_a_log
+  10 a revoked token, both forms: test_gateway_tokens.py::
+    test_revoking_a_users_tokens_closes_their_sockets_on_every_gateway,
+    test_connect_refuses_a_revoked_token_of_the_older_form
+  11 events after the token expired: test_gateway_tokens.py::
+    test_an_expired_token_closes_its_socket_and_refuses_its_events
+  12 token:refresh with another user's, a forged or an expired token:
+    test_gateway_tokens.py::test_token_refresh_keeps_a_socket_open_past_its_first_token
+Gateway transport, 11 (tests/integration/test_gateway_malformed.py):
+  14-20 JSON that does not parse, nesting 100,000 deep, an event that is not an array
+    starting with its name, an integer over 100 digits, an unknown event, invalid UTF-8 in
+    a binary frame, an event without an ack id:
+    test_undecodable_events_get_one_ack_naming_the_problem
+  21 invalid UTF-8 in a text frame (1007):
+    test_invalid_utf8_in_a_text_frame_closes_with_the_websocket_reason
+  22 a 10 MB event: test_messages_over_the_size_limit_are_answered_and_the_socket_stays
+  23 a frame over 16 MiB (1009): test_a_frame_over_the_websocket_limit_closes_with_1009
+  24 a lone surrogate in a body or a device token:
+    test_a_lone_surrogate_is_invalid_input_naming_the_field
+Gateway events, 19 (tests/integration/):
+  25-32 a blank body, one over MAX_BODY_BYTES, a conversation id that is not a UUID, an
+    empty client_message_id, no body, a payload that is not an object, a send to someone
+    else's conversation, to one that does not exist:
+    test_gateway.py::test_bad_sends_are_refused_and_write_nothing
+  33-35 a receipt in someone else's conversation, for a message that does not exist, with
+    both a seq and a message id or seq 0:
+    test_gateway.py::test_receipts_are_refused_outside_ones_conversations
+  36-38 an unknown preference or timezone, a device of an unknown platform or a malformed
+    token, a notification:list limit out of range:
+    test_gateway.py::test_notification_settings_devices_and_the_bell_over_the_socket
+  39-42 message:sync with bad seqs or limits or of someone else's conversation, an edit by
+    another user or of a message elsewhere, adding an unknown user or removing the last
+    owner, a direct conversation of three or an unknown kind: test_conversations.py::
+    test_bad_conversation_requests_get_a_clear_error_and_write_nothing
+  43 search filter injection and wrong types: test_search.py::
+    test_bad_input_is_refused_or_empty,
+    test_a_user_finds_only_their_conversations_even_with_crafted_filters
+Starter CLI, 10 (tests/integration/):
+  44 a malformed conversation id:
+    test_starter.py::test_cli_refuses_a_malformed_request_in_one_line
+  45 an unreachable TEMPORAL_ADDRESS:
+    test_starter.py::test_cli_names_an_unreachable_temporal_and_exits_1,
+    test_ops.py::test_cli_ops_commands_name_an_unreachable_temporal
+  46 a send by a non-member: test_starter.py::test_cli_send_status_and_refusal_end_to_end
+  47 adding to a direct conversation, a handle taken:
+    test_starter_directory.py::test_the_cli_provisions_users_and_conversations
+  48 revoking the tokens of an unknown user or a malformed id:
+    test_gateway_tokens.py::test_the_cli_revokes_tokens
+  49 a search query over the limit, a conversation not one's own:
+    test_search.py::test_starter_search_goes_through_a_scoped_key
+  50 both target files of batch announce:
+    test_batch_jobs.py::test_cli_announces_to_users_in_their_direct_conversations
+  51 send-bulk lines that are not JSON or are refused:
+    test_bulk.py::test_cli_send_bulk_reports_line_numbers_and_exits_2_on_refusals
+  52 retry of an unknown workflow, a bad visibility query, bad durations:
+    test_ops.py::test_cli_failures_retry_and_health_exit_codes,
+    test_cli_stuck_lists_notification_rows_open_long_past_due
+  53 batch files with malformed lines (the library the CLI calls): test_batch_services.py::
+    test_bad_files_are_refused_with_line_numbers_and_nothing_is_staged
+Hand-written workflow input, 13, each for every workflow of the contract
+(tests/integration/test_hostile_workflow_input.py):
+  54-64 an array, a string, null, no input, two inputs, JSON that does not parse, an
+    unknown encoding, an unknown codec key, a forged ciphertext, a value of the wrong type,
+    a missing field:
+    test_every_workflow_fails_at_once_on_hostile_input_and_writes_nothing
+  65-66 max_body_bytes above the worker's, a negative window:
+    test_limits_come_from_the_worker_not_the_input
+Codec server, 9 (tests/unit/test_codec_server.py, aiohttp's test server):
+  67 no, a wrong or a Basic token: test_requests_without_the_right_token_are_refused
+  68-70 not JSON, not a payload list, an entry that is not a payload:
+    test_bodies_that_are_not_payload_lists_get_400_naming_the_problem
+  71-72 an unknown key id, a truncated ciphertext:
+    test_unknown_key_id_and_truncated_ciphertext_are_refused_by_name
+  73-74 a 200 KB key id, a key id that is not UTF-8: test_a_huge_requested_key_id_is_not_echoed
+  75 a preflight from another origin: test_cors_preflight_is_answered_for_the_web_ui_only
+Here, 72: G1-G18 (gateway), S1-S15 (CLI), W1-W30 (workflow input), K1-K9 (codec server).
 """
 
 from __future__ import annotations
@@ -38,6 +143,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import subprocess
 import sys
 import uuid
@@ -50,10 +156,16 @@ from typing import Any
 import aiohttp
 import pytest
 from sqlalchemy import text
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio import workflow
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.common import RawValue
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from codec_server.__main__ import serve as serve_codec
+from missive.config import Settings
 from missive.constants import (
     EVENT_CONVERSATION_ADD_MEMBERS,
     EVENT_CONVERSATION_CREATE,
@@ -71,12 +183,14 @@ from missive.constants import (
 from missive.models import ConversationKind, EncryptionMode
 from missive.schemas import PersistMessageInput
 from missive.services.directory import NewUser
-from runtime.wiring import Core
+from runtime.wiring import Core, activity_methods, message_activities, workflow_runner
 from starter.client import MissiveClient
 from tests.conftest import ROOT, base_settings, free_port, process_env
 from tests.integration import test_gateway as gateway_tests
 from tests.integration.test_gateway import Peer, RunningGateway
+from tests.integration.test_hostile_workflow_input import CONTRACT, _json
 from tests.integration.test_starter import (
+    RecordingEmitter,
     emitter,  # noqa: F401  (a fixture)
     missive,  # noqa: F401  (a fixture)
 )
@@ -165,11 +279,28 @@ def since_now() -> datetime:
 
 
 async def assert_none_running(client: Client, since: datetime) -> None:
-    """No workflow started since ``since`` is still Running (visibility lists the
-    candidates, a describe of each one settles it)."""
+    """No workflow started since ``since`` is still Running.
+
+    Visibility lists the candidates and a describe of each settles it; as visibility
+    lags, a sentinel started last (on a queue nobody polls, so it stays Running) must
+    show in the list first: it also proves the query sees a Running workflow.
+    """
+    sentinel = await client.start_workflow(
+        "VisibilitySentinel", id=f"sentinel-{uuid.uuid4()}", task_queue=f"idle-{uuid.uuid4()}"
+    )
     query = f"ExecutionStatus = 'Running' AND StartTime >= '{since.isoformat()}'"
-    listed = [w async for w in client.list_workflows(query)]
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                listed = [w async for w in client.list_workflows(query)]
+                if any(w.id == sentinel.id for w in listed):
+                    break
+                await asyncio.sleep(0.1)  # visibility catches up on its own; nothing to await
+    finally:
+        await sentinel.terminate("visibility caught up")
     for found in listed:
+        if found.id == sentinel.id:
+            continue
         described = await client.get_workflow_handle(found.id, run_id=found.run_id).describe()
         assert described.status is not WorkflowExecutionStatus.RUNNING, (
             f"{described.workflow_type} {found.id} left Running"
@@ -194,7 +325,8 @@ async def test_gateway_events_refuse_hostile_input_by_name(
     connect: Callable[[str], Awaitable[Peer]],
 ) -> None:
     world = await _world(core)
-    a, b, c = await connect(world.ana), await connect(world.ben), await connect(world.cy)
+    a, b = await connect(world.ana), await connect(world.ben)
+    c, d = await connect(world.cy), await connect(world.dan)
     group, e2e = {"conversation_id": world.group}, {"conversation_id": world.e2e}
     ben_writes = {**group, "message_id": world.bens_message}
     nobody = str(uuid.uuid4())
@@ -233,8 +365,8 @@ async def test_gateway_events_refuse_hostile_input_by_name(
          "InvalidInput", "role must be one of owner, admin, member, got 'god'"),
         ("G13", a, EVENT_CONVERSATION_LEAVE, {},
          "InvalidInput", "conversation_id must be a UUID string"),
-        ("G14", a, EVENT_MESSAGE_DELETE, {**group, "message_id": "nope"},
-         "InvalidInput", "message_id is not a valid UUID: 'nope'"),
+        ("G14", d, EVENT_MESSAGE_DELETE, ben_writes,
+         "NotAllowed", "only its sender or an owner or admin"),
         ("G14", c, EVENT_MESSAGE_DELETE, ben_writes, "NotAMember", "is not a member"),
         ("G14", a, EVENT_MESSAGE_EDIT, {**ben_writes, "body": "rewritten by ana"},
          "NotAllowed", "only its sender may edit"),
@@ -358,6 +490,162 @@ async def test_the_starter_cli_refuses_hostile_arguments_in_one_line(
         assert_no_leak(out + err, world.secrets)
     assert await row_counts(core) == before
     await assert_none_running(dev_env.client, since)
+
+
+# --- hand-written workflow input ----------------------------------------------------------
+
+FAILS_WITHIN = 15.0
+"""Seconds a refused start may take to fail; a retried workflow task never fails at all."""
+
+BY_NAME = {workflow._Definition.must_from_class(wf).name: wf for wf in CONTRACT}
+"""Every workflow of the contract, by the name a hand-written start uses."""
+
+
+async def _fails_at_once(
+    client: Client, raw: Client, name: str, input: RawValue, queue: str
+) -> ApplicationError:
+    """Starts ``name`` with raw ``input``; its failure, once checked it failed for good
+    and never retried a workflow task."""
+    workflow_id = f"hostile-{uuid.uuid4().hex}"
+    await raw.start_workflow(name, args=[input], id=workflow_id, task_queue=queue)
+    handle = client.get_workflow_handle(workflow_id)
+    try:
+        await asyncio.wait_for(handle.result(), FAILS_WITHIN)
+    except WorkflowFailureError as failed:
+        cause = failed.cause
+    else:
+        raise AssertionError(f"{name} accepted its hostile input")
+    assert isinstance(cause, ApplicationError) and cause.non_retryable, (name, cause)
+    assert (await handle.describe()).status is WorkflowExecutionStatus.FAILED
+    events = [e.event_type async for e in handle.fetch_history_events()]
+    assert EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED not in events, name
+    return cause
+
+
+async def test_hand_written_workflow_input_fails_at_once_by_name(
+    dev_env: WorkflowEnvironment, core: Core, settings: Settings, task_queue: str
+) -> None:
+    world = await _world(core)
+    client = dev_env.client
+    raw = await Client.connect(client.service_client.config.target_host)  # no codec
+    e2e = await core.messages.persist(
+        PersistMessageInput(world.e2e, world.ana, "e-1", "c2VjcmV0", e2e_header={"alg": "x"})
+    )
+    elsewhere = await core.directory.create_conversation(
+        kind=ConversationKind.GROUP, members=[world.cy], owner_id=world.cy
+    )
+    theirs = await core.messages.persist(PersistMessageInput(elsewhere, world.cy, "c-1", "hi"))
+    in_group = {"conversation_id": world.group}
+    bens = {**in_group, "message_id": world.bens_message}
+    notify = {
+        "message_id": world.bens_message,
+        "conversation_id": world.group,
+        "sender_id": world.ben,
+        "seq": 1,
+        "created_at": datetime.now(UTC).isoformat(),
+    }
+    cid = {"conversation_id": world.group}
+    create = {"action": "create", "kind": "group", "actor_id": world.ana, "user_ids": [world.ben]}
+    sends = {**in_group, "sender_id": world.ana, "client_message_id": "w-1", "body": "hi"}
+    deep = json.loads('{"k": ' * 64 + "{}" + "}" * 64)
+    cases: list[tuple[str, str, object, str, str]] = [
+        ("W1", "UserProfileWorkflow", {"handle": "eve", "display_name": "Eve\u0000"},
+         "InvalidInput", "UserProfileInput.display_name: holds U+0000"),
+        ("W2", "UserProfileWorkflow", {"handle": "eve", "display_name": "Eve\ud800"},
+         "InvalidInput", "UserProfileInput.display_name: is not valid Unicode"),
+        ("W3", "UserProfileWorkflow", {"handle": "eve", "email": "e" * 10_000 + "@example.com"},
+         "InvalidInput", "is not an email address"),
+        ("W4", "UserProfileWorkflow", {"user_id": "ben", "locale": "en"},
+         "InvalidInput", "user_id is not a valid UUID: 'ben'"),
+        ("W5", "MembershipWorkflow", {**create, "title": "deals\u0000"},
+         "InvalidInput", "MembershipInput.title: holds U+0000"),
+        ("W6", "MembershipWorkflow", {**create, "action": "explode"},
+         "InvalidInput", "MembershipInput.action: expected one of create, add, remove, leave"),
+        ("W7", "MembershipWorkflow",
+         {"action": "add", **cid, "actor_id": world.ana,
+          "user_ids": [str(uuid.uuid4()) for _ in range(5_000)]},
+         "InvalidInput", "user_ids names 5000 users; at most 1000"),
+        ("W8", "MembershipWorkflow",
+         {"action": "add", **cid, "actor_id": world.cy, "user_ids": [world.cy]},
+         "NotAMember", f"user {world.cy} is not a member"),
+        ("W9", "EditMessageWorkflow", {**bens, "editor_id": world.ana, "body": "by ana"},
+         "NotAllowed", "only its sender may edit"),
+        ("W10", "EditMessageWorkflow",
+         {**in_group, "message_id": theirs.message_id, "editor_id": world.cy, "body": "x"},
+         "MessageNotVisible", f"is not in conversation {world.group}"),
+        ("W11", "EditMessageWorkflow",
+         {"conversation_id": world.e2e, "message_id": e2e.message_id, "editor_id": world.ana,
+          "body": "bmV3", "e2e_header": deep},
+         "InvalidInput", "EditMessageInput.e2e_header.k.k.k"),
+        ("W12", "EditMessageWorkflow",
+         {"conversation_id": world.e2e, "message_id": e2e.message_id, "editor_id": world.ana,
+          "body": "bmV3", "e2e_header": {"iv": "\u0000"}},
+         "InvalidInput", "EditMessageInput.e2e_header.iv: holds U+0000"),
+        ("W13", "DeleteMessageWorkflow", {**bens, "actor_id": world.dan},
+         "NotAllowed", "only its sender or an owner or admin"),
+        ("W14", "DeleteMessageWorkflow", {**in_group, "message_id": "latest"},
+         "InvalidInput", "message_id is not a valid UUID: 'latest'"),
+        ("W15", "MessageLifecycleWorkflow", {**sends, "e2e_header": {"alg": "x"}},
+         "InvalidInput", "e2e_header is only accepted in end-to-end encrypted conversations"),
+        ("W16", "MessageLifecycleWorkflow", {**sends, "notify": {"grace_seconds": 10**12}},
+         "InvalidInput", "SendMessageInput.notify.grace_seconds: must be between 0 and 2592000"),
+        ("W17", "ReceiptWorkflow",
+         {**in_group, "user_id": world.ben, "status": "read", "up_to_seq": 2**70},
+         "InvalidInput", "ReceiptInput.up_to_seq: the integer is outside the signed 64-bit"),
+        ("W18", "NotifyMessageWorkflow", {**notify, "options": {"push_batch_size": 0}},
+         "InvalidInput", "NotifyMessageInput.options.push_batch_size: must be between 1 and"),
+        ("W19", "NotificationDigestWorkflow",
+         {"recipient_id": world.ben, "channel": "email",
+          "options": {"digest_window_seconds": 2**40}},
+         "InvalidInput", "options.digest_window_seconds: must be between 0 and 2592000"),
+        ("W20", "DataKeyRotationWorkflow", {**cid, "settle_seconds": -1},
+         "InvalidInput", "DataKeyRotationInput.settle_seconds: must be between 0 and 3600"),
+        ("W21", "DataKeyRotationWorkflow", {**cid, "to_version": 0},
+         "InvalidInput", "DataKeyRotationInput.to_version: must be between 1 and 2147483647"),
+        ("W22", "MasterKeyRotationWorkflow", {"master_key_version": 2**31},
+         "InvalidInput", "MasterKeyRotationInput.master_key_version: must be between 1 and"),
+        ("W23", "RetentionWorkflow", {"chunk_size": -1},
+         "InvalidInput", "RetentionInput.chunk_size: must be between 0 and 100000, got -1"),
+        ("W24", "SearchRebuildWorkflow", {"batch_size": 0},
+         "InvalidInput", "RebuildInput.batch_size: must be between 1 and 10000, got 0"),
+        ("W25", "BatchWorkflow",
+         {"batch_id": "b-1", "kind": "import", "total": 1, "heartbeat_timeout_seconds": math.nan},
+         "InvalidInput", "BatchInput.heartbeat_timeout_seconds: expected a finite number"),
+        ("W26", "ClearPushesWorkflow",
+         {"notification_ids": ["n\u0000"], "push_task_queue": task_queue},
+         "InvalidInput", "ClearPushesInput.notification_ids[0]: holds U+0000"),
+        ("W27", "SearchKeyWorkflow", {"user_id": world.ben + "\u0000"},
+         "InvalidInput", "SearchKeyInput.user_id: holds U+0000"),
+        ("W28", "KeyReportWorkflow", {"\udfff": True},
+         "InvalidInput", "KeyReportInput: a key: is not valid Unicode"),
+        ("W29", "SearchIndexerWorkflow", {"indexed": 2**64},
+         "InvalidInput", "SearchIndexerInput.indexed: the integer is outside the signed 64-bit"),
+        ("W30", "SearchCheckWorkflow", {"report_limit": math.nan},
+         "InvalidInput", "SearchCheckInput.report_limit: expected a finite number, got nan"),
+    ]  # fmt: skip
+    assert {name for _, name, *_ in cases} == set(BY_NAME), "a workflow of the contract is missing"
+    since = since_now()
+    before = await row_counts(core)
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=CONTRACT,
+        activities=activity_methods(message_activities(core, RecordingEmitter())),
+        # The sandbox, as every workflow test: the runner the processes build, turned on.
+        workflow_runner=workflow_runner(settings.model_copy(update={"workflow_sandbox": True})),
+    ):
+        failures = await asyncio.gather(
+            *(
+                _fails_at_once(client, raw, name, _json(input), task_queue)
+                for _, name, input, _, _ in cases
+            )
+        )
+    for (kind, name, _, error, named), cause in zip(cases, failures, strict=True):
+        assert (cause.type, named in cause.message) == (error, True), (kind, name, cause)
+        assert len(cause.message) < 300, (kind, len(cause.message))
+        assert_no_leak(cause.message, world.secrets)
+    assert await row_counts(core) == before
+    await assert_none_running(client, since)
 
 
 # --- the codec server over HTTP -----------------------------------------------------------
