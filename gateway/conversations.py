@@ -9,7 +9,6 @@ a membership change's ack comes after the sockets moved rooms.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -30,7 +29,7 @@ from missive.constants import (
     TASK_QUEUE_PUSH,
 )
 from missive.e2e import require_e2e_header
-from missive.errors import InvalidInput, PermanentError
+from missive.errors import InvalidInput
 from missive.notify.options import send_notify_options
 from missive.schemas import (
     DeleteMessageInput,
@@ -39,7 +38,12 @@ from missive.schemas import (
     MembershipInput,
     MembershipResult,
 )
-from missive.services.history import SYNC_DEFAULT_LIMIT, ConversationState
+from missive.services.history import (
+    SYNC_DEFAULT_LIMIT,
+    ConversationState,
+    SyncPage,
+    SyncRequest,
+)
 from missive.services.membership import MAX_MEMBERS_PER_CHANGE
 from missive.validation import require_body, require_uuid
 from runtime.conversations import change_membership, delete_message, edit_message
@@ -96,19 +100,30 @@ class ConversationEvents:
                 f"conversations names {len(requests)} syncs; at most {SYNC_MAX_CONVERSATIONS}"
             )
         checked = [require_object(r) for r in requests]
-        for request in checked:
-            require_uuid(request.get("conversation_id"), "conversations[].conversation_id")
-
-        async def one(request: dict[str, Any]) -> dict[str, Any]:
-            try:
-                return await self._page(user_id, request)
-            except PermanentError as err:
-                return {
-                    "conversation_id": request["conversation_id"],
-                    "error": {"type": err.type, "message": str(err)},
+        asked = [
+            SyncRequest(
+                conversation_id=require_uuid(
+                    r.get("conversation_id"), "conversations[].conversation_id"
+                ),
+                after_seq=_optional_int(r, "after_seq"),
+                before_seq=_optional_int(r, "before_seq"),
+                limit=_limit(r),
+            )
+            for r in checked
+        ]
+        answers = await self._gateway.services().core.history.sync_many(user_id, asked)
+        return {
+            "ok": True,
+            "conversations": [
+                _page_json(request.conversation_id, answer)
+                if isinstance(answer, SyncPage)
+                else {
+                    "conversation_id": request.conversation_id,
+                    "error": {"type": answer.type, "message": str(answer)},
                 }
-
-        return {"ok": True, "conversations": await asyncio.gather(*(one(r) for r in checked))}
+                for request, answer in zip(asked, answers, strict=True)
+            ],
+        }
 
     async def _page(self, user_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         conversation_id = require_uuid(payload.get("conversation_id"), "conversation_id")
@@ -119,12 +134,7 @@ class ConversationEvents:
             before_seq=_optional_int(payload, "before_seq"),
             limit=_limit(payload),
         )
-        return {
-            "conversation_id": conversation_id,
-            "messages": [history_event(m) for m in page.messages],
-            "has_more": page.has_more,
-            "last_seq": page.last_seq,
-        }
+        return _page_json(conversation_id, page)
 
     async def list(self, sid: str, data: object) -> Ack:
         """``conversation:list``: the user's conversations and where the user stands."""
@@ -273,6 +283,15 @@ class ConversationEvents:
 
     def _rpc(self) -> timedelta:
         return timedelta(seconds=self._settings.gateway_ack_timeout_seconds)
+
+
+def _page_json(conversation_id: str, page: SyncPage) -> dict[str, Any]:
+    return {
+        "conversation_id": conversation_id,
+        "messages": [history_event(m) for m in page.messages],
+        "has_more": page.has_more,
+        "last_seq": page.last_seq,
+    }
 
 
 def _optional_int(payload: dict[str, Any], name: str, default: int | None = None) -> int | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,7 @@ from missive.errors import (
     InvalidInput,
     KeyVersionMissing,
     NotAMember,
+    PermanentError,
     ProviderUnavailable,
 )
 from missive.stored import StoredMessage
@@ -55,6 +57,25 @@ ORDER BY m.seq {order}
 _AFTER = _PAGE.format(where="mm.seq > $3", order="ASC")
 _BEFORE = _PAGE.format(where="mm.seq < $3", order="DESC")
 
+# Catch-up on many conversations in one round trip: the page after each one's seq, with
+# the same membership check per conversation (the ordinality keeps the request's order).
+_AFTER_MANY = """
+SELECT r.ord, c.last_seq, p.user_id IS NOT NULL AS is_member,
+       m.id::text AS id, m.seq, m.sender_id::text AS sender_id, m.client_message_id,
+       m.body_ciphertext, m.key_version, m.created_at, m.edited_at, m.deleted_at,
+       m.e2e_header::text AS e2e_header, k.master_key_version, k.wrapped_key
+FROM unnest($2::uuid[], $3::int8[], $4::int4[]) WITH ORDINALITY AS r(cid, after_seq, n, ord)
+JOIN conversations c ON c.id = r.cid
+LEFT JOIN participants p ON p.conversation_id = c.id AND p.user_id = $1
+LEFT JOIN LATERAL (
+    SELECT * FROM messages mm
+    WHERE mm.conversation_id = c.id AND p.user_id IS NOT NULL AND mm.seq > r.after_seq
+    ORDER BY mm.seq LIMIT r.n
+) m ON true
+LEFT JOIN conversation_keys k ON k.conversation_id = c.id AND k.version = m.key_version
+ORDER BY r.ord, m.seq
+"""
+
 # Unread: the user's deliveries not yet read (the partial index ix_deliveries_pending),
 # of messages not deleted since. The newest conversations first.
 _LIST = """
@@ -86,6 +107,16 @@ class SyncPage:
     """More messages lie beyond the page in the direction asked."""
     last_seq: int
     """The conversation's latest seq now: sync on while a page ends below it."""
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    """One conversation's page in a batched sync (``sync_many``)."""
+
+    conversation_id: str
+    after_seq: int | None = None
+    before_seq: int | None = None
+    limit: int = SYNC_DEFAULT_LIMIT
 
 
 @dataclass(frozen=True)
@@ -145,29 +176,82 @@ class HistoryService:
             ConversationNotFound: no such conversation.
             NotAMember: the user does not take part in it (any more).
         """
-        cid = require_uuid(conversation_id, "conversation_id")
         uid = require_uuid(user_id, "user_id")
-        if after_seq is not None and before_seq is not None:
-            raise InvalidInput("give after_seq or before_seq, not both")
-        for name, seq in (("after_seq", after_seq), ("before_seq", before_seq)):
-            if seq is not None and not _is_int(seq, low=0, high=MAX_SEQ):
-                raise InvalidInput(f"{name} must be an integer from 0 to {MAX_SEQ}, got {seq!r}")
-        if not _is_int(limit, low=1, high=SYNC_MAX_LIMIT):
-            raise InvalidInput(
-                f"limit must be an integer from 1 to {SYNC_MAX_LIMIT}, got {limit!r}"
-            )
-        backwards = before_seq is not None
-        query, seq = (_BEFORE, before_seq) if backwards else (_AFTER, after_seq or 0)
+        request = _checked(SyncRequest(conversation_id, after_seq, before_seq, limit))
+        backwards = request.before_seq is not None
+        query, seq = (
+            (_BEFORE, request.before_seq) if backwards else (_AFTER, request.after_seq or 0)
+        )
+        cid = request.conversation_id
         try:
             async with self._slots, driver_connection(self._engine) as conn:
                 rows = await conn.fetch(query, uuid.UUID(cid), uuid.UUID(uid), seq, limit + 1)
         except DRIVER_CONNECTION_ERRORS:
             raise ProviderUnavailable("the database is unavailable; try again shortly") from None
+        return self._page(uid, request, rows)
+
+    async def sync_many(
+        self, user_id: str, requests: Sequence[SyncRequest]
+    ) -> list[SyncPage | PermanentError]:
+        """``sync`` of many conversations: the catch-up pages (after a seq) in one
+        statement, pages back through history one by one; each answer or refusal in
+        the order asked.
+
+        Raises:
+            ProviderUnavailable: the database did not answer.
+        """
+        uid = require_uuid(user_id, "user_id")
+        answers: list[SyncPage | PermanentError | None] = [None] * len(requests)
+        after: list[tuple[int, SyncRequest]] = []
+        for i, raw in enumerate(requests):
+            try:
+                request = _checked(raw)
+            except PermanentError as err:
+                answers[i] = err
+                continue
+            if request.before_seq is None:
+                after.append((i, request))
+            else:
+                try:
+                    answers[i] = await self.sync(
+                        uid, request.conversation_id, before_seq=request.before_seq,
+                        limit=request.limit,
+                    )  # fmt: skip
+                except PermanentError as err:
+                    answers[i] = err
+        if after:
+            try:
+                async with self._slots, driver_connection(self._engine) as conn:
+                    rows = await conn.fetch(
+                        _AFTER_MANY,
+                        uuid.UUID(uid),
+                        [uuid.UUID(r.conversation_id) for _, r in after],
+                        [r.after_seq or 0 for _, r in after],
+                        [r.limit + 1 for _, r in after],
+                    )
+            except DRIVER_CONNECTION_ERRORS:
+                raise ProviderUnavailable(
+                    "the database is unavailable; try again shortly"
+                ) from None
+            by_ord: dict[int, list[Any]] = {}
+            for row in rows:
+                by_ord.setdefault(row["ord"], []).append(row)
+            for ord_, (i, request) in enumerate(after, start=1):
+                try:
+                    answers[i] = self._page(uid, request, by_ord.get(ord_, []))
+                except PermanentError as err:
+                    answers[i] = err
+        return [a for a in answers if a is not None]
+
+    def _page(self, uid: str, request: SyncRequest, rows: Sequence[Any]) -> SyncPage:
+        """The page the rows of one request make, once the checks that need them pass."""
+        cid = request.conversation_id
         if not rows:
             raise ConversationNotFound(f"conversation {cid} does not exist")
         last_seq, is_member = rows[0]["last_seq"], rows[0]["is_member"]
         if not is_member:
             raise NotAMember(f"user {uid} is not a member of conversation {cid}")
+        after_seq, before_seq = request.after_seq, request.before_seq
         if after_seq is not None and after_seq > last_seq:
             raise InvalidInput(
                 f"after_seq {after_seq} is past the end: conversation {cid}'s last seq"
@@ -179,9 +263,9 @@ class HistoryService:
                 f" {cid}'s last seq), got {before_seq}"
             )
         found = [row for row in rows if row["id"] is not None]
-        has_more = len(found) > limit
-        found = found[:limit]
-        if backwards:
+        has_more = len(found) > request.limit
+        found = found[: request.limit]
+        if before_seq is not None:
             found.reverse()
         return SyncPage(
             messages=[self._message(cid, row) for row in found],
@@ -227,6 +311,25 @@ class HistoryService:
             deleted_at=row["deleted_at"],
             e2e_header=json.loads(header) if header is not None and not deleted else None,
         )
+
+
+def _checked(request: SyncRequest) -> SyncRequest:
+    """The request with its conversation id normalised, once its fields are in range.
+
+    Raises:
+        InvalidInput: a malformed id, both seqs, a seq that is negative, not an integer
+            or past 64 bits, a limit outside 1..SYNC_MAX_LIMIT.
+    """
+    cid = require_uuid(request.conversation_id, "conversation_id")
+    after_seq, before_seq, limit = request.after_seq, request.before_seq, request.limit
+    if after_seq is not None and before_seq is not None:
+        raise InvalidInput("give after_seq or before_seq, not both")
+    for name, seq in (("after_seq", after_seq), ("before_seq", before_seq)):
+        if seq is not None and not _is_int(seq, low=0, high=MAX_SEQ):
+            raise InvalidInput(f"{name} must be an integer from 0 to {MAX_SEQ}, got {seq!r}")
+    if not _is_int(limit, low=1, high=SYNC_MAX_LIMIT):
+        raise InvalidInput(f"limit must be an integer from 1 to {SYNC_MAX_LIMIT}, got {limit!r}")
+    return SyncRequest(cid, after_seq, before_seq, limit)
 
 
 def _is_int(value: object, *, low: int, high: int | None = None) -> bool:
