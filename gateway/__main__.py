@@ -50,6 +50,7 @@ async def serve(settings: Settings) -> None:
             lifespan="off",  # the gateway is started above, so failures are one line
             log_config=None,
             access_log=False,
+            ws_per_message_deflate=settings.gateway_ws_compression,
             timeout_graceful_shutdown=math.ceil(settings.graceful_shutdown_seconds),
         )
     )
