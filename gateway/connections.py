@@ -102,7 +102,20 @@ class Connections:
         await self._sio.enter_room(sid, user_room(user_id))
         for room in rooms:
             await self._sio.enter_room(sid, room)
-        log.debug("user %s connected as %s (%d rooms)", user_id, sid, len(rooms))
+        # A membership change committed between the read above and the rooms entered
+        # moved this socket's rooms before it had them: read again and follow it.
+        try:
+            now = await self._rooms_of(user_id)
+        except ProviderUnavailable as err:
+            raise socketio.exceptions.ConnectionRefusedError(str(err)) from None
+        except Exception:
+            log.exception("connect of user %s failed", user_id)
+            raise socketio.exceptions.ConnectionRefusedError("internal error") from None
+        for room in set(rooms) - set(now):
+            await self._sio.leave_room(sid, room)
+        for room in set(now) - set(rooms):
+            await self._sio.enter_room(sid, room)
+        log.debug("user %s connected as %s (%d rooms)", user_id, sid, len(now))
 
     def disconnected(self, sid: str) -> None:
         """Forgets a socket that closed."""

@@ -666,3 +666,32 @@ async def test_bad_conversation_requests_get_a_clear_error_and_write_nothing(
     ]
     assert direct[0]["conversation_id"] == direct[1]["conversation_id"]
     assert (direct[0]["created"], direct[1]["created"]) == (True, False)
+
+
+async def test_a_member_removed_while_their_socket_connects_is_not_left_in_the_room(
+    gateway: RunningGateway,  # noqa: F811
+    core: Core,
+    clients: Callable[..., Awaitable[Client]],
+) -> None:
+    ana, cy = await _people(core, 2)
+    a = await clients(ana)
+    conversation = await _group(a, cy)
+    connections = gateway.app.gateway.connections
+    read_rooms = connections._rooms_of
+
+    async def removed_right_after_the_read(user_id: str) -> list[str]:
+        rooms = await read_rooms(user_id)
+        if user_id == cy:  # the removal commits between the read and the rooms entered
+            connections._rooms_of = read_rooms
+            await core.directory.remove_participant(conversation, cy)
+        return rooms
+
+    connections._rooms_of = removed_right_after_the_read
+    try:
+        c = await clients(cy)
+    finally:
+        connections._rooms_of = read_rooms
+    sent = await _sent(a, conversation, "cy is gone")
+    assert sent["seq"] == 1
+    await asyncio.sleep(QUIET)
+    assert c.received(EVENT_MESSAGE_NEW) == []
