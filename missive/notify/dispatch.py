@@ -21,6 +21,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TypeVar
 
 from missive.errors import (
     DecryptionFailed,
@@ -60,6 +61,8 @@ from missive.validation import require_uuid
 
 log = logging.getLogger("missive.notify")
 
+T = TypeVar("T")
+
 SEND_CONCURRENCY = 16
 """Provider calls one send activity has in flight at once."""
 
@@ -80,6 +83,12 @@ attempt may own them."""
 
 RECORD_RETRY_DELAY = (0.2, 2.0)
 """First and longest pause between tries to record outcomes (seconds, doubling)."""
+
+PREPARE_WITHIN = timedelta(seconds=20)
+"""What happens between the claim and the provider calls (reading the messages for their
+previews) is retried through a database outage this long after the claim, inside the
+attempt's 30 s: an attempt that gave up there would leave its rows ``sending`` until
+CLAIM_LEASE lapses, two minutes of delay for a database restart of a few seconds."""
 
 _SEND_BY: contextvars.ContextVar[datetime | None] = contextvars.ContextVar(
     "missive_notify_send_by", default=None
@@ -228,7 +237,11 @@ class ChannelSenders:
             held = [
                 i for i in await self._log.held(checked, channel, now=claimed_at) if i not in mine
             ]
-        previews = await self._previews(claimed)
+        previews = await self._through_outage(
+            lambda: self._previews(claimed),
+            until=claimed_at + PREPARE_WITHIN,
+            what=f"reading the messages of {len(claimed)} claimed notification(s)",
+        )
         send_by = _SEND_BY.set(claimed_at + SEND_WITHIN)  # read by _call in the tasks below
         try:
             attempts = list(await asyncio.gather(*(send(row, previews) for row in claimed)))
@@ -264,22 +277,27 @@ class ChannelSenders:
         The provider calls are made: giving up here would leave sent rows ``sending``
         for a later attempt to send again once the claim lapses.
         """
+        await self._through_outage(
+            lambda: self._log.record(outcomes, now=self._clock()),
+            until=until,
+            what=f"recording {len(outcomes)} notification outcome(s)",
+        )
+
+    async def _through_outage(
+        self, call: Callable[[], Awaitable[T]], *, until: datetime, what: str
+    ) -> T:
+        """``call()``, tried again through a database outage until ``until`` (then its
+        error); a refusal (PermanentError) is not an outage and is raised at once."""
         delay, longest = RECORD_RETRY_DELAY
         while True:
             try:
-                await self._log.record(outcomes, now=self._clock())
-                return
-            except InvalidInput:
+                return await call()
+            except PermanentError:
                 raise
             except Exception as err:
                 if self._clock() + timedelta(seconds=delay) >= until:
                     raise
-                log.warning(
-                    "recording %d notification outcome(s) failed (%s: %s); retrying",
-                    len(outcomes),
-                    type(err).__name__,
-                    err,
-                )
+                log.warning("%s failed (%s: %s); retrying", what, type(err).__name__, err)
             await asyncio.sleep(delay)
             delay = min(delay * 2, longest)
 

@@ -446,6 +446,46 @@ async def test_outcomes_are_recorded_through_a_database_outage_and_never_sent_tw
     assert len(sink.received) == 3
 
 
+async def test_messages_read_after_the_claim_are_read_through_a_database_outage(
+    core: Core, world: World, channels: Senders, fcm: tuple[FcmSink, str]
+) -> None:
+    sink, _ = fcm
+    planned = await send_and_plan(core, world.ana, world.ops, "hello")
+    ids = list(planned.push.values())
+
+    class Restarting:
+        """The messages, whose first two reads fail as during a PostgreSQL restart:
+        the rows are claimed (``sending``) by then."""
+
+        failures = 2
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(core.messages, name)
+
+        async def load(self, message_id: str) -> Any:
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionRefusedError("PostgreSQL is restarting")
+            return await core.messages.load(message_id)
+
+    s = channels.senders
+    restarting = Restarting()
+    senders = ChannelSenders(
+        core.notifications,
+        restarting,  # type: ignore[arg-type]
+        push=s._push,
+        email=s._email,
+        sms=s._sms,
+        devices=core.preferences,
+        metrics=channels.metrics,
+    )
+    # The same attempt rides it out: nothing is left "sending" for the claim to lapse.
+    result = await senders.send_push(ids)
+    assert result.sent == 2 and restarting.failures == 0
+    assert len(sink.received) == 3  # ben's two devices and cy's, once each
+    assert {(await row(core, i)).status for i in ids} == {NotificationStatus.SENT}
+
+
 async def test_rows_not_started_soon_enough_after_their_claim_are_queued_again(
     core: Core, world: World, channels: Senders, fcm: tuple[FcmSink, str]
 ) -> None:
