@@ -85,10 +85,12 @@ RECORD_RETRY_DELAY = (0.2, 2.0)
 """First and longest pause between tries to record outcomes (seconds, doubling)."""
 
 PREPARE_WITHIN = timedelta(seconds=20)
-"""What happens between the claim and the provider calls (reading the messages for their
-previews) is retried through a database outage this long after the claim, inside the
-attempt's 30 s: an attempt that gave up there would leave its rows ``sending`` until
-CLAIM_LEASE lapses, two minutes of delay for a database restart of a few seconds."""
+"""The claim and what happens between it and the provider calls (reading the messages
+for their previews) are retried through a database outage this long, inside the
+attempt's 30 s. An attempt that gave up after claiming would leave its rows ``sending``
+until CLAIM_LEASE lapses; one that gave up claiming would wait out the activity's
+provider backoff (doubling to an hour). Either is minutes of delay for a database
+restart of a few seconds."""
 
 _SEND_BY: contextvars.ContextVar[datetime | None] = contextvars.ContextVar(
     "missive_notify_send_by", default=None
@@ -225,7 +227,13 @@ class ChannelSenders:
         if not checked:
             return SendNotificationsResult()
         claimed_at = self._clock()
-        claimed, cancelled = await self._log.claim(checked, channel, now=claimed_at)
+        # Through a database outage within this attempt: the activity's own retries back
+        # off like a provider's (doubling to an hour), far too slowly for a restart.
+        claimed, cancelled = await self._through_outage(
+            lambda: self._log.claim(checked, channel, now=claimed_at),
+            until=claimed_at + PREPARE_WITHIN,
+            what=f"claiming {len(checked)} {channel} notification(s)",
+        )
         if self._metrics is not None and cancelled:
             for _ in range(cancelled):
                 self._metrics.notification(str(channel), "cancelled")

@@ -446,6 +446,36 @@ async def test_outcomes_are_recorded_through_a_database_outage_and_never_sent_tw
     assert len(sink.received) == 3
 
 
+async def test_rows_are_claimed_through_a_database_outage_within_the_attempt(
+    core: Core, world: World, channels: Senders, fcm: tuple[FcmSink, str]
+) -> None:
+    sink, _ = fcm
+    planned = await send_and_plan(core, world.ana, world.ops, "hello")
+    ids = list(planned.push.values())
+
+    class Restarting:
+        """The log, whose first two claims fail as during a PostgreSQL restart."""
+
+        failures = 2
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(core.notifications, name)
+
+        async def claim(self, *args: Any, **kwargs: Any) -> Any:
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionRefusedError("PostgreSQL is restarting")
+            return await core.notifications.claim(*args, **kwargs)
+
+    restarting = Restarting()
+    senders = _senders_at(core, channels, lambda: datetime.now(UTC), log=restarting)
+    # Not the activity's retry (its backoff doubles to an hour): this very attempt.
+    result = await senders.send_push(ids)
+    assert result.sent == 2 and restarting.failures == 0
+    assert len(sink.received) == 3
+    assert {(await row(core, i)).attempts for i in ids} == {1}
+
+
 async def test_messages_read_after_the_claim_are_read_through_a_database_outage(
     core: Core, world: World, channels: Senders, fcm: tuple[FcmSink, str]
 ) -> None:
