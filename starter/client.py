@@ -27,7 +27,6 @@ from missive.config import Settings
 from missive.constants import (
     MESSAGE_WORKFLOW_PREFIX,
     TASK_QUEUE_MESSAGES,
-    TASK_QUEUE_PUSH,
     message_workflow_id,
     receipt_workflow_id,
 )
@@ -40,13 +39,6 @@ from missive.errors import (
 )
 from missive.notify.options import send_notify_options
 from missive.schemas import (
-    DeleteMessageInput,
-    DeleteMessageResult,
-    EditMessageInput,
-    EditMessageResult,
-    MembershipAction,
-    MembershipInput,
-    MembershipResult,
     MessageStatus,
     ReceiptInput,
     ReceiptResult,
@@ -54,24 +46,15 @@ from missive.schemas import (
     SearchQuery,
     SearchResult,
     SendMessageInput,
-    UserProfile,
-    UserProfileInput,
 )
 from missive.validation import require_body, require_client_message_id, require_seq, require_uuid
 from runtime.client import connect
-from runtime.conversations import (
-    apply_user_profile,
-    change_membership,
-    delete_message,
-    edit_message,
-)
 from runtime.messaging import apply_receipt, send_message, with_request_id
 from runtime.search_attributes import KIND_MESSAGE, KIND_RECEIPT, start_attributes
 from runtime.telemetry import tracing_interceptors
+from starter.provisioning import Provisioning
 from starter.search import search_messages
 from workflows.message_lifecycle import MessageLifecycleWorkflow
-
-_PROFILE_FIELDS = {"handle", "display_name", "email", "phone", "timezone", "locale"}
 
 DEFAULT_TIMEOUT = timedelta(seconds=30)
 """How long a call waits for a worker to answer before raising ProviderUnavailable."""
@@ -189,7 +172,7 @@ def lifecycle_workflow_id(message_id: str) -> str:
     return f"{MESSAGE_WORKFLOW_PREFIX}-{require_uuid(message_id, 'message_id')}"
 
 
-class MissiveClient:
+class MissiveClient(Provisioning):
     """Sends messages, reports receipts and reads message lifecycles.
 
     Build it over an existing Temporal client (which its creator keeps and
@@ -445,162 +428,6 @@ class MissiveClient:
                     self._settings, KIND_RECEIPT, conversation_id=input.conversation_id
                 ),
             )
-
-    # -- users and conversations (back-end provisioning) ---------------------------
-
-    async def create_user(
-        self,
-        handle: str,
-        *,
-        display_name: str | None = None,
-        email: str | None = None,
-        phone: str | None = None,
-        timezone: str | None = None,
-        locale: str | None = None,
-        client_user_id: str | None = None,
-    ) -> UserProfile:
-        """Creates a user; with ``client_user_id`` (your system's id) a retry returns the
-        same user instead of a second one.
-
-        Raises:
-            InvalidInput: a malformed field, or the handle is taken.
-            ProviderUnavailable: Temporal or the workers did not answer in time.
-        """
-        request = UserProfileInput(
-            handle=handle,
-            display_name=display_name,
-            email=email,
-            phone=phone,
-            timezone=timezone,
-            locale=locale,
-            client_user_id=client_user_id,
-        )
-        async with self._answer_within(f"create user {handle!r}"):
-            return await apply_user_profile(self.temporal, request)
-
-    async def update_user(self, user_id: str, **changes: str | None) -> UserProfile:
-        """Changes the fields given (handle, display_name, email, phone, timezone, locale);
-        an empty email or phone clears it.
-
-        Raises:
-            InvalidInput: a malformed or unknown field, or the handle is taken.
-            UserNotFound: no such user.
-        """
-        unknown = sorted(set(changes) - _PROFILE_FIELDS)
-        if unknown:
-            raise InvalidInput(
-                f"unknown user field {', '.join(unknown)}; the fields are"
-                f" {', '.join(sorted(_PROFILE_FIELDS))}"
-            )
-        request = UserProfileInput(user_id=require_uuid(user_id, "user_id"), **changes)
-        async with self._answer_within(f"update user {user_id}"):
-            return await apply_user_profile(self.temporal, request)
-
-    async def create_conversation(
-        self,
-        kind: str,
-        member_ids: list[str],
-        *,
-        title: str | None = None,
-        encryption_mode: str = "standard",
-        creator_id: str | None = None,
-        client_conversation_id: str | None = None,
-    ) -> MembershipResult:
-        """Creates a conversation; the creator (else the first member) owns it.
-
-        A direct conversation of two users is found rather than made twice; a
-        group or channel with ``client_conversation_id`` is made once however often
-        the call is retried.
-        """
-        return await self._membership(
-            MembershipInput(
-                action=MembershipAction.CREATE,
-                actor_id=creator_id,
-                user_ids=list(member_ids),
-                kind=kind,
-                title=title,
-                encryption_mode=encryption_mode,
-                client_conversation_id=client_conversation_id,
-            )
-        )
-
-    async def add_members(
-        self, conversation_id: str, user_ids: list[str], *, actor_id: str | None = None
-    ) -> MembershipResult:
-        """Adds members (their open sockets join the room); members already are named in
-        ``already_members``."""
-        return await self._membership(
-            MembershipInput(
-                action=MembershipAction.ADD,
-                actor_id=actor_id,
-                conversation_id=conversation_id,
-                user_ids=list(user_ids),
-            )
-        )
-
-    async def remove_member(
-        self, conversation_id: str, user_id: str, *, actor_id: str | None = None
-    ) -> MembershipResult:
-        """Removes a member; returns once their open sockets left the room everywhere."""
-        return await self._membership(
-            MembershipInput(
-                action=MembershipAction.REMOVE,
-                actor_id=actor_id,
-                conversation_id=conversation_id,
-                user_ids=[user_id],
-            )
-        )
-
-    async def set_role(
-        self, conversation_id: str, user_id: str, role: str, *, actor_id: str | None = None
-    ) -> MembershipResult:
-        """Makes a member owner, admin or member."""
-        return await self._membership(
-            MembershipInput(
-                action=MembershipAction.SET_ROLE,
-                actor_id=actor_id,
-                conversation_id=conversation_id,
-                user_ids=[user_id],
-                role=role,
-            )
-        )
-
-    async def edit_message(
-        self,
-        conversation_id: str,
-        message_id: str,
-        editor_id: str,
-        body: str,
-        *,
-        e2e_header: dict[str, Any] | None = None,
-    ) -> EditMessageResult:
-        """Changes a message's text on behalf of its sender."""
-        request = EditMessageInput(
-            conversation_id=conversation_id,
-            message_id=message_id,
-            editor_id=editor_id,
-            body=body,
-            e2e_header=e2e_header,
-        )
-        async with self._answer_within(f"edit of message {message_id}"):
-            return await edit_message(self.temporal, request)
-
-    async def delete_message(
-        self, conversation_id: str, message_id: str, *, actor_id: str | None = None
-    ) -> DeleteMessageResult:
-        """Deletes a message (its body destroyed); without ``actor_id``, as a service."""
-        request = DeleteMessageInput(
-            conversation_id=conversation_id,
-            message_id=message_id,
-            actor_id=actor_id,
-            push_task_queue=TASK_QUEUE_PUSH,
-        )
-        async with self._answer_within(f"delete of message {message_id}"):
-            return await delete_message(self.temporal, request)
-
-    async def _membership(self, request: MembershipInput) -> MembershipResult:
-        async with self._answer_within(f"membership change {request.action.value}"):
-            return await change_membership(self.temporal, request)
 
     async def _query_status(self, workflow_id: str) -> MessageStatus:
         handle = self.temporal.get_workflow_handle_for(MessageLifecycleWorkflow.run, workflow_id)
