@@ -415,6 +415,28 @@ async def test_a_row_another_attempt_holds_is_sent_only_once_its_claim_lapsed(
     assert (stored.status, stored.attempts) == (NotificationStatus.SENT, 2)
 
 
+class Restarting:
+    """``target`` whose ``method`` fails its first ``failures`` calls, as during a
+    PostgreSQL restart; everything else passes through."""
+
+    def __init__(self, target: Any, method: str, failures: int = 2) -> None:
+        self.failures = failures
+        self._target, self._method = target, method
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._target, name)
+        if name != self._method:
+            return found
+
+        async def failing_first(*args: Any, **kwargs: Any) -> Any:
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionRefusedError("PostgreSQL is restarting")
+            return await found(*args, **kwargs)
+
+        return failing_first
+
+
 async def test_outcomes_are_recorded_through_a_database_outage_and_never_sent_twice(
     core: Core, world: World, channels: Senders, fcm: tuple[FcmSink, str]
 ) -> None:
@@ -422,21 +444,8 @@ async def test_outcomes_are_recorded_through_a_database_outage_and_never_sent_tw
     planned = await send_and_plan(core, world.ana, world.ops, "hello")
     ids = list(planned.push.values())
 
-    class Restarting:
-        """The log, whose first two records fail as during a PostgreSQL restart."""
-
-        failures = 2
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(core.notifications, name)
-
-        async def record(self, outcomes: list[Outcome], *, now: datetime) -> None:
-            if self.failures:
-                self.failures -= 1
-                raise ConnectionRefusedError("PostgreSQL is restarting")
-            await core.notifications.record(outcomes, now=now)
-
-    restarting = Restarting()
+    # The log, whose first two records fail as during a PostgreSQL restart.
+    restarting = Restarting(core.notifications, "record")
     senders = _senders_at(core, channels, lambda: datetime.now(UTC), log=restarting)
     result = await senders.send_push(ids)
     assert result.sent == 2 and restarting.failures == 0
@@ -453,21 +462,8 @@ async def test_rows_are_claimed_through_a_database_outage_within_the_attempt(
     planned = await send_and_plan(core, world.ana, world.ops, "hello")
     ids = list(planned.push.values())
 
-    class Restarting:
-        """The log, whose first two claims fail as during a PostgreSQL restart."""
-
-        failures = 2
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(core.notifications, name)
-
-        async def claim(self, *args: Any, **kwargs: Any) -> Any:
-            if self.failures:
-                self.failures -= 1
-                raise ConnectionRefusedError("PostgreSQL is restarting")
-            return await core.notifications.claim(*args, **kwargs)
-
-    restarting = Restarting()
+    # The log, whose first two claims fail as during a PostgreSQL restart.
+    restarting = Restarting(core.notifications, "claim")
     senders = _senders_at(core, channels, lambda: datetime.now(UTC), log=restarting)
     # Not the activity's retry (its backoff doubles to an hour): this very attempt.
     result = await senders.send_push(ids)
@@ -483,23 +479,10 @@ async def test_messages_read_after_the_claim_are_read_through_a_database_outage(
     planned = await send_and_plan(core, world.ana, world.ops, "hello")
     ids = list(planned.push.values())
 
-    class Restarting:
-        """The messages, whose first two reads fail as during a PostgreSQL restart:
-        the rows are claimed (``sending``) by then."""
-
-        failures = 2
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(core.messages, name)
-
-        async def load(self, message_id: str) -> Any:
-            if self.failures:
-                self.failures -= 1
-                raise ConnectionRefusedError("PostgreSQL is restarting")
-            return await core.messages.load(message_id)
-
+    # The messages, whose first two reads fail as during a PostgreSQL restart: the rows
+    # are claimed (``sending``) by then.
     s = channels.senders
-    restarting = Restarting()
+    restarting = Restarting(core.messages, "load")
     senders = ChannelSenders(
         core.notifications,
         restarting,  # type: ignore[arg-type]
