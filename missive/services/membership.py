@@ -17,6 +17,7 @@ The rules (the README's users and conversations contract):
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,7 +50,7 @@ _MANAGERS = (ParticipantRole.OWNER.value, ParticipantRole.ADMIN.value)
 _LOCK = text(
     """
     SELECT c.kind::text AS kind, c.title, c.encryption_mode::text AS encryption_mode,
-           c.last_seq
+           c.last_seq, now() AS now
     FROM conversations c WHERE c.id = :cid FOR UPDATE
     """
 )
@@ -92,6 +93,9 @@ class _Conversation:
     encryption_mode: str
     last_seq: int
     roles: dict[str, str]
+    """Member -> role, as the change leaves them."""
+    now: datetime
+    """The transaction's time: when the change is made."""
 
 
 class MembershipService:
@@ -202,7 +206,7 @@ class MembershipService:
             ).scalar()
             if inserted is None:  # a retry, or the pair's direct conversation exists
                 conv = await _locked(conn, cid)
-                return _result(req, cid, conv, actor, changed=False, at=await _now(conn))
+                return _result(req, cid, conv, actor, changed=False, at=conv.now)
             await conn.execute(
                 text(
                     "INSERT INTO conversation_keys (conversation_id, version, master_key_version,"
@@ -224,7 +228,7 @@ class MembershipService:
                 conv,
                 actor,
                 changed=True,
-                at=await _now(conn),
+                at=conv.now,
                 added=members,
                 created=True,
             )
@@ -249,14 +253,14 @@ class MembershipService:
         if new:
             roles = [ParticipantRole.MEMBER.value] * len(new)
             await conn.execute(_ADD, {"cid": cid, "ids": new, "roles": roles})
-            conv = await _locked(conn, cid)
+            conv = dataclasses.replace(conv, roles={**conv.roles, **dict.fromkeys(new, roles[0])})
         return _result(
             req,
             cid,
             conv,
             actor,
             changed=bool(new),
-            at=await _now(conn),
+            at=conv.now,
             added=new,
             already=already,
         )
@@ -272,7 +276,7 @@ class MembershipService:
     ) -> MembershipResult:
         role = conv.roles.get(target)
         if role is None:  # removed before (a retry) or never a member
-            return _result(req, cid, conv, actor, changed=False, at=await _now(conn))
+            return _result(req, cid, conv, actor, changed=False, at=conv.now)
         if actor is not None and actor != target:
             mine = conv.roles[actor]
             if mine not in _MANAGERS:
@@ -285,8 +289,8 @@ class MembershipService:
             text("DELETE FROM participants WHERE conversation_id = :cid AND user_id = :uid"),
             {"cid": cid, "uid": target},
         )
-        conv = await _locked(conn, cid)
-        return _result(req, cid, conv, actor, changed=True, at=await _now(conn), removed=[target])
+        conv = dataclasses.replace(conv, roles={u: r for u, r in conv.roles.items() if u != target})
+        return _result(req, cid, conv, actor, changed=True, at=conv.now, removed=[target])
 
     async def _set_role(
         self,
@@ -312,7 +316,7 @@ class MembershipService:
                 conv,
                 actor,
                 changed=False,
-                at=await _now(conn),
+                at=conv.now,
                 role=role.value,
                 member_id=target,
             )
@@ -330,7 +334,7 @@ class MembershipService:
             conv,
             actor,
             changed=True,
-            at=await _now(conn),
+            at=conv.now,
             role=role.value,
             member_id=target,
         )
@@ -341,7 +345,7 @@ async def _locked(conn: AsyncConnection, cid: str) -> _Conversation:
     if row is None:
         raise ConversationNotFound(f"conversation {cid} does not exist")
     roles = {r.user_id: r.role for r in await conn.execute(_ROLES, {"cid": cid})}
-    return _Conversation(row.kind, row.title, row.encryption_mode, row.last_seq, roles)
+    return _Conversation(row.kind, row.title, row.encryption_mode, row.last_seq, roles, row.now)
 
 
 def _keep_an_owner(conv: _Conversation, cid: str, target: str) -> None:
@@ -360,10 +364,6 @@ async def _require_users(conn: AsyncConnection, users: list[str]) -> None:
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise UserNotFound(f"user {missing[0]} does not exist{more}")
-
-
-async def _now(conn: AsyncConnection) -> datetime:
-    return (await conn.execute(text("SELECT now()"))).scalar_one()
 
 
 def _one(users: list[str], action: MembershipAction) -> str:
