@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Protocol
 
 from missive.constants import (
@@ -275,17 +276,63 @@ def notification_unread_event(
 
 
 def history_event(message: StoredMessage) -> dict[str, Any]:
-    """A message as ``message:sync`` returns it: ``message:new``'s fields and its state now.
+    """A message as ``message:sync`` returns it: ``message:new``'s fields and its state
+    now (``history_json``), its times written out."""
+    event = history_json(
+        message_id=message.message_id,
+        conversation_id=message.conversation_id,
+        seq=message.seq,
+        sender_id=message.sender_id,
+        client_message_id=message.client_message_id,
+        body=message.body,
+        created_at=message.created_at,
+        edited_at=message.edited_at,
+        deleted_at=message.deleted_at,
+        e2e_header=message.e2e_header,
+    )
+    for name in ("created_at", "edited_at", "deleted_at"):
+        if event[name] is not None:
+            event[name] = event[name].isoformat()
+    return event
 
-    An edited one carries its current text and ``edited_at``; a deleted one is a
-    tombstone: ``body`` null, no ``e2e_header``, ``deleted_at`` set.
+
+def history_json(
+    *,
+    message_id: str,
+    conversation_id: str,
+    seq: int,
+    sender_id: str,
+    client_message_id: str,
+    body: str | None,
+    created_at: datetime,
+    edited_at: datetime | None,
+    deleted_at: datetime | None,
+    e2e_header: object | None,
+) -> dict[str, Any]:
+    """``history_event`` from a row's fields, for orjson: a page read straight from the
+    database.
+
+    ``message:new``'s fields and the message's state now: an edited one carries its
+    current text and ``edited_at``; a deleted one is a tombstone: ``body`` null, no
+    ``e2e_header``, ``deleted_at`` set. The times stay datetimes (orjson writes them as
+    ``isoformat()`` does, in a quarter of the time) and the header may be the row's
+    JSON text as an ``orjson.Fragment`` (relayed without parsing it).
     """
-    event = message_new_event(message)
-    event["edited_at"] = message.edited_at.isoformat() if message.edited_at else None
-    event["deleted_at"] = message.deleted_at.isoformat() if message.deleted_at else None
-    if message.deleted_at is not None:
-        event["body"] = None
-        event.pop("e2e_header", None)
+    deleted = deleted_at is not None
+    event: dict[str, Any] = {
+        "event_id": f"{EVENT_MESSAGE_NEW}:{message_id}",
+        "message_id": message_id,
+        "conversation_id": conversation_id,
+        "seq": seq,
+        "sender_id": sender_id,
+        "client_message_id": client_message_id,
+        "body": None if deleted else body,
+        "created_at": created_at,
+        "edited_at": edited_at,
+        "deleted_at": deleted_at,
+    }
+    if e2e_header is not None and not deleted:
+        event["e2e_header"] = e2e_header
     return event
 
 

@@ -196,6 +196,9 @@ class Message(Base):
         UniqueConstraint("conversation_id", "seq", name="uq_messages_conversation_seq"),
         UniqueConstraint("sender_id", "client_message_id", name="uq_messages_sender_client_id"),
         Index("ix_messages_conversation_created", "conversation_id", "created_at"),
+        # Unread counts subtract a conversation's deleted messages (few) instead of
+        # joining every pending delivery to its message.
+        Index("ix_messages_deleted", "conversation_id", postgresql_where="deleted_at IS NOT NULL"),
     )
 
 

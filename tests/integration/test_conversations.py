@@ -218,6 +218,16 @@ async def test_a_client_back_from_offline_syncs_exactly_what_it_missed(
     tail = await back.call(EVENT_MESSAGE_SYNC, {"conversation_id": conversation, "after_seq": 6})
     assert (tail["messages"], tail["has_more"], tail["last_seq"]) == ([], False, 6)
 
+    # A missed message deleted before ben reads it no longer counts as unread.
+    gone = await a.call(
+        EVENT_MESSAGE_DELETE,
+        {"conversation_id": conversation, "message_id": missed[1]["message_id"]},
+    )
+    assert gone["ok"] is True, gone
+    listed = await back.call(EVENT_CONVERSATION_LIST)
+    (state,) = [c for c in listed["conversations"] if c["conversation_id"] == conversation]
+    assert (state["unread_count"], state["last_seq"]) == (4, 6)
+
 
 async def test_one_batched_sync_catches_up_on_every_conversation(
     gateway: RunningGateway,  # noqa: F811

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
 import socketio
 
 from missive.broadcast import (
     Broadcaster,
     history_event,
+    history_json,
     member_added_event,
     member_removed_event,
     message_deleted_event,
@@ -394,3 +397,28 @@ async def test_room_moves_without_a_pubsub_move_this_process_sockets() -> None:
     )
     assert [sid for sid, _ in manager.get_participants("/", "conversation:new")] == ["s1"]
     assert list(manager.get_participants("/", "conversation:old")) == []
+
+
+def test_a_history_page_encodes_exactly_as_the_event_does() -> None:
+    """The page path hands orjson datetimes and the header's stored JSON text; what it
+    writes must be what ``history_event`` (isoformat) gives, in every state."""
+    states = [
+        MESSAGE,
+        replace(MESSAGE, created_at=AT.replace(microsecond=123456)),
+        replace(MESSAGE, e2e_header=HEADER, edited_at=AT + timedelta(seconds=1, microseconds=5)),
+        replace(MESSAGE, e2e_header=HEADER, deleted_at=AT + timedelta(minutes=2)),
+    ]
+    for message in states:
+        header = message.e2e_header
+        fields = {
+            name: getattr(message, name)
+            for name in (
+                "message_id", "conversation_id", "seq", "sender_id", "client_message_id",
+                "body", "created_at", "edited_at", "deleted_at",
+            )
+        }  # fmt: skip
+        raw = history_json(
+            **fields,
+            e2e_header=orjson.Fragment(json.dumps(header)) if header is not None else None,
+        )
+        assert orjson.loads(orjson.dumps(raw)) == history_event(message)
