@@ -8,7 +8,7 @@ import sys
 
 from aiohttp import web
 
-from codec_server.app import create_app
+from codec_server.app import MAX_LINE_BYTES, RefusingRequestHandler, create_app
 from missive.config import Settings
 from missive.errors import InvalidInput
 from runtime.process import run_process
@@ -22,19 +22,34 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
     """
     stop = stop or asyncio.Event()
     app = create_app(settings)
-    # No access log: a browser's token may sit in the path.
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app)
     await runner.setup()
+    assert runner.server is not None  # setup() built it
+    manager = runner.server
+    loop = asyncio.get_running_loop()
+
+    def connection() -> RefusingRequestHandler:
+        # What a TCPSite would build (aiohttp's RequestHandler), refusing unparsable
+        # requests without echoing them. No access log: a browser's token may sit in the path.
+        return RefusingRequestHandler(
+            manager,
+            loop=loop,
+            access_log=None,  # type: ignore[arg-type]  # aiohttp reads None as off
+            max_line_size=MAX_LINE_BYTES,
+            max_field_size=MAX_LINE_BYTES,
+        )
+
+    listening: asyncio.Server | None = None
     try:
-        site = web.TCPSite(runner, settings.codec_server_host, settings.codec_server_port)
         try:
-            await site.start()
+            listening = await loop.create_server(
+                connection, settings.codec_server_host, settings.codec_server_port
+            )
         except OSError as err:
             raise InvalidInput(
                 f"cannot listen on {settings.codec_server_host}:{settings.codec_server_port}: "
                 f"{err.strerror or err}"
             ) from None
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         print(
@@ -44,6 +59,9 @@ async def serve(settings: Settings, *, stop: asyncio.Event | None = None) -> Non
         )
         await stop.wait()
     finally:
+        if listening is not None:
+            listening.close()
+        # Closes the open connections too: each handler registered with the manager.
         await runner.cleanup()
 
 

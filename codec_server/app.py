@@ -6,7 +6,9 @@ shape back, decoded or encoded. Every request carries the bearer token from
 ``CODEC_SERVER_TOKEN``: in the ``Authorization`` header, or, for a browser that
 cannot add headers (the Web UI pointed at ``--ui-codec-endpoint``), as the first
 path segment (``/<token>/decode``). Bad requests get a 4xx with a reason that
-never quotes the body or the token; the server never answers 500.
+never quotes the body or the token; the server never answers 500. That holds for
+requests aiohttp refuses before the app sees them too (a header or request line over
+``MAX_LINE_BYTES``), once served through ``RefusingRequestHandler``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod, LineTooLong
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 
@@ -29,6 +32,9 @@ log = logging.getLogger("missive.codec_server")
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
 """Largest request accepted; a workflow history page of payloads fits easily."""
+
+MAX_LINE_BYTES = 8190
+"""Longest request line or header aiohttp reads (its default): a bearer token is far shorter."""
 
 ALLOWED_HEADERS = "Authorization, Content-Type, X-Namespace"
 """What the Web UI sends: X-Namespace names the namespace of the payloads."""
@@ -152,6 +158,48 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = web.json_response({"error": "the payloads could not be processed"}, status=400)
     response.headers.update(cors)
     return response
+
+
+class RefusingRequestHandler(web.RequestHandler):
+    """aiohttp's connection handler, answering requests it cannot parse in one short line.
+
+    aiohttp refuses an oversized or malformed request before any middleware runs, and
+    its own answer quotes the first 100 bytes of the offending line (a header such as
+    ``Authorization: Bearer <token>...``, or a path that starts with the token) and logs
+    a traceback for it. The client's mistake deserves neither: this answers a JSON
+    reason that quotes nothing and logs one line naming the exception type.
+    """
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """The answer to a request aiohttp could not parse; anything else as aiohttp does.
+
+        A 500 or a 504 is the app's own failure (the guard turns every exception of a
+        handler into a 4xx, so one means a bug), and keeps aiohttp's traceback.
+        """
+        if status != 400 or exc is None:
+            return super().handle_error(request, status, exc, message)
+        if isinstance(exc, BadHttpMethod):
+            # TLS or another protocol sent to this port: noise, as aiohttp treats it.
+            log.debug("refused a request that is not HTTP: %s", type(exc).__name__)
+        else:
+            log.warning("refused a request aiohttp could not read: %s", type(exc).__name__)
+        if request.writer.output_size > 0:
+            raise ConnectionError("a response was already sent on this connection")
+        if isinstance(exc, LineTooLong):
+            # The request line and headers share one limit, so one answer names both.
+            status, reason = 431, f"the request line or a header is over {MAX_LINE_BYTES} bytes"
+        else:
+            reason = "the request is not valid HTTP/1.1"
+        response = web.json_response({"error": reason}, status=status)
+        # aiohttp stopped reading this connection mid-request: it cannot carry another.
+        response.force_close()
+        return response
 
 
 async def _read(request: web.Request) -> list[Payload]:

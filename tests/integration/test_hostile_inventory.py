@@ -47,10 +47,12 @@ The codec server over HTTP (test_the_codec_server_refuses_hostile_requests_by_na
   K4 a GET, K5 a payload marked encrypted without a key id, K6 plaintext marked encrypted
   under a real key id, K7 one byte of a sealed payload changed, K8 an unknown path
   (with the token: 404; without: 401, so routes cannot be probed), K9 a 5,000-character
-  token in the path.
+  token in the path, K10 a header or request line over 8 KiB (an Authorization header of
+  9 KB and of 100 KB after the real token, a 9 KB path after it): 431, neither quoted in
+  the answer nor logged with a traceback.
 
 The whole inventory, kind -> where it is tested (a kind tested with several variants
-counts once): 147 kinds, 75 in earlier tests (numbered below) and 72 here.
+counts once): 148 kinds, 75 in earlier tests (numbered below) and 73 here.
 
 Gateway connection, 13 (tests/integration/):
   1-5 no token, a malformed one, a forged signature, an expired token, an unknown user:
@@ -135,7 +137,7 @@ Codec server, 9 (tests/unit/test_codec_server.py, aiohttp's test server):
     test_unknown_key_id_and_truncated_ciphertext_are_refused_by_name
   73-74 a 200 KB key id, a key id that is not UTF-8: test_a_huge_requested_key_id_is_not_echoed
   75 a preflight from another origin: test_cors_preflight_is_answered_for_the_web_ui_only
-Here, 72: G1-G18 (gateway), S1-S15 (CLI), W1-W30 (workflow input), K1-K9 (codec server).
+Here, 73: G1-G18 (gateway), S1-S15 (CLI), W1-W30 (workflow input), K1-K10 (codec server).
 """
 
 from __future__ import annotations
@@ -143,6 +145,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import math
 import subprocess
 import sys
@@ -680,8 +683,12 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-async def test_the_codec_server_refuses_hostile_requests_by_name(codec_url: str) -> None:
+async def test_the_codec_server_refuses_hostile_requests_by_name(
+    codec_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     auth = {"Authorization": f"Bearer {CODEC_TOKEN}"}
+    # The real token first: aiohttp's own refusal quoted a header's first 100 bytes.
+    padded = {n: {"Authorization": f"Bearer {CODEC_TOKEN} " + "h" * n} for n in (9_000, 100_000)}
     secret = "call ana at +14155550100"
     plain = {
         "metadata": {"encoding": _b64(b"json/plain")},
@@ -713,11 +720,25 @@ async def test_the_codec_server_refuses_hostile_requests_by_name(codec_url: str)
             ("K8", "POST", "/keys", payloads(), {}, 401, "a bearer token is required"),
             ("K9", "POST", f"/{'t' * 5_000}/decode", payloads(sealed), {}, 401,
              "the bearer token is not valid"),
+            ("K10", "POST", "/decode", payloads(), padded[9_000], 431,
+             "the request line or a header is over 8190 bytes"),
+            ("K10", "POST", "/decode", payloads(), padded[100_000], 431,
+             "the request line or a header is over 8190 bytes"),
+            ("K10", "POST", f"/{CODEC_TOKEN}/decode?pad={'p' * 9_000}", payloads(), {}, 431,
+             "the request line or a header is over 8190 bytes"),
         ]  # fmt: skip
+        caplog.set_level(logging.DEBUG)
         for kind, method, path, body, headers, status, named in cases:
             async with http.request(method, codec_url + path, data=body, headers=headers) as r:
                 answer = await r.text()
                 assert (r.status, named in answer) == (status, True), (kind, r.status, answer)
                 assert json.loads(answer).keys() == {"error"}, (kind, answer)
                 assert len(answer) < 200, (kind, len(answer))
-                assert_no_leak(answer, (secret, CODEC_TOKEN, "t" * 100))
+                assert_no_leak(answer, (secret, CODEC_TOKEN, "t" * 100, "h" * 16, "p" * 16))
+    served = [r for r in caplog.records if r.name.startswith(("aiohttp", "missive"))]
+    assert [r.getMessage() for r in served if "could not read" in r.getMessage()] == [
+        "refused a request aiohttp could not read: LineTooLong"
+    ] * 3, [r.getMessage()[:200] for r in served]
+    for record in served:
+        assert record.exc_info is None, (record.name, record.getMessage()[:200])
+        assert_no_leak(record.getMessage(), (secret, CODEC_TOKEN, "t" * 100, "h" * 16, "p" * 16))
