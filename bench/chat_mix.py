@@ -92,6 +92,11 @@ class Round:
     """Workflow tasks, history events and signals per lifecycle (sampled)."""
     cpu: dict[str, float] = field(default_factory=dict)
     """CPU seconds each process spent during the round."""
+    tail: float = 0.0
+    """Seconds from the end of sending (with receipts) or from everyone's catch-up read
+    (without) until every lifecycle of the round had closed."""
+    tail_cpu: dict[str, float] = field(default_factory=dict)
+    """CPU seconds each process spent in the tail."""
 
 
 def _sample(current: Round, n: int = 60) -> list[str]:
@@ -173,6 +178,29 @@ async def _count(s: Stack, query: str) -> int:
     return (await s.env.client.count_workflows(query)).count
 
 
+RUNNING_LIFECYCLES = "WorkflowType = 'MessageLifecycleWorkflow' AND ExecutionStatus = 'Running'"
+
+
+async def _tail(s: Stack, current: Round, cpu_from: dict[str, float]) -> None:
+    """Waits until no lifecycle runs, and records how long that took and its CPU.
+
+    A lifecycle nobody reads ends at its window (a day by default) with a timer's
+    workflow task and its completion; one whose readers ack ends at ALL_READ with a
+    signal's workflow task and its completion. A round that stops counting when
+    sending stops counts the second kind's end and not the first's: the tail puts
+    both ends in, as a deployment pays for both.
+    """
+    started = time.perf_counter()
+    async with asyncio.timeout(120):
+        while True:
+            if not await _count(s, RUNNING_LIFECYCLES):
+                break
+            await asyncio.sleep(0.2)  # visibility is polled: nothing to await
+    current.tail = time.perf_counter() - started
+    after = _cpu_seconds()
+    current.tail_cpu = {k: after[k] - cpu_from.get(k, 0.0) for k in after}
+
+
 async def run(
     seconds: float,
     rounds: int,
@@ -248,17 +276,23 @@ async def run(
             current.started["__elapsed__"] = elapsed
             cpu_after = _cpu_seconds()
             current.cpu = {k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after}
-            await asyncio.sleep(read_after + 1.5)  # reads and signals of the last messages
+            if receipts:  # the last reads, their signals, and the lifecycles' ends
+                await _tail(s, current, cpu_after)
+            else:
+                await asyncio.sleep(read_after + 1.5)
             if current.pending:
                 await asyncio.wait(current.pending, timeout=30)
             for member in everyone:
                 member.round = None
             current.cost = await _temporal_cost(s, _sample(current))
             if not receipts:
-                # Everyone catches up (one read each), outside the measurement: else the
-                # next round's watermarks would also end this round's lifecycles.
+                # Everyone catches up (one read each) once the histories are sampled: the
+                # lifecycles end as they would when their users open the app, and the
+                # next round's watermarks do not end them instead.
+                cpu_before_tail = _cpu_seconds()
+                tail = asyncio.create_task(_tail(s, current, cpu_before_tail))
                 await asyncio.gather(*(member.catch_up() for member in everyone))
-                await asyncio.sleep(2.0)
+                await tail
             return current
 
         # Warm up: connections, prepared statements, sticky queues.
@@ -289,6 +323,20 @@ async def run(
             ]
 
         on, off, bare = rate(with_receipts), rate(without), statistics.median(bare_rates)
+
+        def rate_done(rounds_: list[Round]) -> float:
+            return statistics.median(
+                r.acked_ok / (r.started["__elapsed__"] + r.tail) for r in rounds_ if r.started
+            )
+
+        def cpu_done(rounds_: list[Round]) -> float:
+            return statistics.median(
+                (sum(r.cpu.values()) + sum(r.tail_cpu.values())) / max(1, r.acked_ok)
+                for r in rounds_
+            )
+
+        on_done, off_done = rate_done(with_receipts), rate_done(without)
+        cpu_done_on, cpu_done_off = cpu_done(with_receipts), cpu_done(without)
         lat_on, lat_off = send_to_new(paced_on), send_to_new(paced_off)
         receipt_lat = [x for r in paced_on for x in r.receipt_latencies]
         loaded_lat = [x for r in with_receipts for x in r.receipt_latencies]
@@ -320,6 +368,15 @@ async def run(
     print(f"  bare no-activity workflows            {bare:7.1f}")
     print(f"  ratio with / without (goal >= 0.8)    {on / off:7.2f}")
     print(f"  ratio without / bare (goal >= 0.7)    {off / bare:7.2f}")
+    print("to completion (sending, then until every lifecycle of the round has closed)")
+    print(f"  with receipts                         {on_done:7.1f}")
+    print(f"  without receipts (all read at the end) {off_done:6.1f}")
+    print(f"  ratio with / without                  {on_done / off_done:7.2f}")
+    print(f"  ratio without / bare (bare complete too) {off_done / bare:4.2f}")
+    print(
+        f"  CPU ms per message, all processes     with {cpu_done_on * ms:6.1f}"
+        f"  without {cpu_done_off * ms:6.1f}  ratio {cpu_done_off / cpu_done_on:.2f}"
+    )
     print(f"latency (ms) at {paced:.0f} messages/s in all            p50      p99")
     print(
         f"  receipt ack ({len(receipt_lat)} receipts)        "
