@@ -39,15 +39,14 @@ MAX_SEQ = 2**63 - 1
 _Keys = dict[tuple[str, int], WrappedKey]
 """Wrapped data keys by (conversation id, version)."""
 
-# One statement per page: the membership check, the conversation's last seq and the page
-# (only for a member: the LATERAL's condition); the data keys come apart (_KEYS), once
-# per conversation instead of with every row. Run on the driver itself: SQLAlchemy's
-# per-row work would cost more than the query.
+# One round trip per page: the membership check, the conversation's last seq, the page
+# (only for a member: the LATERAL's condition) and each row's data key. Run on the
+# driver itself: SQLAlchemy's per-row work would cost more than the query.
 _PAGE = """
 SELECT c.last_seq, p.user_id IS NOT NULL AS is_member,
        m.id::text AS id, m.seq, m.sender_id::text AS sender_id, m.client_message_id,
        m.body_ciphertext, m.key_version, m.created_at, m.edited_at, m.deleted_at,
-       m.e2e_header::text AS e2e_header
+       m.e2e_header::text AS e2e_header, k.master_key_version, k.wrapped_key
 FROM conversations c
 LEFT JOIN participants p ON p.conversation_id = c.id AND p.user_id = $2
 LEFT JOIN LATERAL (
@@ -55,6 +54,7 @@ LEFT JOIN LATERAL (
     WHERE mm.conversation_id = c.id AND p.user_id IS NOT NULL AND {where}
     ORDER BY mm.seq {order} LIMIT $4
 ) m ON true
+LEFT JOIN conversation_keys k ON k.conversation_id = c.id AND k.version = m.key_version
 WHERE c.id = $1
 ORDER BY m.seq {order}
 """
@@ -80,7 +80,8 @@ LEFT JOIN LATERAL (
 ) m ON true
 """
 
-# The wrapped data keys of the conversations a sync reads (a few versions each).
+# The wrapped data keys of the conversations a batched sync reads (a few versions each):
+# apart from the rows, once per conversation instead of with every one of a thousand.
 _KEYS = """
 SELECT conversation_id::text AS conversation_id, version, master_key_version, wrapped_key
 FROM conversation_keys WHERE conversation_id = ANY($1::uuid[])
@@ -208,10 +209,13 @@ class HistoryService:
         try:
             async with self._slots, driver_connection(self._engine) as conn:
                 rows = await conn.fetch(query, uuid.UUID(cid), uuid.UUID(uid), seq, limit + 1)
-                found = bool(rows) and rows[0]["id"] is not None
-                keys = await _keys(conn, [cid]) if found else {}
         except DRIVER_CONNECTION_ERRORS:
             raise ProviderUnavailable("the database is unavailable; try again shortly") from None
+        keys = {  # a page's rows carry their keys (most pages: one version)
+            (cid, row["key_version"]): WrappedKey(row["master_key_version"], row["wrapped_key"])
+            for row in rows
+            if row["wrapped_key"] is not None
+        }
         return self._page(uid, request, rows, keys)
 
     async def sync_many(
