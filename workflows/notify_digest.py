@@ -108,6 +108,12 @@ class NotificationDigestWorkflow:
             if self._pending and workflow.info().is_continue_as_new_suggested():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(dataclasses.replace(input, pending=self._take()))
+        # An item signalled after the loop's last check is not lost: the check and the
+        # return run in one activation, and a signal reaching the server while that
+        # task is in flight makes it refuse the completion (UnhandledCommand); the task
+        # runs again with the signal applied before the send's result, so the loop goes
+        # on. Awaiting anything that takes a workflow task between the check and the
+        # return would open the gap (tests/integration/test_notify_digest_gap.py).
         await workflow.wait_condition(workflow.all_handlers_finished)
         return NotificationDigestResult(
             digests=digests, items=items, cancelled=cancelled + sends.cancelled
