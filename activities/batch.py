@@ -8,7 +8,7 @@ from temporalio import activity
 
 from activities.errors import translate_errors
 from missive.metrics import Metrics
-from missive.schemas import BatchChunkInput, BatchChunkResult
+from missive.schemas import BatchChunkInput, BatchChunkResult, StagedBatchInput
 from missive.services.batch import BatchService
 
 
@@ -27,6 +27,12 @@ class BatchActivities:
         self._release_memory = release_memory
         """Called after every chunk, whatever its outcome (the worker passes
         runtime.process.release_freed_memory: a chunk frees megabytes at a time)."""
+
+    @activity.defn
+    @translate_errors
+    async def check_staged_batch(self, input: StagedBatchInput) -> None:
+        """Refuses (InvalidInput, non-retryable) a batch that was not staged as described."""
+        await self._batches.require_staged(input.batch_id, input.kind, input.total)
 
     @activity.defn
     @translate_errors

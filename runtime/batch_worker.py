@@ -115,7 +115,12 @@ def job_activity_methods(
     batch: BatchActivities, retention: RetentionActivities
 ) -> list[Callable[..., Any]]:
     """The bound activity methods a batch worker registers."""
-    return [batch.process_batch_chunk, retention.archive_expired, retention.purge_archived]
+    return [
+        batch.check_staged_batch,
+        batch.process_batch_chunk,
+        retention.archive_expired,
+        retention.purge_archived,
+    ]
 
 
 def batch_worker(

@@ -21,13 +21,17 @@ with workflow.unsafe.imports_passed_through():
         BatchResult,
         BatchState,
         BatchStatus,
+        StagedBatchInput,
     )
     from workflows import policies
+    from workflows.failures import reraise_refusal
 
 PROGRESS_KEY = SearchAttributeKey.for_int(SEARCH_ATTRIBUTE_PROGRESS)
 """Percent of the batch's items finished."""
 STATUS_KEY = SearchAttributeKey.for_keyword(SEARCH_ATTRIBUTE_STATUS)
 """running, paused, completed, failed or cancelled."""
+STAGED_CHECK_PATCH = "check-staged-batch"
+"""The patch that added the staged-batch check: runs recorded before it replay without it."""
 
 
 def _check(input: BatchInput) -> None:
@@ -83,8 +87,14 @@ class BatchWorkflow:
 
     @workflow.run
     async def run(self, input: BatchInput) -> BatchResult:
-        """Runs the batch to its end; fails with BatchFailed past the failure threshold."""
+        """Runs the batch to its end; fails with BatchFailed past the failure threshold.
+
+        Fails at once with InvalidInput, having run no chunk, when the input names
+        a batch that was never staged or staged with another total or kind.
+        """
         _check(input)
+        if workflow.patched(STAGED_CHECK_PATCH):
+            await self._check_staged(input)
         if self._started_at is None:
             self._started_at = workflow.now()
         self._show()
@@ -103,6 +113,18 @@ class BatchWorkflow:
                     workflow.continue_as_new(dataclasses.replace(input, state=self._state()))
             self._wake = False
             await workflow.wait_condition(lambda: self._wake)
+
+    async def _check_staged(self, input: BatchInput) -> None:
+        # Every run, not only the first: a hand-written input may carry a state too.
+        try:
+            await workflow.execute_activity_method(
+                BatchActivities.check_staged_batch,
+                StagedBatchInput(batch_id=input.batch_id, kind=input.kind, total=input.total),
+                start_to_close_timeout=policies.BATCH_CHECK_TIMEOUT,
+                retry_policy=policies.BATCH_CHECK_RETRY,
+            )
+        except ActivityError as err:
+            reraise_refusal(err)
 
     def _may_start(self) -> bool:
         return (

@@ -87,6 +87,12 @@ BATCH_CHUNK_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
 )
 
+# Checking that a batch was staged as its input says is one read by primary key.
+# The batch waits for the database either way, so an outage is retried as a chunk's
+# is; a batch that was never staged is refused non-retryable and fails at once.
+BATCH_CHECK_TIMEOUT = timedelta(seconds=30)
+BATCH_CHECK_RETRY = BATCH_CHUNK_RETRY
+
 # A retention step loops over bounded transactions until nothing is left:
 # minutes for a large backlog. 2 hours caps a run stuck behind locks; the
 # heartbeat after each transaction (seconds apart) notices a dead worker in 60 s.

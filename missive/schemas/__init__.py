@@ -30,6 +30,7 @@ from missive.schemas._batches import (
     BatchResult,
     BatchState,
     BatchStatus,
+    StagedBatchInput,
 )
 from missive.schemas._conversations import (
     ConversationSummary,
@@ -259,6 +260,7 @@ __all__ = [
     "SendNotificationsResult",
     "SettleNotificationsInput",
     "SettleNotificationsResult",
+    "StagedBatchInput",
     "UserProfile",
     "UserProfileInput",
     "WithdrawInput",

@@ -76,6 +76,18 @@ class BatchInput:
 
 
 @dataclass(frozen=True)
+class StagedBatchInput:
+    """Input of the check_staged_batch activity: what a BatchWorkflow's input says of its batch."""
+
+    batch_id: str
+    """The batch the workflow is to run."""
+    kind: BatchKind
+    """The kind its input names."""
+    total: int
+    """The item count its input names."""
+
+
+@dataclass(frozen=True)
 class BatchChunkInput:
     """Input of the process_batch_chunk activity: items [from_item, to_item)."""
 

@@ -40,7 +40,9 @@ Hand-written workflow input, started by name with raw JSON as the Temporal CLI d
   0, W22 a master key version past 32 bits, W23 a negative retention chunk, W24 a search
   rebuild in batches of 0, W25 a heartbeat timeout of NaN, W26 a NUL in a notification id,
   W27 a NUL in a search key's user id, W28 a field named by a lone surrogate, W29 a count
-  past 64 bits, W30 a report limit of NaN.
+  past 64 bits, W30 a report limit of NaN, W31 a batch that was never staged (with a total
+  of 10**12), W32 a batch's total or kind other than what was staged (10**12 items for a
+  batch of one, an announcement for an import).
 
 The codec server over HTTP (test_the_codec_server_refuses_hostile_requests_by_name):
   K1 JSON nested 100,000 deep, K2 an integer of 5,000 digits, K3 a body over 8 MiB,
@@ -52,7 +54,7 @@ The codec server over HTTP (test_the_codec_server_refuses_hostile_requests_by_na
   the answer nor logged with a traceback.
 
 The whole inventory, kind -> where it is tested (a kind tested with several variants
-counts once): 148 kinds, 75 in earlier tests (numbered below) and 73 here.
+counts once): 150 kinds, 75 in earlier tests (numbered below) and 75 here.
 
 Gateway connection, 13 (tests/integration/):
   1-5 no token, a malformed one, a forged signature, an expired token, an unknown user:
@@ -137,7 +139,7 @@ Codec server, 9 (tests/unit/test_codec_server.py, aiohttp's test server):
     test_unknown_key_id_and_truncated_ciphertext_are_refused_by_name
   73-74 a 200 KB key id, a key id that is not UTF-8: test_a_huge_requested_key_id_is_not_echoed
   75 a preflight from another origin: test_cors_preflight_is_answered_for_the_web_ui_only
-Here, 73: G1-G18 (gateway), S1-S15 (CLI), W1-W30 (workflow input), K1-K10 (codec server).
+Here, 75: G1-G18 (gateway), S1-S15 (CLI), W1-W32 (workflow input), K1-K10 (codec server).
 """
 
 from __future__ import annotations
@@ -167,6 +169,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.batch import BatchActivities
 from codec_server.__main__ import serve as serve_codec
 from missive.config import Settings
 from missive.constants import (
@@ -184,8 +187,9 @@ from missive.constants import (
     EVENT_NOTIFICATION_LIST,
 )
 from missive.models import ConversationKind, EncryptionMode
-from missive.schemas import PersistMessageInput
+from missive.schemas import BatchKind, PersistMessageInput
 from missive.services.directory import NewUser
+from runtime.batch_worker import batch_service
 from runtime.wiring import Core, activity_methods, message_activities, workflow_runner
 from starter.client import MissiveClient
 from tests.conftest import ROOT, base_settings, free_port, process_env
@@ -551,6 +555,11 @@ async def test_hand_written_workflow_input_fails_at_once_by_name(
     cid = {"conversation_id": world.group}
     create = {"action": "create", "kind": "group", "actor_id": world.ana, "user_ids": [world.ben]}
     sends = {**in_group, "sender_id": world.ana, "client_message_id": "w-1", "body": "hi"}
+    staging = batch_service(core, None)
+    batches = BatchActivities(staging)
+    staged = f"hostile-{uuid.uuid4().hex[:12]}"  # one item, never run
+    await staging.stage_items(staged, BatchKind.IMPORT, [{**sends, "body": "staged"}])
+    never = {"batch_id": f"never-{uuid.uuid4().hex[:12]}", "kind": "import", "total": 10**12}
     deep = json.loads('{"k": ' * 64 + "{}" + "}" * 64)
     cases: list[tuple[str, str, object, str, str]] = [
         ("W1", "UserProfileWorkflow", {"handle": "eve", "display_name": "Eve\u0000"},
@@ -615,6 +624,12 @@ async def test_hand_written_workflow_input_fails_at_once_by_name(
         ("W25", "BatchWorkflow",
          {"batch_id": "b-1", "kind": "import", "total": 1, "heartbeat_timeout_seconds": math.nan},
          "InvalidInput", "BatchInput.heartbeat_timeout_seconds: expected a finite number"),
+        ("W31", "BatchWorkflow", never,
+         "InvalidInput", f"batch {never['batch_id']} was never staged"),
+        ("W32", "BatchWorkflow", {"batch_id": staged, "kind": "import", "total": 10**12},
+         "InvalidInput", f"total is 1000000000000, but batch {staged} was staged with 1 item"),
+        ("W32", "BatchWorkflow", {"batch_id": staged, "kind": "announcement", "total": 1},
+         "InvalidInput", f"kind is announcement, but batch {staged} was staged as import"),
         ("W26", "ClearPushesWorkflow",
          {"notification_ids": ["n\u0000"], "push_task_queue": task_queue},
          "InvalidInput", "ClearPushesInput.notification_ids[0]: holds U+0000"),
@@ -634,7 +649,12 @@ async def test_hand_written_workflow_input_fails_at_once_by_name(
         client,
         task_queue=task_queue,
         workflows=CONTRACT,
-        activities=activity_methods(message_activities(core, RecordingEmitter())),
+        # The batch worker's two: a batch that got past its check would write its items.
+        activities=[
+            *activity_methods(message_activities(core, RecordingEmitter())),
+            batches.check_staged_batch,
+            batches.process_batch_chunk,
+        ],
         # The sandbox, as every workflow test: the runner the processes build, turned on.
         workflow_runner=workflow_runner(settings.model_copy(update={"workflow_sandbox": True})),
     ):

@@ -18,21 +18,37 @@ from missive.schemas import (
     BatchInput,
     BatchKind,
     BatchStatus,
+    StagedBatchInput,
 )
 from workflows.batch import BatchWorkflow
 
 
 class FakeChunks:
-    """Records the chunks it is given; fails the items named in ``bad``."""
+    """Records the chunks it is given; fails the items named in ``bad``.
 
-    def __init__(self, *, bad: set[int] | None = None, gated: bool = False) -> None:
+    Every batch counts as staged as its input says, but for the ids in ``unstaged``.
+    """
+
+    def __init__(
+        self, *, bad: set[int] | None = None, gated: bool = False, unstaged: set[str] | None = None
+    ) -> None:
         self.bad = bad or set()
+        self.unstaged = unstaged or set()
+        self.checks: list[StagedBatchInput] = []
         self.ranges: list[tuple[int, int]] = []
         self.running = 0
         self.max_running = 0
         self.gated = gated
         self.release = asyncio.Semaphore(0)
         self.started = asyncio.Event()
+
+    @activity.defn(name="check_staged_batch")
+    async def check(self, input: StagedBatchInput) -> None:
+        self.checks.append(input)
+        if input.batch_id in self.unstaged:
+            raise ApplicationError(
+                f"batch {input.batch_id} was never staged", type="InvalidInput", non_retryable=True
+            )
 
     @activity.defn(name="process_batch_chunk")
     async def process(self, input: BatchChunkInput) -> BatchChunkResult:
@@ -71,7 +87,10 @@ def _input(total: int, **overrides: object) -> BatchInput:
 
 def _worker(env: WorkflowEnvironment, task_queue: str, fake: FakeChunks) -> Worker:
     return Worker(
-        env.client, task_queue=task_queue, workflows=[BatchWorkflow], activities=[fake.process]
+        env.client,
+        task_queue=task_queue,
+        workflows=[BatchWorkflow],
+        activities=[fake.check, fake.process],
     )
 
 
@@ -162,6 +181,8 @@ async def test_continue_as_new_carries_the_cursor_and_counts(
     ]
     assert len(set(fake.ranges)) == 7
     assert latest.run_id != handle.result_run_id
+    # Every run checks its batch: a carried state skips nothing.
+    assert fake.checks == [StagedBatchInput(input.batch_id, BatchKind.IMPORT, 32)] * 4
 
 
 async def test_bad_input_fails_at_once(time_env: WorkflowEnvironment, task_queue: str) -> None:
@@ -179,6 +200,26 @@ async def test_bad_input_fails_at_once(time_env: WorkflowEnvironment, task_queue
             cause = failure.value.cause
             assert isinstance(cause, ApplicationError) and cause.type == "InvalidInput"
             assert message in cause.message
+    assert fake.ranges == []
+
+
+async def test_a_batch_never_staged_fails_at_once_and_runs_no_chunk(
+    time_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    input = _input(10**12)
+    fake = FakeChunks(unstaged={input.batch_id})
+    async with _worker(time_env, task_queue, fake):
+        with pytest.raises(WorkflowFailureError) as failure:
+            await time_env.client.execute_workflow(
+                BatchWorkflow.run, input, id=f"batch-{input.batch_id}", task_queue=task_queue
+            )
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError) and cause.non_retryable
+    assert (cause.type, cause.message) == (
+        "InvalidInput",
+        f"batch {input.batch_id} was never staged",
+    )
+    assert fake.checks == [StagedBatchInput(input.batch_id, BatchKind.IMPORT, 10**12)]
     assert fake.ranges == []
 
 

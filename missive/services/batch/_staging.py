@@ -238,6 +238,35 @@ class BatchStaging:
             ],
         )
 
+    async def require_staged(self, batch_id: str, kind: BatchKind, total: int) -> None:
+        """Checks that a batch was staged, with this kind and this many items.
+
+        A BatchWorkflow started by hand (the Temporal CLI, another service) names
+        its batch and its total itself: for a batch never staged its chunks would
+        find no items, and a total of 10**12 would run empty chunks for ever.
+
+        Raises:
+            InvalidInput: the batch id is malformed, no such batch was staged, or it
+                was staged with another kind or item count.
+        """
+        require_batch_id(batch_id)
+        staged = await self.exists(batch_id)
+        if staged is None:
+            raise InvalidInput(
+                f"batch {batch_id} was never staged: stage its items first "
+                "(python -m starter batch start or announce)"
+            )
+        staged_kind, staged_total = staged
+        if total != staged_total:
+            raise InvalidInput(
+                f"BatchInput.total is {total}, but batch {batch_id} was staged "
+                f"with {staged_total} item{'' if staged_total == 1 else 's'}"
+            )
+        if str(kind) != staged_kind:
+            raise InvalidInput(
+                f"BatchInput.kind is {kind}, but batch {batch_id} was staged as {staged_kind}"
+            )
+
     async def exists(self, batch_id: str) -> tuple[str, int] | None:
         """The (kind, total) of a staged batch, or None."""
         async with driver_connection(self._engine) as conn:
