@@ -26,12 +26,15 @@ from missive.schemas import (
     SendMessageInput,
 )
 from missive.services.receipts import Watermark
-from missive.validation import require_body, require_client_message_id, require_seq, require_uuid
+from missive.validation import (
+    require_body,
+    require_client_message_id,
+    require_mentions,
+    require_seq,
+    require_uuid,
+)
 from runtime.messaging import send_message, with_request_id
 from runtime.search_attributes import KIND_MESSAGE, start_attributes
-
-MAX_MENTIONS = 256
-"""Most user ids one message may mention."""
 
 
 class LocalAcks:
@@ -188,14 +191,3 @@ class MessageEvents:
             )
         )
         return {"ok": True, "changed": applied.changed, "up_to_seq": applied.up_to_seq}
-
-
-def require_mentions(value: object) -> list[str]:
-    """The ``mentions`` of a send: absent, or a list of user ids (deduplicated)."""
-    if value is None:
-        return []
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise InvalidInput("mentions must be a list of user ids (strings)")
-    if len(value) > MAX_MENTIONS:
-        raise InvalidInput(f"mentions names {len(value)} users; at most {MAX_MENTIONS}")
-    return list(dict.fromkeys(require_uuid(item, "mentions[]") for item in value))

@@ -28,6 +28,25 @@ def require_uuid(value: object, name: str) -> str:
         raise InvalidInput(f"{name} is not a valid UUID: {value[:64]!r}") from None
 
 
+MAX_MENTIONS = 256
+"""Most user ids one message may mention (the gateway and the lifecycle refuse more)."""
+
+
+def require_mentions(value: object) -> list[str]:
+    """The ``mentions`` of a send: absent, or at most MAX_MENTIONS user ids (deduplicated).
+
+    The gateway checks a client's send with it, and the lifecycle a hand-written
+    input: the notification planner would drop what is not a user id without a word.
+    """
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise InvalidInput("mentions must be a list of user ids (strings)")
+    if len(value) > MAX_MENTIONS:
+        raise InvalidInput(f"mentions names {len(value)} users; at most {MAX_MENTIONS}")
+    return list(dict.fromkeys(require_uuid(item, "mentions[]") for item in value))
+
+
 def require_client_message_id(value: object) -> str:
     """A client_message_id is 1-128 printable characters."""
     if not isinstance(value, str) or not value.strip():

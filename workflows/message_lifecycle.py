@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from missive.validation import (
         require_body,
         require_client_message_id,
+        require_mentions,
         require_uuid,
         send_fingerprint,
     )
@@ -153,6 +154,7 @@ class MessageLifecycleWorkflow:
             require_uuid(input.sender_id, "sender_id")
             require_client_message_id(input.client_message_id)
             require_body(input.body, max_bytes=input.max_body_bytes)
+            require_mentions(input.mentions)
         except InvalidInput as err:
             raise ApplicationError(str(err), type=err.type, non_retryable=True) from None
         try:

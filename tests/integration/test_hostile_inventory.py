@@ -42,7 +42,8 @@ Hand-written workflow input, started by name with raw JSON as the Temporal CLI d
   W27 a NUL in a search key's user id, W28 a field named by a lone surrogate, W29 a count
   past 64 bits, W30 a report limit of NaN, W31 a batch that was never staged (with a total
   of 10**12), W32 a batch's total or kind other than what was staged (10**12 items for a
-  batch of one, an announcement for an import).
+  batch of one, an announcement for an import), W33 257 mentions, W34 a mention that is not
+  a user id.
 
 The codec server over HTTP (test_the_codec_server_refuses_hostile_requests_by_name):
   K1 JSON nested 100,000 deep, K2 an integer of 5,000 digits, K3 a body over 8 MiB,
@@ -54,7 +55,7 @@ The codec server over HTTP (test_the_codec_server_refuses_hostile_requests_by_na
   the answer nor logged with a traceback.
 
 The whole inventory, kind -> where it is tested (a kind tested with several variants
-counts once): 150 kinds, 75 in earlier tests (numbered below) and 75 here.
+counts once): 152 kinds, 75 in earlier tests (numbered below) and 77 here.
 
 Gateway connection, 13 (tests/integration/):
   1-5 no token, a malformed one, a forged signature, an expired token, an unknown user:
@@ -139,7 +140,7 @@ Codec server, 9 (tests/unit/test_codec_server.py, aiohttp's test server):
     test_unknown_key_id_and_truncated_ciphertext_are_refused_by_name
   73-74 a 200 KB key id, a key id that is not UTF-8: test_a_huge_requested_key_id_is_not_echoed
   75 a preflight from another origin: test_cors_preflight_is_answered_for_the_web_ui_only
-Here, 75: G1-G18 (gateway), S1-S15 (CLI), W1-W32 (workflow input), K1-K10 (codec server).
+Here, 77: G1-G18 (gateway), S1-S15 (CLI), W1-W34 (workflow input), K1-K10 (codec server).
 """
 
 from __future__ import annotations
@@ -600,6 +601,13 @@ async def test_hand_written_workflow_input_fails_at_once_by_name(
          "InvalidInput", "message_id is not a valid UUID: 'latest'"),
         ("W15", "MessageLifecycleWorkflow", {**sends, "e2e_header": {"alg": "x"}},
          "InvalidInput", "e2e_header is only accepted in end-to-end encrypted conversations"),
+        # The planner would drop them without a word; the gateway refuses them (G10, G11).
+        ("W33", "MessageLifecycleWorkflow",
+         {**sends, "mentions": [world.ben] * 257, "notify": {}},
+         "InvalidInput", "mentions names 257 users; at most 256"),
+        ("W34", "MessageLifecycleWorkflow",
+         {**sends, "mentions": [world.ben, "@ben"], "notify": {}},
+         "InvalidInput", "mentions[] is not a valid UUID: '@ben'"),
         ("W16", "MessageLifecycleWorkflow", {**sends, "notify": {"grace_seconds": 10**12}},
          "InvalidInput", "SendMessageInput.notify.grace_seconds: must be between 0 and 2592000"),
         ("W17", "ReceiptWorkflow",
