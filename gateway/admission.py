@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import socketio
 from sqlalchemy.exc import SQLAlchemyError
@@ -162,13 +162,16 @@ class FairServer(socketio.AsyncServer):
     python-socketio reads a socket's packets one after the other and starts a task
     per event. Here the reading of a socket waits (1) while ``max_events_per_socket``
     of its events are still being handled, and (2) when it sends more than
-    ``events_per_second`` (bursts of ``events_burst``). A flooding client then fills
-    its own TCP buffer instead of this process's event loop: everyone else's events
-    are never queued behind thousands of its refusals, and the flooder still gets an
-    answer to each event, in order, at the pace it is read.
+    ``events_per_second`` packets (bursts of ``events_burst``): events, and every
+    other packet too (malformed ones, acks, connects, a binary event's attachments),
+    as each costs the reader work. A flooding client then fills its own TCP buffer
+    instead of this process's event loop: everyone else's events are never queued
+    behind thousands of its refusals, and the flooder still gets an answer to each
+    event, in order, at the pace it is read.
 
-    It overrides ``_handle_event`` of python-socketio 5 (pinned ``<6``); the
-    gateway traffic tests fail if that method changes.
+    It overrides ``_handle_eio_message`` and ``_handle_event`` of python-socketio 5
+    (pinned ``<6``); the gateway traffic and malformed-packet tests fail if those
+    methods change. A subclass that reads packets itself overrides ``_read_packet``.
     """
 
     def __init__(
@@ -186,9 +189,7 @@ class FairServer(socketio.AsyncServer):
         self._sockets: dict[str, _SocketGate] = {}
         self._in_hand: set[asyncio.Task[None]] = set()
 
-    async def _handle_event(
-        self, eio_sid: str, namespace: str | None, id: int | None, data: list[object]
-    ) -> None:
+    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         gate = self._sockets.get(eio_sid)
         if gate is None:
             gate = self._sockets[eio_sid] = _SocketGate(
@@ -197,6 +198,18 @@ class FairServer(socketio.AsyncServer):
         wait = gate.take(self._rate, self._burst)
         if wait > 0:
             await asyncio.sleep(wait)  # this socket's reader waits; the others go on
+        await self._read_packet(eio_sid, data)
+
+    async def _read_packet(self, eio_sid: str, data: Any) -> None:
+        """Reads one packet of a socket, in its turn: python-socketio's dispatch."""
+        await super()._handle_eio_message(eio_sid, data)
+
+    async def _handle_event(
+        self, eio_sid: str, namespace: str | None, id: int | None, data: list[object]
+    ) -> None:
+        gate = self._sockets.get(eio_sid)
+        if gate is None:  # the socket closed while its packet waited for its turn
+            return
         await gate.in_hand.acquire()
         namespace = namespace or "/"
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)

@@ -193,12 +193,14 @@ class GatewayServer(FairServer):
 
         return bounded
 
-    async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
+    async def _read_packet(self, eio_sid: str, data: Any) -> None:
+        """Reads a packet in its turn (FairServer paces the refusals too), answering
+        one that is oversized or malformed."""
         if isinstance(data, str) and data.startswith(self._oversize):
             await self._answer_oversized(eio_sid, json.loads(data[len(self._oversize) :]))
             return
         try:
-            await super()._handle_eio_message(eio_sid, data)
+            await super()._read_packet(eio_sid, data)
         except MalformedPacket as err:
             await self._answer(eio_sid, err.packet_type, err.namespace, err.id, err.reason)
 

@@ -163,7 +163,8 @@ class Settings(BaseSettings):
     gateway_socket_events_per_second: float = Field(default=100.0, gt=0)
     """Events per second the gateway reads from one socket, sustained (sends,
     receipts and the rest; an app in a busy group acks a few dozen a second); a
-    socket sending faster is read at this pace, so it slows only itself."""
+    socket sending faster is read at this pace, so it slows only itself. Every
+    Socket.IO packet counts, a malformed one as much as an event."""
 
     gateway_socket_events_burst: int = Field(default=200, ge=1)
     """Events one socket may send at once before that pace applies."""

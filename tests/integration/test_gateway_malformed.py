@@ -1,4 +1,5 @@
-"""Malformed transport input over real sockets: every event that asked for an ack gets one.
+"""Malformed transport input over real sockets: every event that asked for an ack gets one,
+and a socket sending nothing else is read at its pace like any other.
 
 Real Socket.IO clients where they can produce the input, else a raw WebSocket
 (aiohttp) speaking Engine.IO 4 / Socket.IO 5 by hand: ``0{...}`` open, ``40{auth}``
@@ -10,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import struct
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -20,8 +23,10 @@ import aiohttp
 import pytest
 import socketio
 from sqlalchemy import text
+from temporalio.testing import WorkflowEnvironment
 
 from gateway.transport import MAX_JSON_DEPTH
+from missive.config import Settings
 from missive.constants import (
     EVENT_DEVICE_REGISTER,
     EVENT_MESSAGE_SEND,
@@ -37,6 +42,9 @@ from tests.integration.test_gateway import (
     WAIT,
     Peer,
     RunningGateway,
+    gateway_settings,
+    open_peer,
+    serve_gateway,
 )
 
 pytestmark = pytest.mark.integration
@@ -282,3 +290,107 @@ async def test_a_frame_over_the_websocket_limit_closes_with_1009(
             msg = await raw.ws.receive(timeout=WAIT)
         assert msg.type is aiohttp.WSMsgType.CLOSE, msg
         assert msg.data == 1009 and "exceeds limit" in str(msg.extra), msg
+
+
+FLOOD_PACKETS = 2_000
+"""Malformed packets the flooding socket sends, as fast as it can write them."""
+
+FLOOD_RATE, FLOOD_BURST = 400.0, 100
+"""The per-socket event pace of the flood's gateway: 2,000 packets take at least 4.75 s."""
+
+
+def _flood_packet(n: int) -> tuple[str | bytes, str | None]:
+    """Malformed packet ``n`` (its ack id, where it has one, is ``n``) and what its one
+    answer must name, or None: nobody is told about a packet without an ack id, and an
+    event of a namespace the socket never joined is no event of this connection."""
+    match n % 5:
+        case 0:
+            return f'42{n}["{EVENT_MESSAGE_SEND}", {{"body": ', "JSON is malformed"
+        case 1:
+            return f'42/nowhere,{n}["{EVENT_MESSAGE_SEND}", {{}}]', None
+        case 2:
+            return f'2{n}["{EVENT_MESSAGE_SEND}", "\xff"]'.encode("latin-1"), "not valid UTF-8"
+        case 3:
+            return b"\xff\xfe\x00 binary junk \x80" * 4, None
+        case _:
+            return f'42{n}{{"event": "{EVENT_MESSAGE_SEND}"}}', "must be an array"
+
+
+def _p99(latencies: list[float]) -> float:
+    return sorted(latencies)[max(0, math.ceil(len(latencies) * 0.99) - 1)]
+
+
+async def test_a_malformed_packet_flood_is_paced_and_slows_nobody_else(
+    settings: Settings, core: Core, dev_env: WorkflowEnvironment
+) -> None:
+    flooder = await core.directory.create_user(NewUser(handle=f"fl-{uuid.uuid4().hex[:6]}"))
+    ben = await core.directory.create_user(NewUser(handle=f"ben-{uuid.uuid4().hex[:6]}"))
+    # Ben alone: each lifecycle ends once stored (nobody left to read it).
+    notes = await core.directory.create_conversation(kind=ConversationKind.GROUP, members=[ben])
+    paced = gateway_settings(
+        settings,
+        dev_env,
+        gateway_socket_events_per_second=FLOOD_RATE,
+        gateway_socket_events_burst=FLOOD_BURST,
+        # Ben's own send limit is not what is measured here.
+        send_rate_per_second=10_000,
+        send_burst=10_000,
+    )
+    packets = [_flood_packet(n) for n in range(1, FLOOD_PACKETS + 1)]
+    expected = {n: named for n, (_, named) in enumerate(packets, start=1) if named}
+    async with serve_gateway(paced) as running:
+        b = await open_peer(running, ben)
+        sent = 0
+
+        async def send() -> float:
+            nonlocal sent
+            sent += 1
+            asked = time.perf_counter()
+            ack = await b.call(EVENT_MESSAGE_SEND, _send(notes, f"hi {sent}", f"b-{sent}"))
+            assert ack["ok"] is True, ack
+            return time.perf_counter() - asked
+
+        try:
+            await send()  # the first lifecycle start warms the worker up
+            unloaded = [await send() for _ in range(30)]
+            token = issue_token(running.settings.gateway_secret, flooder, ttl_seconds=60)
+            async with raw_socket(running, {"token": token}) as raw:
+                answers: dict[int, list[dict[str, Any]]] = {}
+
+                async def flood() -> None:
+                    for packet, _ in packets:
+                        if isinstance(packet, bytes):
+                            await raw.ws.send_bytes(packet)
+                        else:
+                            await raw.ws.send_str(packet)
+
+                async def read_answers() -> None:
+                    while sum(map(len, answers.values())) < len(expected):
+                        packet = await raw.packet()
+                        id, _, answer = packet.partition("[")
+                        assert id.startswith("3"), packet
+                        answers.setdefault(int(id[1:]), []).extend(json.loads("[" + answer))
+
+                started = time.perf_counter()
+                flooding = asyncio.gather(flood(), read_answers())
+                loaded: list[float] = []
+                while not flooding.done():
+                    loaded.append(await send())
+                await flooding
+                took = time.perf_counter() - started
+                # Whatever else the flood could have caused would have come by now.
+                await raw.nothing_more()
+        finally:
+            await b.client.disconnect()
+    # Paced: read at the socket's rate after its burst, never all at once.
+    assert took >= (FLOOD_PACKETS - FLOOD_BURST) / FLOOD_RATE * 0.9, took
+    # Each packet that asked for an answer got exactly one, naming what is wrong.
+    assert answers.keys() == expected.keys()
+    for n, named in expected.items():
+        [answer] = answers[n]
+        _invalid(answer, named)
+    # Nobody else waited on the flood: Ben's sends while it lasted, every one stored.
+    assert len(loaded) >= 20, len(loaded)
+    before, during = _p99(unloaded), _p99(loaded)
+    assert during <= 4 * before + 0.1, (before, during, sorted(loaded)[-5:])
+    assert await _messages(core) == 1 + len(unloaded) + len(loaded)

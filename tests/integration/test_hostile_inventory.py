@@ -55,7 +55,7 @@ The codec server over HTTP (test_the_codec_server_refuses_hostile_requests_by_na
   the answer nor logged with a traceback.
 
 The whole inventory, kind -> where it is tested (a kind tested with several variants
-counts once): 152 kinds, 75 in earlier tests (numbered below) and 77 here.
+counts once): 153 kinds, 76 in earlier tests (numbered below) and 77 here.
 
 Gateway connection, 13 (tests/integration/):
   1-5 no token, a malformed one, a forged signature, an expired token, an unknown user:
@@ -73,7 +73,7 @@ Gateway connection, 13 (tests/integration/):
     test_an_expired_token_closes_its_socket_and_refuses_its_events
   12 token:refresh with another user's, a forged or an expired token:
     test_gateway_tokens.py::test_token_refresh_keeps_a_socket_open_past_its_first_token
-Gateway transport, 11 (tests/integration/test_gateway_malformed.py):
+Gateway transport, 12 (tests/integration/test_gateway_malformed.py):
   14-20 JSON that does not parse, nesting 100,000 deep, an event that is not an array
     starting with its name, an integer over 100 digits, an unknown event, invalid UTF-8 in
     a binary frame, an event without an ack id:
@@ -84,6 +84,9 @@ Gateway transport, 11 (tests/integration/test_gateway_malformed.py):
   23 a frame over 16 MiB (1009): test_a_frame_over_the_websocket_limit_closes_with_1009
   24 a lone surrogate in a body or a device token:
     test_a_lone_surrogate_is_invalid_input_naming_the_field
+  76 2,000 malformed packets as fast as a socket can send them (JSON that does not parse,
+    another namespace, binary junk): read at the socket's pace, one answer each, another
+    user's sends not slowed: test_a_malformed_packet_flood_is_paced_and_slows_nobody_else
 Gateway events, 19 (tests/integration/):
   25-32 a blank body, one over MAX_BODY_BYTES, a conversation id that is not a UUID, an
     empty client_message_id, no body, a payload that is not an object, a send to someone
