@@ -12,6 +12,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 
 with workflow.unsafe.imports_passed_through():
     from activities.notify import ChannelActivities, NotifyActivities
+    from missive.errors import InvalidInput
     from missive.schemas import (
         Channel,
         DigestItem,
@@ -28,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         SendNotificationsInput,
         SendNotificationsResult,
     )
+    from missive.validation import require_mentions
     from workflows import policies
 
 MIN_PAUSE = timedelta(seconds=1)
@@ -303,5 +305,15 @@ class NotifyMessageWorkflow:
 
     @workflow.run
     async def run(self, input: NotifyMessageInput) -> NotifyMessageResult:
-        """Runs the agenda to its end; returns the counts."""
+        """Runs the agenda to its end; returns the counts.
+
+        Raises:
+            ApplicationError: InvalidInput (non-retryable) for mentions the gateway
+                would refuse (over MAX_MENTIONS, or not user ids): the same rule as
+                the lifecycle's, before anything is planned.
+        """
+        try:
+            require_mentions(input.mentions)
+        except InvalidInput as err:
+            raise ApplicationError(str(err), type=err.type, non_retryable=True) from None
         return await NotificationAgenda().run(input)

@@ -43,7 +43,7 @@ Hand-written workflow input, started by name with raw JSON as the Temporal CLI d
   past 64 bits, W30 a report limit of NaN, W31 a batch that was never staged (with a total
   of 10**12), W32 a batch's total or kind other than what was staged (10**12 items for a
   batch of one, an announcement for an import), W33 257 mentions, W34 a mention that is not
-  a user id.
+  a user id, W35 a mention that is not a user id in a notification start.
 
 The codec server over HTTP (test_the_codec_server_refuses_hostile_requests_by_name):
   K1 JSON nested 100,000 deep, K2 an integer of 5,000 digits, K3 a body over 8 MiB,
@@ -55,7 +55,7 @@ The codec server over HTTP (test_the_codec_server_refuses_hostile_requests_by_na
   the answer nor logged with a traceback.
 
 The whole inventory, kind -> where it is tested (a kind tested with several variants
-counts once): 153 kinds, 76 in earlier tests (numbered below) and 77 here.
+counts once): 154 kinds, 76 in earlier tests (numbered below) and 78 here.
 
 Gateway connection, 13 (tests/integration/):
   1-5 no token, a malformed one, a forged signature, an expired token, an unknown user:
@@ -143,7 +143,7 @@ Codec server, 9 (tests/unit/test_codec_server.py, aiohttp's test server):
     test_unknown_key_id_and_truncated_ciphertext_are_refused_by_name
   73-74 a 200 KB key id, a key id that is not UTF-8: test_a_huge_requested_key_id_is_not_echoed
   75 a preflight from another origin: test_cors_preflight_is_answered_for_the_web_ui_only
-Here, 77: G1-G18 (gateway), S1-S15 (CLI), W1-W34 (workflow input), K1-K10 (codec server).
+Here, 78: G1-G18 (gateway), S1-S15 (CLI), W1-W35 (workflow input), K1-K10 (codec server).
 """
 
 from __future__ import annotations
@@ -616,6 +616,8 @@ async def test_hand_written_workflow_input_fails_at_once_by_name(
         ("W17", "ReceiptWorkflow",
          {**in_group, "user_id": world.ben, "status": "read", "up_to_seq": 2**70},
          "InvalidInput", "ReceiptInput.up_to_seq: the integer is outside the signed 64-bit"),
+        ("W35", "NotifyMessageWorkflow", {**notify, "mentions": ["@everyone"]},
+         "InvalidInput", "mentions[] is not a valid UUID: '@everyone'"),
         ("W18", "NotifyMessageWorkflow", {**notify, "options": {"push_batch_size": 0}},
          "InvalidInput", "NotifyMessageInput.options.push_batch_size: must be between 1 and"),
         ("W19", "NotificationDigestWorkflow",

@@ -608,6 +608,10 @@ def _lifecycle_fakes(
     return [persist_message, broadcast_message]
 
 
+MENTIONED = "7d4c1b9e-0f5a-4e21-9a3b-2c6d8e0f1a2b"
+"""A user id mentioned (mentions are user ids: the lifecycle refuses anything else)."""
+
+
 @pytest.mark.unit
 @pytest.mark.parametrize(
     ("notify", "recipients", "created", "starts", "with_broadcast"),
@@ -633,7 +637,7 @@ async def test_fake_lifecycle_starts_notifications_whoever_stored_the_message(
         client_message_id=f"c-{uuid.uuid4().hex[:8]}",
         body="hello",
         lifecycle_window_seconds=60,
-        mentions=["u-1"],
+        mentions=[MENTIONED],
         notify=options if notify else None,
     )
     lifecycle = Worker(
@@ -664,7 +668,7 @@ async def test_fake_lifecycle_starts_notifications_whoever_stored_the_message(
     assert (plan.message.seq, plan.message.sender_id, plan.message.mentions) == (
         7,
         send.sender_id,
-        ["u-1"],
+        [MENTIONED],
     )
     assert plan.message.options == options
 
