@@ -25,7 +25,7 @@ import pytest
 from temporalio import activity, workflow
 from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.api.history.v1 import HistoryEvent
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import (
     ExecuteWorkflowInput,
@@ -287,18 +287,9 @@ async def _assert_each_item_went_out_in_its_own_digest(
 
 async def test_an_item_queued_during_the_last_send_gets_the_next_digest(digest: Digest) -> None:
     first, second = await digest.queued_item(), await digest.queued_item()
-    async with AsyncExitStack() as stack:
-        for worker in digest.workers(after_send=lambda: digest.queue(second)):
-            await stack.enter_async_context(worker)
-        await digest.queue(first)
-        latest = digest.client.get_workflow_handle(digest.workflow_id)
-        run_id = (await latest.describe()).run_id
-        first_run = digest.client.get_workflow_handle_for(
-            NotificationDigestWorkflow.run, digest.workflow_id, run_id=run_id
-        )
-        result = await asyncio.wait_for(first_run.result(), WAIT)
-        history = await first_run.fetch_history()
-        latest_run = (await latest.describe()).run_id
+    result, history, run_id, latest_run = await _first_run(
+        digest, digest.workers(after_send=lambda: digest.queue(second)), first
+    )
     await _assert_each_item_went_out_in_its_own_digest(digest, [first, second], result)
     events = list(history.events)
     # The signal came while the first send was running, and that run sent both digests.
@@ -322,18 +313,7 @@ async def test_an_item_queued_while_the_run_completes_is_not_left_queued(digest:
         await digest.queue(second, client=client)
 
     hold = _HoldCompletion(digest.workflow_id, queue_second)
-    async with AsyncExitStack() as stack:
-        for worker in digest.workers(hold=hold):
-            await stack.enter_async_context(worker)
-        await digest.queue(first)
-        latest = digest.client.get_workflow_handle(digest.workflow_id)
-        run_id = (await latest.describe()).run_id
-        first_run = digest.client.get_workflow_handle_for(
-            NotificationDigestWorkflow.run, digest.workflow_id, run_id=run_id
-        )
-        result = await asyncio.wait_for(first_run.result(), WAIT)
-        history = await first_run.fetch_history()
-        latest_run = (await latest.describe()).run_id
+    result, history, run_id, latest_run = await _first_run(digest, digest.workers(hold=hold), first)
     if hold.error is not None:
         raise hold.error
     assert hold.held, "the run never returned"
@@ -353,6 +333,25 @@ async def test_an_item_queued_while_the_run_completes_is_not_left_queued(digest:
     assert len(signals) == 2 and first_sent < refused.event_id < signals[1], _names(events)
     # The same run then sent the second digest: no other run was started for it.
     assert latest_run == run_id
+
+
+async def _first_run(
+    digest: Digest, workers: list[Worker], first: str
+) -> tuple[NotificationDigestResult, WorkflowHistory, str, str]:
+    """Queues ``first`` with ``workers`` running and waits for the run it started: its
+    result and history, its run id, and the run id latest once it ended."""
+    async with AsyncExitStack() as stack:
+        for worker in workers:
+            await stack.enter_async_context(worker)
+        await digest.queue(first)
+        latest = digest.client.get_workflow_handle(digest.workflow_id)
+        run_id = (await latest.describe()).run_id
+        first_run = digest.client.get_workflow_handle_for(
+            NotificationDigestWorkflow.run, digest.workflow_id, run_id=run_id
+        )
+        result = await asyncio.wait_for(first_run.result(), WAIT)
+        history = await first_run.fetch_history()
+        return result, history, run_id, (await latest.describe()).run_id
 
 
 def _all(events: list[HistoryEvent], kind: EventType.ValueType) -> list[int]:
