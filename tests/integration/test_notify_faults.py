@@ -35,7 +35,12 @@ from temporalio.testing import WorkflowEnvironment
 from fakes import FcmSink, Inbox, serve, start_smtp
 from gateway import create_app
 from missive.config import Settings
-from missive.constants import EVENT_MESSAGE_SEND, message_workflow_id, notify_digest_workflow_id
+from missive.constants import (
+    EVENT_MESSAGE_SEND,
+    MESSAGE_WORKFLOW_PREFIX,
+    message_workflow_id,
+    notify_digest_workflow_id,
+)
 from missive.models import ConversationKind
 from missive.services.directory import NewUser
 from missive.tokens import issue_token
@@ -72,6 +77,24 @@ class Traffic:
     """The lifecycles' workflow ids."""
     errors: Counter[str] = field(default_factory=Counter)
     """Refused or failed attempts, by error type (the resends)."""
+
+
+async def _lifecycle_state(stack: Stack, message_id: str) -> str:
+    """A message's lifecycle as the server has it: status and pending activities, for
+    a failure to say where a notification stopped."""
+    try:
+        client = await Client.connect(stack.settings.temporal_address)
+        described = await client.get_workflow_handle(
+            f"{MESSAGE_WORKFLOW_PREFIX}-{message_id}"
+        ).describe()
+    except Exception as err:  # a diagnostic: the failure it explains is raised anyway
+        return f"not described ({type(err).__name__}: {err})"
+    pending = [
+        f"{a.activity_type.name} attempt {a.attempt} state {a.state}"
+        f" last failure {a.last_failure.message!r}"
+        for a in described.raw_description.pending_activities
+    ]
+    return f"{described.status.name if described.status else None}, pending {pending}"
 
 
 @dataclass
@@ -303,7 +326,7 @@ async def _settled(stack: Stack, traffic: Traffic) -> Figures:
             ).all()
         raise AssertionError(
             f"{len(missing_push)} pairs got no push, e.g. {missing_push[:3]}; the first's"
-            f" rows: {rows}"
+            f" rows: {rows}; its lifecycle: {await _lifecycle_state(stack, missing_push[0][1])}"
         )
     if missing_mail:
         async with stack.core.engine.connect() as conn:
