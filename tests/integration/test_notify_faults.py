@@ -29,6 +29,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
@@ -38,6 +41,7 @@ from missive.config import Settings
 from missive.constants import (
     EVENT_MESSAGE_SEND,
     MESSAGE_WORKFLOW_PREFIX,
+    TASK_QUEUE_PUSH,
     message_workflow_id,
     notify_digest_workflow_id,
 )
@@ -94,7 +98,26 @@ async def _lifecycle_state(stack: Stack, message_id: str) -> str:
         f" last failure {a.last_failure.message!r}"
         for a in described.raw_description.pending_activities
     ]
-    return f"{described.status.name if described.status else None}, pending {pending}"
+    try:
+        queue = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=client.namespace,
+                task_queue=TaskQueue(name=TASK_QUEUE_PUSH),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY,
+                report_stats=True,
+                include_task_queue_status=True,
+            )
+        )
+        push_queue = (
+            f"pollers {[(p.identity, p.last_access_time.ToDatetime()) for p in queue.pollers]},"
+            f" status {queue.task_queue_status}, stats {queue.stats}"
+        ).replace("\n", " ")
+    except Exception as err:  # as above
+        push_queue = f"not described ({type(err).__name__}: {err})"
+    return (
+        f"{described.status.name if described.status else None}, pending {pending};"
+        f" the push queue: {push_queue}"
+    )
 
 
 @dataclass
