@@ -6,6 +6,7 @@ its workflow (runtime/conversations.py), the ones the gateway runs for clients.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -35,17 +36,19 @@ from runtime.conversations import (
 _PROFILE_FIELDS = {"handle", "display_name", "email", "phone", "timezone", "locale"}
 
 
-class Provisioning:
-    """Users and conversations, for MissiveClient (which gives ``temporal`` and the
-    timeout around each call)."""
+class Provisioning(ABC):
+    """Users and conversations, for MissiveClient, which gives the two members below:
+    the Temporal client and the timeout around each call (abstract here, so a class
+    that forgets one cannot be built)."""
 
     @property
+    @abstractmethod
     def temporal(self) -> Client:
         """The Temporal client (MissiveClient's)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _answer_within(self, what: str) -> AbstractAsyncContextManager[None]:
-        raise NotImplementedError
+        """Bounds one call and turns Temporal's errors into Missive's (MissiveClient's)."""
 
     async def create_user(
         self,
