@@ -369,17 +369,20 @@ class Settings(BaseSettings):
     """SMS retries transient Twilio failures this long, then gives up (recorded)."""
 
     notify_push_per_second: float = Field(default=500.0, gt=0)
-    """Most FCM messages per second this deployment sends (the account's quota)."""
+    """Most push notifications per second this deployment sends, across every worker
+    (the account's quota; a notification goes to each of its recipient's devices)."""
 
     notify_email_per_second: float = Field(default=20.0, gt=0)
-    """Most emails per second handed to the SMTP server."""
+    """Most emails per second handed to the SMTP server, across every worker."""
 
     notify_sms_per_second: float = Field(default=1.0, gt=0)
-    """Most SMS per second (Twilio allows 1/s per long-code number by default)."""
+    """Most SMS per second across every worker (Twilio allows 1/s per long-code number
+    by default)."""
 
     notify_push_batch_size: int = Field(default=100, gt=0, le=1_000)
-    """Pushes per send activity; the push queue runs at most
-    NOTIFY_PUSH_PER_SECOND / NOTIFY_PUSH_BATCH_SIZE activities per second."""
+    """Most push notifications one send activity takes (a large group's message is
+    split into activities of this many). The quota is counted in notifications, not
+    activities (missive/notify/quota.py)."""
 
     notify_overdue_seconds: int = Field(default=3_600, gt=0)
     """A notification row still open (pending, queued, sending) this long after its

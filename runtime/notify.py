@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy.ext.asyncio import async_sessionmaker
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -27,8 +28,9 @@ from missive.notify.log import NotificationLog
 from missive.notify.mail import EmailSender
 from missive.notify.options import notify_options
 from missive.notify.push import PushSender
+from missive.notify.quota import ProviderQuota
 from missive.notify.sms import SmsSender
-from missive.schemas import BatchKind, NotifyMessageInput, NotifyOptions
+from missive.schemas import BatchKind, Channel, NotifyMessageInput, NotifyOptions
 from missive.stored import StoredMessage
 from runtime.wiring import Core, workflow_runner
 
@@ -46,7 +48,8 @@ START_CONCURRENCY = 16
 def open_notify(
     settings: Settings, core: Core, stack: AsyncExitStack, *, metrics: Metrics | None = None
 ) -> ChannelSenders:
-    """The push, email and SMS senders the settings describe (dev sinks without credentials).
+    """The push, email and SMS senders the settings describe (dev sinks without credentials),
+    each held to its NOTIFY_*_PER_SECOND quota in rows (ProviderQuota, shared by workers).
 
     Contacts nothing: a provider that is down fails its sends (retried, then the
     channel falls back), never a process start.
@@ -66,6 +69,14 @@ def open_notify(
         email=email,
         sms=sms,
         devices=core.preferences,
+        quota=ProviderQuota.per_second(
+            async_sessionmaker(core.engine, expire_on_commit=False),
+            {
+                Channel.PUSH: settings.notify_push_per_second,
+                Channel.EMAIL: settings.notify_email_per_second,
+                Channel.SMS: settings.notify_sms_per_second,
+            },
+        ),
         metrics=metrics,
     )
 
@@ -85,10 +96,11 @@ def notify_workers(
     ``queues`` names the four task queues (default: those notify_options(settings)
     puts into every send, so senders and workers cannot disagree; tests pass their own).
 
-    ``max_task_queue_activities_per_second`` is enforced by the Temporal server
-    across every worker polling the queue, so the provider's quota holds however
-    many worker processes run. A push activity sends up to NOTIFY_PUSH_BATCH_SIZE
-    rows, hence NOTIFY_PUSH_PER_SECOND / NOTIFY_PUSH_BATCH_SIZE activities a second.
+    The provider's quota is counted in rows by the senders' ProviderQuota, which every
+    worker process shares. Each queue's ``max_task_queue_activities_per_second``, which
+    the Temporal server enforces across every worker, is the quota too: every activity
+    sends at least one row, so it never binds first, and a backlog waits in the
+    server's queue rather than in worker slots.
     """
     from workflows.notify_digest import NotificationDigestWorkflow
     from workflows.notify_message import NotifyMessageWorkflow
@@ -128,7 +140,7 @@ def notify_workers(
         provider_worker(
             queues.push_task_queue,
             [channels.send_push, channels.clear_pushes],
-            settings.notify_push_per_second / settings.notify_push_batch_size,
+            settings.notify_push_per_second,
         ),
         provider_worker(
             queues.email_task_queue, [channels.send_email], settings.notify_email_per_second

@@ -54,6 +54,7 @@ from missive.notify.log import (
 from missive.notify.mail import Email, EmailSender
 from missive.notify.preferences import REASON_NO_PHONE, PreferenceService
 from missive.notify.push import PushMessage, PushSender
+from missive.notify.quota import Grant, ProviderQuota
 from missive.notify.sms import SmsSender
 from missive.schemas import Channel, NotificationStatus, SendNotificationsResult
 from missive.services.messages import MessageService
@@ -128,6 +129,7 @@ class ChannelSenders:
         sms: SmsSender,
         devices: PreferenceService,
         concurrency: int = SEND_CONCURRENCY,
+        quota: ProviderQuota | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
@@ -141,6 +143,8 @@ class ChannelSenders:
             sms: The Twilio sender.
             devices: Removes the push tokens the provider calls invalid.
             concurrency: Provider calls in flight at once per send.
+            quota: Each provider's rows per second, shared by every worker (none: no
+                limit but the concurrency).
             metrics: Counts every outcome by channel, if given.
             clock: The current time (tests); default the wall clock in UTC.
         """
@@ -154,6 +158,7 @@ class ChannelSenders:
         self._devices = devices
         self._limit = asyncio.Semaphore(concurrency)
         self._load_limit = asyncio.Semaphore(LOAD_CONCURRENCY)
+        self._quota = quota
         self._metrics = metrics
         self._clock = clock or (lambda: datetime.now(UTC))
 
@@ -204,7 +209,12 @@ class ChannelSenders:
         if not checked:
             return SendNotificationsResult()
         clears = await self._log.push_clears(checked)
-        attempts = await asyncio.gather(*(self._clear(clear) for clear in clears))
+        grant = await self._reserve(Channel.PUSH, len(clears))
+        now, later = clears[: grant.rows], clears[grant.rows :]
+        if grant.wait:
+            await asyncio.sleep(grant.wait)
+        attempts = list(await asyncio.gather(*(self._clear(clear) for clear in now)))
+        attempts += [_over_quota(c.notification_id, Channel.PUSH, grant) for c in later]
         tokens = [token for attempt in attempts for token in attempt.invalid_tokens]
         removed = await self._devices.remove_tokens(tokens) if tokens else 0
         counts = _count(attempts)
@@ -250,11 +260,20 @@ class ChannelSenders:
             until=claimed_at + PREPARE_WITHIN,
             what=f"reading the messages of {len(claimed)} claimed notification(s)",
         )
+        grant = await self._through_outage(
+            lambda: self._reserve(channel, len(claimed)),
+            until=claimed_at + PREPARE_WITHIN,
+            what=f"reserving {len(claimed)} {channel} notification(s) of the provider's quota",
+        )
+        now, later = claimed[: grant.rows], claimed[grant.rows :]
+        if grant.wait:
+            await asyncio.sleep(grant.wait)  # at most HORIZON: the reservation's turn
         send_by = _SEND_BY.set(claimed_at + SEND_WITHIN)  # read by _call in the tasks below
         try:
-            attempts = list(await asyncio.gather(*(send(row, previews) for row in claimed)))
+            attempts = list(await asyncio.gather(*(send(row, previews) for row in now)))
         finally:
             _SEND_BY.reset(send_by)
+        attempts += [_over_quota(row.id, channel, grant) for row in later]
         outcomes = [
             dataclasses.replace(a.outcome, claim=row.attempts)
             for a, row in zip(attempts, claimed, strict=True)
@@ -308,6 +327,12 @@ class ChannelSenders:
                 log.warning("%s failed (%s: %s); retrying", what, type(err).__name__, err)
             await asyncio.sleep(delay)
             delay = min(delay * 2, longest)
+
+    async def _reserve(self, channel: Channel, rows: int) -> Grant:
+        """The provider's quota for ``rows`` rows (all of them at once without a quota)."""
+        if self._quota is None or not rows:
+            return Grant(rows=rows, wait=0.0, retry_after=0.0)
+        return await self._quota.reserve(channel, rows)
 
     async def _previews(self, rows: Sequence[ClaimedNotification]) -> dict[str, str]:
         """Decrypted previews of the rows' messages, standard conversations only, once each."""
@@ -446,6 +471,17 @@ def _require_ids(ids: Sequence[str]) -> list[str]:
 
 def _outcome(row: ClaimedNotification, status: NotificationStatus, reason: str) -> _Attempt:
     return _Attempt(Outcome(row.id, status, reason))
+
+
+def _over_quota(notification_id: str, channel: Channel, grant: Grant) -> _Attempt:
+    """A row the provider's quota has no room for within its horizon: queued again, and
+    the activity retried once there is room."""
+    error = RateLimited(
+        f"the {channel} quota is reserved as far ahead as a send may wait; "
+        f"queued again, retried in {grant.retry_after * 1000:.0f} ms",
+        retry_after=grant.retry_after,
+    )
+    return _Attempt(Outcome(notification_id, NotificationStatus.QUEUED, str(error)), error=error)
 
 
 def _single_outcome(row: ClaimedNotification, result: str | Exception) -> _Attempt:

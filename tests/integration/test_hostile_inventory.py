@@ -213,7 +213,7 @@ gateway = gateway_tests.gateway
 connect = gateway_tests.connect
 """Connects a Socket.IO client as a user; closed at teardown."""
 
-UNLOGGED = {"alembic_version", "send_rate_buckets"}
+UNLOGGED = {"alembic_version", "send_rate_buckets", "provider_rate_buckets"}
 """Tables that are not data: the migration mark and the send limit's token buckets."""
 
 LEAK_MARKS = ("Traceback", 'File "', "sqlalchemy", "asyncpg", "temporalio")

@@ -20,6 +20,7 @@ from typing import Any, cast
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import async_sessionmaker
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
@@ -49,6 +50,7 @@ from missive.notify.mail import EmailSender, message_id
 from missive.notify.options import notify_options
 from missive.notify.preferences import PreferenceService
 from missive.notify.push import PushSender, _StaticSinkCredentials
+from missive.notify.quota import ChannelRate, ProviderQuota
 from missive.notify.sms import SmsSender
 from missive.schemas import (
     BroadcastMessageInput,
@@ -378,6 +380,47 @@ def _senders_at(core: Core, channels: Senders, clock: Any, log: Any = None) -> C
         metrics=channels.metrics,
         clock=clock,
     )
+
+
+async def test_rows_past_the_provider_quota_are_queued_again_and_sent_once_later(
+    core: Core, world: World, channels: Senders, fcm: tuple[FcmSink, str]
+) -> None:
+    sink, _ = fcm
+    s = channels.senders
+    quota = ProviderQuota(
+        async_sessionmaker(core.engine),
+        {Channel.PUSH: ChannelRate(per_second=2, burst=1)},
+        horizon=0,  # nothing reserved ahead: one row now, the next half a second later
+    )
+    senders = ChannelSenders(
+        core.notifications,
+        core.messages,
+        push=s._push,
+        email=s._email,
+        sms=s._sms,
+        devices=core.preferences,
+        quota=quota,
+        metrics=channels.metrics,
+    )
+    planned = await send_and_plan(core, world.ana, world.ops, "hello")
+    ids = list(planned.push.values())  # ben's row (two devices) and cy's
+
+    with pytest.raises(RateLimited) as caught:
+        await senders.send_push(ids)
+    assert caught.value.retry_after is not None and 0 < caught.value.retry_after <= 0.5
+    statuses = sorted([(await row(core, i)).status for i in ids])
+    assert statuses == [NotificationStatus.QUEUED, NotificationStatus.SENT]
+    [waiting] = [i for i in ids if (await row(core, i)).status == NotificationStatus.QUEUED]
+    assert "quota" in (await row(core, waiting)).reason
+    first = len(sink.received)
+
+    await asyncio.sleep(caught.value.retry_after)  # the activity's next_retry_delay
+    result = await senders.send_push(ids)
+    assert result.sent == 1  # only the queued row: the sent one is not claimed again
+    assert {(await row(core, i)).status for i in ids} == {NotificationStatus.SENT}
+    tokens = sorted(m["message"]["token"] for m in sink.received)
+    assert tokens == ["ben-phone-token", "ben-tablet-token", "cy-only-token"]  # once each
+    assert first in (1, 2)  # cy's one push or ben's two went first
 
 
 async def test_a_row_another_attempt_holds_is_sent_only_once_its_claim_lapsed(
@@ -1014,6 +1057,80 @@ async def test_notify_workers_send_a_message_s_push_and_email_digest(
         "cy@example.com",
     ]
     assert {mail["Subject"] for _, mail in inbox.emails} == {"New message from Ana in #ops"}
+
+
+async def test_one_row_pushes_go_out_at_the_push_quota_not_a_batch_s_share_of_it(
+    core: Core,
+    world: World,
+    fcm: tuple[FcmSink, str],
+    dev_env: WorkflowEnvironment,
+    database_url: str,
+    task_queue: str,
+) -> None:
+    """Direct messages' pushes are send activities of one row each. The push quota is
+    counted in rows: at NOTIFY_PUSH_PER_SECOND 4 they go out at 4 a second, not at the
+    4 / NOTIFY_PUSH_BATCH_SIZE (0.04) activities a second a per-activity limit gives."""
+    from workflows.notify_message import NotifyMessageWorkflow
+
+    sink, fcm_url = fcm
+    settings = base_settings(
+        database_url=database_url,
+        fcm_endpoint=fcm_url,
+        notify_grace_seconds=1,
+        notify_email_delay_seconds=3_600,
+        notify_push_per_second=4,
+        notify_push_batch_size=100,
+    )
+    options = _own_queues(settings, task_queue)
+    direct = await core.directory.create_conversation(
+        kind=ConversationKind.GROUP, members=[world.ana, world.cy], title="pair", owner_id=world.ana
+    )
+    client = dev_env.client
+    handles = []
+    async with AsyncExitStack() as stack:
+        senders = open_notify(settings, core, stack)
+        for worker in notify_workers(settings, client, core, None, senders, queues=options):
+            await stack.enter_async_context(worker)
+        for n in range(12):
+            stored = await core.messages.persist(
+                PersistMessageInput(direct, world.ana, f"q-{n}", f"#{n}")
+            )
+            handles.append(
+                await client.start_workflow(
+                    NotifyMessageWorkflow.run,
+                    NotifyMessageInput(
+                        message_id=stored.message_id,
+                        conversation_id=direct,
+                        sender_id=world.ana,
+                        seq=stored.seq,
+                        created_at=stored.created_at,
+                        options=options,
+                    ),
+                    id=notify_message_workflow_id(stored.message_id),
+                    task_queue=options.task_queue,
+                )
+            )
+        loop = asyncio.get_running_loop()
+        arrived: list[float] = []
+        try:
+            async with asyncio.timeout(E2E_TIMEOUT):
+                while len(arrived) < 12:
+                    arrived += [loop.time()] * (len(sink.received) - len(arrived))
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.5)  # nothing more arrives
+        finally:
+            for handle in handles:
+                with suppress(RPCError):
+                    await handle.terminate("test over")
+    # (The agendas go on: cy's email falls due in an hour.)
+    pushes = [
+        r for r in await core.notifications.rows(recipient_id=world.cy) if r.channel == "push"
+    ]
+    assert [(r.status, r.attempts) for r in pushes] == [(NotificationStatus.SENT, 1)] * 12
+    assert len(sink.received) == 12  # one push per message, none twice
+    # The quota held: a burst of 4, then 4 a second, so the twelfth is 2 s after the first.
+    spread = arrived[-1] - arrived[0]
+    assert 1.7 <= spread <= 10, spread
 
 
 async def test_an_agenda_sends_once_what_an_attempt_whose_task_was_lost_queued(
