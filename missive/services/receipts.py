@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from missive.db import autocommit
 from missive.errors import (
     ConversationNotFound,
     InvalidInput,
@@ -199,6 +200,9 @@ class ReceiptService:
 
     def __init__(self, sessions: async_sessionmaker[AsyncSession]):
         self._sessions = sessions
+        # The batch path's statements each stand alone (see apply_many), so they run
+        # without BEGIN / COMMIT: a batch costs its statements' round trips only.
+        self._autocommit = autocommit(sessions)
 
     async def apply(self, req: ReceiptInput, *, now: datetime | None = None) -> ApplyReceiptResult:
         """Moves the reader's deliveries up to a watermark forward; never backward.
@@ -239,7 +243,7 @@ class ReceiptService:
         now: datetime | None = None,
         counted: bool = True,
     ) -> BatchApplied:
-        """Applies many readers' receipts in one transaction of two statements.
+        """Applies many readers' receipts in two statements (a check, then one write).
 
         Each receipt is checked on its own (conversation, membership, seq in
         range); a refused one gets its error in ``outcomes`` and the others apply.
@@ -255,7 +259,11 @@ class ReceiptService:
         now = now or datetime.now(UTC)
         outcomes: list[ReceiptApplied | MessagingError | None] = [None] * len(receipts)
         seqs: dict[int, int] = {}
-        async with self._sessions() as session, session.begin():
+        # No transaction: the check is a read, the write one statement (atomic on its
+        # own). Under READ COMMITTED a transaction around both would not hold back a
+        # membership change between them either; the write's join on the watermarks
+        # moves only the reader's own pending deliveries.
+        async with self._autocommit() as session:
             resolved = (
                 await session.execute(
                     _RESOLVE,
@@ -350,7 +358,7 @@ class ReceiptService:
     async def _counts(self, message_ids: list[str]) -> dict[str, tuple[int, int, int]]:
         if not message_ids:
             return {}
-        async with self._sessions() as session:
+        async with self._autocommit() as session:
             rows = (await session.execute(_COUNTS, {"ids": message_ids})).all()
         return {r.message_id: (r.total, r.delivered, r.read) for r in rows}
 

@@ -168,7 +168,7 @@ class Settling(LogPart):
         The same rules as ``settle`` for each (reader, conversation): up to
         ``read_seq`` everything pending is cancelled, sent in-app rows are read and
         sent pushes returned to clear; from there up to ``delivered_seq`` pending
-        pushes are cancelled. One transaction of two statements, whatever the batch.
+        pushes are cancelled. Two statements, whatever the batch.
         """
         if not watermarks:
             return SettledMany()
@@ -181,7 +181,9 @@ class Settling(LogPart):
             "read_reason": REASON_READ,
             "delivered_reason": REASON_DELIVERED,
         }
-        async with self._sessions() as session, session.begin():
+        # Two statements that each stand alone, without BEGIN / COMMIT: the settle is one
+        # write; the unread counts, read after it committed, are at least as new.
+        async with self._autocommit() as session:
             rows = (await session.execute(_SETTLE_MANY, params)).all()
             read = sorted({(r.uid, r.cid) for r in rows if r.kind == "read"})
             readers = sorted({uid for uid, _ in read})
