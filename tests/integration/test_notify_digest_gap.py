@@ -346,8 +346,8 @@ async def _first_run(
         await digest.queue(first)
         latest = digest.client.get_workflow_handle(digest.workflow_id)
         run_id = (await latest.describe()).run_id
-        first_run = digest.client.get_workflow_handle_for(
-            NotificationDigestWorkflow.run, digest.workflow_id, run_id=run_id
+        first_run = digest.client.get_workflow_handle(
+            digest.workflow_id, run_id=run_id, result_type=NotificationDigestResult
         )
         result = await asyncio.wait_for(first_run.result(), WAIT)
         history = await first_run.fetch_history()

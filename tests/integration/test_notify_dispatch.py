@@ -988,7 +988,6 @@ async def test_notify_workers_send_a_message_s_push_and_email_digest(
     escalation (in-app, push after the grace, an email digest after its window)
     takes a few seconds and depends on no time skipping.
     """
-    from workflows.notify_digest import NotificationDigestWorkflow
     from workflows.notify_message import NotifyMessageWorkflow
 
     settings = base_settings(
@@ -1030,8 +1029,8 @@ async def test_notify_workers_send_a_message_s_push_and_email_digest(
             task_queue=options.task_queue,
         )
         digests = [
-            client.get_workflow_handle_for(
-                NotificationDigestWorkflow.run, notify_digest_workflow_id("email", user)
+            client.get_workflow_handle(
+                notify_digest_workflow_id("email", user), result_type=NotificationDigestResult
             )
             for user in (world.ben, world.cy)
         ]

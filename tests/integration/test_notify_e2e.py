@@ -58,7 +58,6 @@ from runtime.notify import AnnouncementNotifier, notify_workers, open_notify
 from runtime.wiring import Core
 from tests.conftest import ROOT, base_settings, free_port, process_env
 from tests.integration.test_gateway import QUIET, WAIT, Peer
-from workflows.notify_digest import NotificationDigestWorkflow
 from workflows.notify_message import NotifyMessageWorkflow
 
 pytestmark = pytest.mark.integration
@@ -86,7 +85,9 @@ async def _digest_result(client: Client, workflow_id: str) -> NotificationDigest
     async with asyncio.timeout(WAIT):
         while True:
             try:
-                handle = client.get_workflow_handle_for(NotificationDigestWorkflow.run, workflow_id)
+                handle = client.get_workflow_handle(
+                    workflow_id, result_type=NotificationDigestResult
+                )
                 return await handle.result()
             except RPCError as err:
                 if err.status is not RPCStatusCode.NOT_FOUND:
@@ -545,8 +546,8 @@ async def test_a_batch_announcement_notifies_its_recipients_and_an_import_does_n
         await service.process_chunk("ann", 1, 2, max_body_bytes=1000, step=10)  # a rerun
 
         ann_id = await _message_of(core, announced)
-        handle = client.get_workflow_handle_for(
-            NotifyMessageWorkflow.run, notify_message_workflow_id(ann_id)
+        handle = client.get_workflow_handle(
+            notify_message_workflow_id(ann_id), result_type=NotifyMessageResult
         )
         result = await asyncio.wait_for(handle.result(), WAIT)
         await asyncio.sleep(QUIET)

@@ -56,13 +56,15 @@ async def test_batches_are_expanded_and_other_messages_pass_through() -> None:
 async def test_batches_are_known_whatever_separators_the_encoder_used() -> None:
     manager = _Batching([])
     own, other = manager.host_id, "another-host"
-    compact = {"separators": (",", ":")}
+    compact = (",", ":")
     manager.raw = [
         json.dumps(
-            {"method": BATCH_METHOD, "host_id": other, "messages": [_emit("a", other)]}, **compact
+            {"method": BATCH_METHOD, "host_id": other, "messages": [_emit("a", other)]},
+            separators=compact,
         ),
         json.dumps(
-            {"method": BATCH_METHOD, "host_id": own, "messages": [_emit("b", own)]}, **compact
+            {"method": BATCH_METHOD, "host_id": own, "messages": [_emit("b", own)]},
+            separators=compact,
         ),
         '{ "method" : "' + BATCH_METHOD + '" , "host_id" : "' + other + '", "messages": []}',
     ]
