@@ -21,7 +21,7 @@ from typing import Any, cast
 import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
@@ -63,6 +63,7 @@ from missive.schemas import (
     NotificationPreferences,
     NotificationStatus,
     NotifyMessageInput,
+    NotifyMessageResult,
     NotifyOptions,
     PersistMessageInput,
     PersistMessageResult,
@@ -272,6 +273,27 @@ def pushes_to(sink: FcmSink, token: str) -> list[dict[str, Any]]:
 # --- push ---------------------------------------------------------------------------------
 
 
+async def _start_notify(
+    client: Client, stored: PersistMessageResult, sender: str, options: NotifyOptions
+) -> WorkflowHandle[Any, NotifyMessageResult]:
+    """Starts a stored message's NotifyMessageWorkflow on the options' queue."""
+    from workflows.notify_message import NotifyMessageWorkflow
+
+    return await client.start_workflow(
+        NotifyMessageWorkflow.run,
+        NotifyMessageInput(
+            message_id=stored.message_id,
+            conversation_id=stored.conversation_id,
+            sender_id=sender,
+            seq=stored.seq,
+            created_at=stored.created_at,
+            options=options,
+        ),
+        id=notify_message_workflow_id(stored.message_id),
+        task_queue=options.task_queue,
+    )
+
+
 def _own_queues(settings: Settings, task_queue: str) -> NotifyOptions:
     """The notification options with queues of this test's own, on the session's dev server."""
     return dataclasses.replace(
@@ -367,8 +389,10 @@ async def test_rate_limit_raises_with_retry_after_and_only_the_unsent_row_goes_a
     assert (cy_row.status, cy_row.attempts) == (NotificationStatus.SENT, 2)
 
 
-def _senders_at(core: Core, channels: Senders, clock: Any, log: Any = None) -> ChannelSenders:
-    """The fixture's providers with another clock (and log)."""
+def _senders_at(
+    core: Core, channels: Senders, clock: Any, log: Any = None, quota: Any = None
+) -> ChannelSenders:
+    """The fixture's providers with another clock (and log, and quota)."""
     s = channels.senders
     return ChannelSenders(
         log or core.notifications,
@@ -377,6 +401,7 @@ def _senders_at(core: Core, channels: Senders, clock: Any, log: Any = None) -> C
         email=s._email,
         sms=s._sms,
         devices=core.preferences,
+        quota=quota,
         metrics=channels.metrics,
         clock=clock,
     )
@@ -386,22 +411,12 @@ async def test_rows_past_the_provider_quota_are_queued_again_and_sent_once_later
     core: Core, world: World, channels: Senders, fcm: tuple[FcmSink, str]
 ) -> None:
     sink, _ = fcm
-    s = channels.senders
     quota = ProviderQuota(
         async_sessionmaker(core.engine),
         {Channel.PUSH: ChannelRate(per_second=2, burst=1)},
         horizon=0,  # nothing reserved ahead: one row now, the next half a second later
     )
-    senders = ChannelSenders(
-        core.notifications,
-        core.messages,
-        push=s._push,
-        email=s._email,
-        sms=s._sms,
-        devices=core.preferences,
-        quota=quota,
-        metrics=channels.metrics,
-    )
+    senders = _senders_at(core, channels, None, quota=quota)
     planned = await send_and_plan(core, world.ana, world.ops, "hello")
     ids = list(planned.push.values())  # ben's row (two devices) and cy's
 
@@ -988,7 +1003,6 @@ async def test_notify_workers_send_a_message_s_push_and_email_digest(
     escalation (in-app, push after the grace, an email digest after its window)
     takes a few seconds and depends on no time skipping.
     """
-    from workflows.notify_message import NotifyMessageWorkflow
 
     settings = base_settings(
         database_url=database_url,
@@ -1015,19 +1029,7 @@ async def test_notify_workers_send_a_message_s_push_and_email_digest(
         senders = open_notify(settings, core, stack)
         for worker in notify_workers(settings, client, core, Emitted(), senders, queues=options):
             await stack.enter_async_context(worker)
-        handle = await client.start_workflow(
-            NotifyMessageWorkflow.run,
-            NotifyMessageInput(
-                message_id=stored.message_id,
-                conversation_id=world.ops,
-                sender_id=world.ana,
-                seq=stored.seq,
-                created_at=stored.created_at,
-                options=options,
-            ),
-            id=notify_message_workflow_id(stored.message_id),
-            task_queue=options.task_queue,
-        )
+        handle = await _start_notify(client, stored, world.ana, options)
         digests = [
             client.get_workflow_handle(
                 notify_digest_workflow_id("email", user), result_type=NotificationDigestResult
@@ -1069,7 +1071,6 @@ async def test_one_row_pushes_go_out_at_the_push_quota_not_a_batch_s_share_of_it
     """Direct messages' pushes are send activities of one row each. The push quota is
     counted in rows: at NOTIFY_PUSH_PER_SECOND 4 they go out at 4 a second, not at the
     4 / NOTIFY_PUSH_BATCH_SIZE (0.04) activities a second a per-activity limit gives."""
-    from workflows.notify_message import NotifyMessageWorkflow
 
     sink, fcm_url = fcm
     settings = base_settings(
@@ -1094,21 +1095,7 @@ async def test_one_row_pushes_go_out_at_the_push_quota_not_a_batch_s_share_of_it
             stored = await core.messages.persist(
                 PersistMessageInput(direct, world.ana, f"q-{n}", f"#{n}")
             )
-            handles.append(
-                await client.start_workflow(
-                    NotifyMessageWorkflow.run,
-                    NotifyMessageInput(
-                        message_id=stored.message_id,
-                        conversation_id=direct,
-                        sender_id=world.ana,
-                        seq=stored.seq,
-                        created_at=stored.created_at,
-                        options=options,
-                    ),
-                    id=notify_message_workflow_id(stored.message_id),
-                    task_queue=options.task_queue,
-                )
-            )
+            handles.append(await _start_notify(client, stored, world.ana, options))
         loop = asyncio.get_running_loop()
         arrived: list[float] = []
         try:
