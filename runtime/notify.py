@@ -10,7 +10,6 @@ from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy.ext.asyncio import async_sessionmaker
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -22,6 +21,7 @@ from missive.config import Settings
 from missive.constants import (
     notify_message_workflow_id,
 )
+from missive.db import session_factory
 from missive.metrics import Metrics
 from missive.notify.dispatch import ChannelSenders
 from missive.notify.log import NotificationLog
@@ -70,7 +70,7 @@ def open_notify(
         sms=sms,
         devices=core.preferences,
         quota=ProviderQuota.per_second(
-            async_sessionmaker(core.engine, expire_on_commit=False),
+            session_factory(core.engine),
             {
                 Channel.PUSH: settings.notify_push_per_second,
                 Channel.EMAIL: settings.notify_email_per_second,

@@ -330,7 +330,7 @@ class ChannelSenders:
 
     async def _reserve(self, channel: Channel, rows: int) -> Grant:
         """The provider's quota for ``rows`` rows (all of them at once without a quota)."""
-        if self._quota is None or not rows:
+        if self._quota is None:
             return Grant(rows=rows, wait=0.0, retry_after=0.0)
         return await self._quota.reserve(channel, rows)
 

@@ -20,7 +20,6 @@ from typing import Any, cast
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import async_sessionmaker
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
@@ -412,7 +411,7 @@ async def test_rows_past_the_provider_quota_are_queued_again_and_sent_once_later
 ) -> None:
     sink, _ = fcm
     quota = ProviderQuota(
-        async_sessionmaker(core.engine),
+        session_factory(core.engine),
         {Channel.PUSH: ChannelRate(per_second=2, burst=1)},
         horizon=0,  # nothing reserved ahead: one row now, the next half a second later
     )

@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import async_sessionmaker
 
+from missive.db import session_factory
 from missive.notify.quota import HORIZON, ChannelRate, ProviderQuota
 from missive.schemas import Channel
 from runtime.wiring import Core
@@ -20,7 +21,7 @@ SLACK = 0.15
 
 def _quota(core: Core, *, per_second: float, burst: int, horizon: float = HORIZON) -> ProviderQuota:
     return ProviderQuota(
-        async_sessionmaker(core.engine),
+        session_factory(core.engine),
         {Channel.PUSH: ChannelRate(per_second=per_second, burst=burst)},
         horizon=horizon,
     )
@@ -51,7 +52,7 @@ async def test_what_does_not_fit_within_the_horizon_is_not_reserved(core: Core) 
 
 async def test_each_channel_has_its_own_bucket_and_no_quota_means_no_wait(core: Core) -> None:
     quota = ProviderQuota.per_second(
-        async_sessionmaker(core.engine), {Channel.PUSH: 2.0, Channel.SMS: 1.0}
+        session_factory(core.engine), {Channel.PUSH: 2.0, Channel.SMS: 1.0}
     )
     await quota.reserve(Channel.PUSH, 12)  # push in debt: 2 now, 10 over the next 5 s
     sms = await quota.reserve(Channel.SMS, 1)
