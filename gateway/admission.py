@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
 import socketio
+from socketio import packet as sio_packet
 from sqlalchemy.exc import SQLAlchemyError
 from temporalio.client import RPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
@@ -169,6 +172,14 @@ class FairServer(socketio.AsyncServer):
     behind thousands of its refusals, and the flooder still gets an answer to each
     event, in order, at the pace it is read.
 
+    Between the two, an event that asked for an ack and arrives past the socket's
+    pace is answered at once, ``RateLimited`` with ``retry_after_ms``, from its
+    header alone (no JSON decoded, no handler run, nothing done), at up to
+    ``refusals_per_second`` (bursts of ``refusals_burst``). A client that floods
+    hears "slow down" within milliseconds instead of after its whole backlog was
+    read; past that budget too, its socket is paced again, so a flood's cost to the
+    process stays bounded. ``refusals_burst=0`` paces everything.
+
     It overrides ``_handle_eio_message`` and ``_handle_event`` of python-socketio 5
     (pinned ``<6``); the gateway traffic and malformed-packet tests fail if those
     methods change. A subclass that reads packets itself overrides ``_read_packet``.
@@ -180,25 +191,67 @@ class FairServer(socketio.AsyncServer):
         max_events_per_socket: int,
         events_per_second: float,
         events_burst: int,
+        refusals_per_second: float = 0.0,
+        refusals_burst: int = 0,
+        metrics: Metrics | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._max_events = max_events_per_socket
         self._rate = events_per_second
         self._burst = float(events_burst)
+        self._refusal_rate = refusals_per_second
+        self._refusal_burst = float(refusals_burst)
+        self._metrics = metrics
         self._sockets: dict[str, _SocketGate] = {}
         self._in_hand: set[asyncio.Task[None]] = set()
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         gate = self._sockets.get(eio_sid)
         if gate is None:
+            now = time.monotonic()
             gate = self._sockets[eio_sid] = _SocketGate(
-                asyncio.Semaphore(self._max_events), self._burst, time.monotonic()
+                asyncio.Semaphore(self._max_events), self._burst, now, self._refusal_burst
             )
         wait = gate.take(self._rate, self._burst)
         if wait > 0:
+            if self._refusal_burst >= 1 and await self._refuse(eio_sid, gate, data, wait):
+                gate.tokens += 1.0  # not read: it leaves the socket's pace as it was
+                return
             await asyncio.sleep(wait)  # this socket's reader waits; the others go on
         await self._read_packet(eio_sid, data)
+
+    async def _refuse(self, eio_sid: str, gate: _SocketGate, data: Any, wait: float) -> bool:
+        """Answers an event past the socket's pace RateLimited, if it asked for an ack
+        and the refusal budget allows; False leaves it to be read in its turn."""
+        if not isinstance(data, str) or not data.startswith("2"):
+            return False  # not an EVENT in text (binary events and other packets are paced)
+        match = _EVENT_HEADER.match(data)
+        if match is None:
+            return False
+        namespace = match.group(1)[:-1] if match.group(1) else "/"
+        sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+        if sid is None or not self.manager.is_connected(sid, namespace):
+            return False  # python-socketio would drop it: let it
+        if not gate.take_refusal(self._refusal_rate, self._refusal_burst):
+            return False
+        if self._metrics is not None:
+            self._metrics.gateway_rejected("*", "socket_rate")
+        retry_ms = max(1, math.ceil(wait * 1000))
+        refusal = {
+            "ok": False,
+            "error": {
+                "type": "RateLimited",
+                "message": f"this connection sends more than {self._rate:g} events a second;"
+                f" nothing was done: wait {retry_ms} ms",
+                "retry_after_ms": retry_ms,
+            },
+        }
+        ack = self.packet_class(
+            sio_packet.ACK, namespace=namespace, id=int(match.group(2)), data=[refusal]
+        )
+        await self._send_packet(eio_sid, ack)
+        return True
 
     async def _read_packet(self, eio_sid: str, data: Any) -> None:
         """Reads one packet of a socket, in its turn: python-socketio's dispatch."""
@@ -228,13 +281,30 @@ class FairServer(socketio.AsyncServer):
         await super()._handle_eio_disconnect(eio_sid, reason)
 
 
+_EVENT_HEADER = re.compile(r"2(/[^,]{0,200},)?(\d{1,15})\[")
+"""An EVENT packet in text that asks for an ack: its namespace and ack id."""
+
+
 class _SocketGate:
-    """One socket's events in hand and its event bucket."""
+    """One socket's events in hand, its event bucket and its refusal bucket."""
 
-    __slots__ = ("at", "in_hand", "tokens")
+    __slots__ = ("at", "in_hand", "refusals", "refusals_at", "tokens")
 
-    def __init__(self, in_hand: asyncio.Semaphore, tokens: float, at: float) -> None:
+    def __init__(
+        self, in_hand: asyncio.Semaphore, tokens: float, at: float, refusals: float
+    ) -> None:
         self.in_hand, self.tokens, self.at = in_hand, tokens, at
+        self.refusals, self.refusals_at = refusals, at
+
+    def take_refusal(self, rate: float, burst: float) -> bool:
+        """Takes a refusal token if there is one."""
+        now = time.monotonic()
+        self.refusals = min(burst, self.refusals + (now - self.refusals_at) * rate)
+        self.refusals_at = now
+        if self.refusals < 1.0:
+            return False
+        self.refusals -= 1.0
+        return True
 
     def take(self, rate: float, burst: float) -> float:
         """Takes a token; returns how long to wait for it (0: there was one)."""

@@ -75,11 +75,16 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         """Where everything is and the limits passed to the workflows."""
+        self.metrics = Metrics()
+        """The project's metrics of this process, served at ``/metrics``."""
         self.sio = GatewayServer(
             max_message_bytes=settings.gateway_max_message_bytes,
             max_events_per_socket=settings.gateway_max_events_per_socket,
             events_per_second=settings.gateway_socket_events_per_second,
             events_burst=settings.gateway_socket_events_burst,
+            refusals_per_second=settings.gateway_socket_refusals_per_second,
+            refusals_burst=settings.gateway_socket_refusals_burst,
+            metrics=self.metrics,
             async_mode="asgi",
             client_manager=client_manager(settings, write_only=False),
             cors_allowed_origins=settings.cors_origins,
@@ -87,8 +92,6 @@ class Gateway:
             engineio_logger=_library_logger("engineio"),
         )
         """The Socket.IO server; its client manager spans every gateway process."""
-        self.metrics = Metrics()
-        """The project's metrics of this process, served at ``/metrics``."""
         self.admission = Admission(settings, None, self.metrics)
         """Send admission: in-flight caps, the send limit (from ``start``), Temporal's breaker."""
         self.connections = Connections(self.sio, settings.gateway_secret, rooms_of=self._rooms_of)

@@ -169,6 +169,15 @@ class Settings(BaseSettings):
     gateway_socket_events_burst: int = Field(default=200, ge=1)
     """Events one socket may send at once before that pace applies."""
 
+    gateway_socket_refusals_per_second: float = Field(default=500.0, ge=0)
+    """Events past a socket's pace that are answered RateLimited at once, from their
+    header (nothing decoded or done), instead of waiting to be read: a flooding
+    client hears "slow down" in milliseconds. Past this too, the socket is paced."""
+
+    gateway_socket_refusals_burst: int = Field(default=1_000, ge=0)
+    """Refusals one socket may get at once before their pace applies (0: none; every
+    event past the pace waits to be read)."""
+
     gateway_max_in_flight: int = Field(default=512, ge=1)
     """Sends and other workflow calls one gateway process has in flight; past it
     ProviderUnavailable at once (nothing started), so an overloaded gateway answers

@@ -261,31 +261,52 @@ async def test_a_client_that_disconnects_with_sends_in_flight_leaves_no_tracebac
     assert stored == await _scalar(core, "SELECT count(DISTINCT client_message_id) FROM messages")
 
 
-async def test_a_flooding_socket_is_read_at_its_pace_and_others_are_answered_at_once(
+async def test_a_flooding_socket_is_refused_at_once_then_paced_and_others_are_answered_at_once(
     settings: Settings, core: Core, dev_env: WorkflowEnvironment
 ) -> None:
     ana, ben = await _people(core, 2)
     conversation = await _conversation(core, ana, ben)
     paced = gateway_settings(
-        settings, dev_env, gateway_socket_events_per_second=50, gateway_socket_events_burst=20
+        settings,
+        dev_env,
+        gateway_socket_events_per_second=50,
+        gateway_socket_events_burst=20,
+        # 30 refusals, never refilled: what is past them is read at the pace.
+        gateway_socket_refusals_per_second=0,
+        gateway_socket_refusals_burst=30,
     )
     async with serve_gateway(paced) as running:
         a, b = await open_peer(running, ana), await open_peer(running, ben)
         try:
             bad = {"conversation_id": conversation, "up_to_seq": -1}
             started = time.perf_counter()
-            flood = asyncio.gather(*(a.call(EVENT_MESSAGE_READ, bad) for _ in range(70)))
-            await asyncio.sleep(0.3)  # the flood is being read at 50/s now
+
+            async def timed() -> tuple[dict[str, Any], float]:
+                ack = await a.call(EVENT_MESSAGE_READ, bad)
+                return ack, time.perf_counter() - started
+
+            flood = asyncio.gather(*(timed() for _ in range(90)))
+            await asyncio.sleep(0.3)  # the flood's rest is being read at 50/s now
             asked = time.perf_counter()
             other = await b.call(EVENT_MESSAGE_SEND, _send(conversation, "b-1", "hi"))
             answered = time.perf_counter() - asked
             acks = await flood
             took = time.perf_counter() - started
+            metrics = running.app.gateway.metrics.render().decode()
         finally:
             await a.client.disconnect()
             await b.client.disconnect()
     assert other["ok"] is True and answered < 0.5, (other, answered)
-    # Every flooding event got its own answer, in order, at the socket's pace:
-    # 20 at once, then 50 more at 50/s.
-    assert [ack["error"]["type"] for ack in acks] == ["InvalidInput"] * 70
-    assert took >= 0.9, took
+    kinds = [ack["error"]["type"] for ack, _ in acks]
+    # The burst of 20 is read and answered (each its own InvalidInput); the next 30
+    # are refused from their header without being read; the rest are read at 50/s.
+    assert kinds[:20] == ["InvalidInput"] * 20, kinds
+    assert kinds.count("RateLimited") == 30, kinds
+    assert kinds[-20:] == ["InvalidInput"] * 20, kinds
+    refused = [(ack, at) for ack, at in acks if ack["error"]["type"] == "RateLimited"]
+    for ack, at in refused:
+        assert ack["error"]["retry_after_ms"] >= 1, ack
+        assert "events a second" in ack["error"]["message"], ack
+        assert at < 0.5, at  # answered at once, not in the paced turn
+    assert took >= 0.5, took  # about 40 paced at 50/s after the burst
+    assert 'missive_gateway_rejections_total{event="*",reason="socket_rate"} 30.0' in metrics
