@@ -102,12 +102,14 @@ async def run(flood: int, steady_seconds: float, rate: float) -> None:
         unloaded = await steady_phase("unloaded")
 
         flood_acks: dict[str, tuple[str, float]] = {}
+        flood_at: dict[str, float] = {}
         waiting: list[asyncio.Future[None]] = []
 
         def answer(cmid: str, sent: float, done: asyncio.Future[None]) -> Any:
             def callback(ack: dict[str, Any]) -> None:
                 kind = "ok" if ack["ok"] else ack["error"]["type"]
                 flood_acks[cmid] = (kind, time.perf_counter() - sent)
+                flood_at[cmid] = time.perf_counter() - flood_started
                 done.set_result(None)
 
             return callback
@@ -160,6 +162,14 @@ async def run(flood: int, steady_seconds: float, rate: float) -> None:
             f"    {kind:<20} {kinds[kind]:7d} {statistics.median(times) * ms:9.1f}"
             f" {percentile(times, 99) * ms:9.1f}"
         )
+    marks = [i for i in (0, 49, 99, 199, 299, 499, 999) if i < flood]
+    print(
+        "  answered after (ms, from the flood's start), by send: "
+        + ", ".join(
+            f"#{i + 1} {flood_acks[f'flood-{i}'][0]} {flood_at[f'flood-{i}'] * ms:.0f}"
+            for i in marks
+        )
+    )
     print(
         f"  the flood took {flood_took:.2f} s; CPU seconds meanwhile: "
         + ", ".join(f"{k} {v:.2f}" for k, v in sorted(flood_cpu.items()))

@@ -12,7 +12,7 @@ import logging
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -24,9 +24,9 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from missive.config import Settings
 from missive.constants import EVENT_MESSAGE_SEND
-from missive.errors import ProviderUnavailable, RateLimited
+from missive.errors import MessagingError, ProviderUnavailable, RateLimited
 from missive.metrics import Metrics
-from missive.ratelimit import SendLimiter
+from missive.ratelimit import SendLimiter, limited
 
 log = logging.getLogger("missive.gateway")
 
@@ -60,6 +60,8 @@ class Admission:
         self._per_socket_cap = settings.send_max_in_flight_per_socket
         self._process_cap = settings.gateway_max_in_flight
         self._per_socket: dict[str, int] = {}
+        self._users: dict[str, str] = {}
+        """Each socket's user, as its last send named it (for refusals from memory)."""
         self._in_flight = 0
         self._failures = 0
         self._open_until = 0.0
@@ -71,8 +73,36 @@ class Admission:
 
     def forget(self, sid: str) -> None:
         """A socket disconnected (its sends in flight still finish and are counted down)."""
+        self._users.pop(sid, None)
         if self._per_socket.get(sid) == 0:
             del self._per_socket[sid]
+
+    def refusal(self, sid: str) -> MessagingError | None:
+        """Why a send of this socket is refused right now, known from memory alone
+        (None: it may go on to the user's bucket). Counted as a rejection."""
+        if self._per_socket.get(sid, 0) >= self._per_socket_cap:
+            self._rejected("in_flight")
+            return RateLimited(
+                f"{self._per_socket_cap} sends of this connection are waiting for their ack;"
+                " wait for one",
+                retry_after=0.1,
+            )
+        if self._in_flight >= self._process_cap:
+            self._rejected("overloaded")
+            return ProviderUnavailable("the gateway is at capacity; try again", retry_after=0.2)
+        wait = self._open_until - time.monotonic()
+        if wait > 0:
+            self._rejected("temporal_unavailable")
+            return ProviderUnavailable(
+                "Temporal is unavailable; try again shortly", retry_after=wait
+            )
+        user_id = self._users.get(sid)
+        if user_id is not None and self._limiter is not None:
+            wait = self._limiter.refused_for(user_id) or 0.0
+            if wait > 0:
+                self._rejected("rate_limited")
+                return limited(wait)
+        return None
 
     @asynccontextmanager
     async def admit(self, sid: str, user_id: str) -> AsyncIterator[None]:
@@ -85,22 +115,10 @@ class Admission:
                 answered unavailable just now (the breaker), or the bucket's
                 store did not answer.
         """
-        if self._per_socket.get(sid, 0) >= self._per_socket_cap:
-            self._rejected("in_flight")
-            raise RateLimited(
-                f"{self._per_socket_cap} sends of this connection are waiting for their ack;"
-                " wait for one",
-                retry_after=0.1,
-            )
-        if self._in_flight >= self._process_cap:
-            self._rejected("overloaded")
-            raise ProviderUnavailable("the gateway is at capacity; try again", retry_after=0.2)
-        wait = self._open_until - time.monotonic()
-        if wait > 0:
-            self._rejected("temporal_unavailable")
-            raise ProviderUnavailable(
-                "Temporal is unavailable; try again shortly", retry_after=wait
-            )
+        refused = self.refusal(sid)
+        if refused is not None:
+            raise refused
+        self._users[sid] = user_id
         self._per_socket[sid] = self._per_socket.get(sid, 0) + 1
         self._in_flight += 1
         try:
@@ -205,6 +223,11 @@ class FairServer(socketio.AsyncServer):
         self._metrics = metrics
         self._sockets: dict[str, _SocketGate] = {}
         self._in_hand: set[asyncio.Task[None]] = set()
+        self.quick_refusal: Callable[[str, str], dict[str, Any] | None] | None = None
+        """Given a socket's sid and an event's name (read from the packet's header), the
+        ack refusing it when that is known from memory alone (a send past the
+        socket's in-flight cap or its user's empty bucket), else None: answered
+        without decoding the payload or starting a handler."""
 
     async def _handle_eio_message(self, eio_sid: str, data: Any) -> None:
         gate = self._sockets.get(eio_sid)
@@ -219,6 +242,18 @@ class FairServer(socketio.AsyncServer):
                 gate.tokens += 1.0  # not read: it leaves the socket's pace as it was
                 return
             await asyncio.sleep(wait)  # this socket's reader waits; the others go on
+        if self.quick_refusal is not None and isinstance(data, str) and data[:1] == "2":
+            match = _EVENT_HEADER.match(data)
+            if match is not None and match.group(3) is not None:
+                namespace = match.group(1)[:-1] if match.group(1) else "/"
+                sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
+                answer = None if sid is None else self.quick_refusal(sid, match.group(3))
+                if answer is not None:
+                    ack = self.packet_class(
+                        sio_packet.ACK, namespace=namespace, id=int(match.group(2)), data=[answer]
+                    )
+                    await self._send_packet(eio_sid, ack)
+                    return
         await self._read_packet(eio_sid, data)
 
     async def _refuse(self, eio_sid: str, gate: _SocketGate, data: Any, wait: float) -> bool:
@@ -281,8 +316,9 @@ class FairServer(socketio.AsyncServer):
         await super()._handle_eio_disconnect(eio_sid, reason)
 
 
-_EVENT_HEADER = re.compile(r"2(/[^,]{0,200},)?(\d{1,15})\[")
-"""An EVENT packet in text that asks for an ack: its namespace and ack id."""
+_EVENT_HEADER = re.compile(r'2(/[^,]{0,200},)?(\d{1,15})\[(?:"([a-z:_]{1,64})")?')
+"""An EVENT packet in text that asks for an ack: its namespace, ack id and (when plain)
+its event name."""
 
 
 class _SocketGate:

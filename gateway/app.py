@@ -21,7 +21,7 @@ import socketio
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from gateway.acks import guarded, unknown_event
+from gateway.acks import Ack, error, guarded, unknown_event
 from gateway.admission import Admission
 from gateway.connections import Connections
 from gateway.context import Services
@@ -32,7 +32,12 @@ from gateway.sessions import RevocationListener
 from gateway.transport import GatewayServer, redact_server_logs
 from missive.broadcast import Broadcaster
 from missive.config import Settings
-from missive.constants import EVENT_TOKEN_REFRESH, TASK_QUEUE_MESSAGES, conversation_room
+from missive.constants import (
+    EVENT_MESSAGE_SEND,
+    EVENT_TOKEN_REFRESH,
+    TASK_QUEUE_MESSAGES,
+    conversation_room,
+)
 from missive.db import session_factory
 from missive.errors import MessagingError, ProviderUnavailable
 from missive.metrics import Metrics
@@ -112,6 +117,17 @@ class Gateway:
         for event, handler in handlers.items():
             self.sio.on(event, guarded(event, handler, timeout=timeout))
         self.sio.on("*", unknown_event)
+        self.sio.quick_refusal = self._quick_refusal
+
+    def _quick_refusal(self, sid: str, event: str) -> Ack | None:
+        """A ``message:send`` that admission refuses from memory, answered before its
+        payload is decoded: a flooding client's refusals cost microseconds."""
+        if event != EVENT_MESSAGE_SEND:
+            return None
+        refused = self.admission.refusal(sid)
+        if refused is None:
+            return None
+        return error(refused.type, str(refused), retry_after=getattr(refused, "retry_after", None))
 
     @property
     def healthy(self) -> bool:

@@ -112,6 +112,14 @@ class SendLimiter:
         self._burst = burst
         self._refused_until: dict[str, float] = {}
 
+    def refused_for(self, user_id: str) -> float | None:
+        """Seconds the user's bucket is known (from memory) to stay empty, else None."""
+        until = self._refused_until.get(user_id)
+        if until is None:
+            return None
+        wait = until - time.monotonic()
+        return wait if wait > 0 else None
+
     async def take(self, user_id: str) -> None:
         """Takes one send from the user's bucket.
 
@@ -122,7 +130,7 @@ class SendLimiter:
         until = self._refused_until.get(user_id)
         if until is not None:
             if now < until:
-                raise _limited(until - now)
+                raise limited(until - now)
             del self._refused_until[user_id]
         allowed, tokens = await self._store.take(user_id, rate=self._rate, burst=self._burst)
         if allowed:
@@ -131,10 +139,11 @@ class SendLimiter:
         if len(self._refused_until) > 100_000:  # bounded: a refusal is at most 1/rate s old
             self._refused_until = {u: t for u, t in self._refused_until.items() if t > now}
         self._refused_until[user_id] = now + wait
-        raise _limited(wait)
+        raise limited(wait)
 
 
-def _limited(wait: float) -> RateLimited:
+def limited(wait: float) -> RateLimited:
+    """The refusal of a send whose user's bucket is empty for ``wait`` more seconds."""
     return RateLimited(
         f"sending too fast: wait {wait * 1000:.0f} ms before the next message",
         retry_after=wait,
