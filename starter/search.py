@@ -124,8 +124,8 @@ async def rebuild_progress(client: Client, settings: Settings) -> RebuildProgres
     Raises:
         InvalidInput: no rebuild has run.
     """
-    handle = client.get_workflow_handle_for(
-        SearchRebuildWorkflow.run, search_rebuild_workflow_id(settings.typesense_collection)
+    handle = client.get_workflow_handle(
+        search_rebuild_workflow_id(settings.typesense_collection), result_type=RebuildProgress
     )
     try:
         return await handle.query(SearchRebuildWorkflow.progress)
