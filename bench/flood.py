@@ -7,7 +7,10 @@ Both are real Socket.IO clients of the gateway; a third member reads and acks
 then the same with the flood. Printed: the flooder's acks by type with their
 latency (goal: RateLimited within 50 ms), the steady user's send -> message:new
 p50/p99 unloaded and loaded (goal: loaded p99 within 2x), and the check that
-every ok ack is a stored row and no error ack (other than Timeout) is.
+every ok ack is a stored row and no error ack (other than Timeout) is. Last, with
+nothing else running, the flooder sends as many bad receipts: how fast the gateway
+answers a flood it refuses (from the packets' headers past the socket's pace), against
+the time reading them at that pace alone would take.
 """
 
 from __future__ import annotations
@@ -39,6 +42,33 @@ async def _client(s: Stack, user: str, exit_stack: AsyncExitStack) -> socketio.A
     await client.connect(s.gateway_url, auth={"token": token}, transports=["websocket"])
     exit_stack.push_async_callback(client.disconnect)
     return client
+
+
+async def _bad_receipt_flood(
+    client: socketio.AsyncClient, conv: str, n: int
+) -> tuple[float, Counter[str], list[float]]:
+    """n receipts with a bad seq from one socket as fast as it writes, nothing else
+    running: how long until all were answered, by answer, and the answers' latencies."""
+    loop = asyncio.get_running_loop()
+    answers: Counter[str] = Counter()
+    latencies: list[float] = []
+    waiting: list[asyncio.Future[None]] = []
+    started = time.perf_counter()
+    for _ in range(n):
+        done = loop.create_future()
+        waiting.append(done)
+        sent = time.perf_counter()
+
+        def callback(ack: dict[str, Any], sent: float = sent, done: Any = done) -> None:
+            answers[ack["error"]["type"]] += 1
+            latencies.append(time.perf_counter() - sent)
+            done.set_result(None)
+
+        await client.emit(
+            "message:read", {"conversation_id": conv, "up_to_seq": -1}, callback=callback
+        )
+    await asyncio.wait_for(asyncio.gather(*waiting), 60)
+    return time.perf_counter() - started, answers, latencies
 
 
 async def run(flood: int, steady_seconds: float, rate: float) -> None:
@@ -140,6 +170,9 @@ async def run(flood: int, steady_seconds: float, rate: float) -> None:
         if receipts:
             await asyncio.wait(receipts, timeout=30)
 
+        await asyncio.sleep(3.0)  # the socket's pace and the user's bucket refill
+        refusals = await _bad_receipt_flood(f_client, conv, flood)
+
         async with core.engine.connect() as conn:
             stored = set(
                 (
@@ -186,6 +219,17 @@ async def run(flood: int, steady_seconds: float, rate: float) -> None:
     print(
         f"    p99 ratio (goal <= 2.0)              "
         f"{percentile(loaded, 99) / percentile(unloaded, 99):7.2f}"
+    )
+    took, answers, latencies = refusals
+    paced = max(0.0, flood - s.settings.gateway_socket_events_burst) / (
+        s.settings.gateway_socket_events_per_second
+    )
+    print(
+        f"  then {flood} bad receipts from the flooder's socket, nothing else running:"
+        f" all answered in {took:.2f} s ({dict(answers)};"
+        f" p50 {statistics.median(latencies) * ms:.0f} ms,"
+        f" p99 {percentile(latencies, 99) * ms:.0f} ms); read at the pace alone it"
+        f" would take {paced:.1f} s (ratio {took / paced if paced else 0:.2f})"
     )
     ok = {c for c, (kind, _) in flood_acks.items() if kind == "ok"}
     refused = {c for c, (kind, _) in flood_acks.items() if kind not in ("ok", "Timeout")}
