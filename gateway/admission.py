@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import socketio
 from socketio import packet as sio_packet
@@ -236,44 +236,41 @@ class FairServer(socketio.AsyncServer):
             gate = self._sockets[eio_sid] = _SocketGate(
                 asyncio.Semaphore(self._max_events), self._burst, now, self._refusal_burst
             )
+        header = self._event_header(eio_sid, data)
         wait = gate.take(self._rate, self._burst)
         if wait > 0:
-            if self._refusal_burst >= 1 and await self._refuse(eio_sid, gate, data, wait):
+            if header is not None and gate.take_refusal(self._refusal_rate, self._refusal_burst):
                 gate.tokens += 1.0  # not read: it leaves the socket's pace as it was
+                if self._metrics is not None:
+                    self._metrics.gateway_rejected("*", "socket_rate")
+                await self.send_ack(eio_sid, header.namespace, header.id, self._paced(wait))
                 return
             await asyncio.sleep(wait)  # this socket's reader waits; the others go on
-        if self.quick_refusal is not None and isinstance(data, str) and data[:1] == "2":
-            match = _EVENT_HEADER.match(data)
-            if match is not None and match.group(3) is not None:
-                namespace = match.group(1)[:-1] if match.group(1) else "/"
-                sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
-                answer = None if sid is None else self.quick_refusal(sid, match.group(3))
-                if answer is not None:
-                    ack = self.packet_class(
-                        sio_packet.ACK, namespace=namespace, id=int(match.group(2)), data=[answer]
-                    )
-                    await self._send_packet(eio_sid, ack)
-                    return
+        if header is not None and header.event is not None and self.quick_refusal is not None:
+            answer = self.quick_refusal(header.sid, header.event)
+            if answer is not None:
+                await self.send_ack(eio_sid, header.namespace, header.id, answer)
+                return
         await self._read_packet(eio_sid, data)
 
-    async def _refuse(self, eio_sid: str, gate: _SocketGate, data: Any, wait: float) -> bool:
-        """Answers an event past the socket's pace RateLimited, if it asked for an ack
-        and the refusal budget allows; False leaves it to be read in its turn."""
-        if not isinstance(data, str) or not data.startswith("2"):
-            return False  # not an EVENT in text (binary events and other packets are paced)
+    def _event_header(self, eio_sid: str, data: Any) -> _EventHeader | None:
+        """The header of an EVENT in text that asks for an ack, from a connected socket
+        (None for anything else: binary events and other packets are only paced)."""
+        if not isinstance(data, str) or data[:1] != "2":
+            return None
         match = _EVENT_HEADER.match(data)
         if match is None:
-            return False
+            return None
         namespace = match.group(1)[:-1] if match.group(1) else "/"
         sid = self.manager.sid_from_eio_sid(eio_sid, namespace)
         if sid is None or not self.manager.is_connected(sid, namespace):
-            return False  # python-socketio would drop it: let it
-        if not gate.take_refusal(self._refusal_rate, self._refusal_burst):
-            return False
-        if self._metrics is not None:
-            self._metrics.gateway_rejected("*", "socket_rate")
+            return None  # python-socketio drops it: let it
+        return _EventHeader(namespace, sid, int(match.group(2)), match.group(3))
+
+    def _paced(self, wait: float) -> dict[str, Any]:
+        """The ack of an event refused because its socket sends past the pace."""
         retry_ms = max(1, math.ceil(wait * 1000))
-        refusal = {
+        return {
             "ok": False,
             "error": {
                 "type": "RateLimited",
@@ -282,11 +279,12 @@ class FairServer(socketio.AsyncServer):
                 "retry_after_ms": retry_ms,
             },
         }
-        ack = self.packet_class(
-            sio_packet.ACK, namespace=namespace, id=int(match.group(2)), data=[refusal]
+
+    async def send_ack(self, eio_sid: str, namespace: str, id: int, answer: object) -> None:
+        """Sends one ack (an event's answer) to a socket, without a handler."""
+        await self._send_packet(
+            eio_sid, self.packet_class(sio_packet.ACK, namespace=namespace, id=id, data=[answer])
         )
-        await self._send_packet(eio_sid, ack)
-        return True
 
     async def _read_packet(self, eio_sid: str, data: Any) -> None:
         """Reads one packet of a socket, in its turn: python-socketio's dispatch."""
@@ -314,6 +312,13 @@ class FairServer(socketio.AsyncServer):
     async def _handle_eio_disconnect(self, eio_sid: str, reason: object = None) -> None:
         self._sockets.pop(eio_sid, None)
         await super()._handle_eio_disconnect(eio_sid, reason)
+
+
+class _EventHeader(NamedTuple):
+    namespace: str
+    sid: str
+    id: int
+    event: str | None
 
 
 _EVENT_HEADER = re.compile(r'2(/[^,]{0,200},)?(\d{1,15})\[(?:"([a-z:_]{1,64})")?')

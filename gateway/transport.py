@@ -242,10 +242,7 @@ class GatewayServer(FairServer):
             return
         log.info("event of %s refused: %s", sid, reason)
         error = {"ok": False, "error": {"type": "InvalidInput", "message": reason}}
-        await self._send_packet(
-            eio_sid,
-            self.packet_class(sio_packet.ACK, namespace=namespace, id=id, data=[error]),
-        )
+        await self.send_ack(eio_sid, namespace, id, error)
 
 
 SAFE_QUERY_KEYS = frozenset({"EIO", "transport"})
