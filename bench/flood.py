@@ -67,6 +67,7 @@ async def _bad_receipt_flood(
         await client.emit(
             "message:read", {"conversation_id": conv, "up_to_seq": -1}, callback=callback
         )
+        await asyncio.sleep(0)
     await asyncio.wait_for(asyncio.gather(*waiting), 60)
     return time.perf_counter() - started, answers, latencies
 
@@ -120,6 +121,16 @@ async def run(flood: int, steady_seconds: float, rate: float) -> None:
                 stored_acks[cmid] = "ok" if ack["ok"] else ack["error"]["type"]
                 await asyncio.sleep(max(0.0, started[cmid] + 1 / rate - time.perf_counter()))
             await asyncio.sleep(1.0)
+            if tag == "loaded":
+                worst = sorted(
+                    (arrivals[c] - started[c], started[c] - flood_started)
+                    for c in started
+                    if c in arrivals
+                )[-3:]
+                print(
+                    "  worst loaded sends (ms, sent at ms after flood start):",
+                    [(round(took * 1000), round(at * 1000)) for took, at in worst],
+                )
             return [arrivals[c] - started[c] for c in started if c in arrivals]
 
         for i in range(20):  # warm up
@@ -155,6 +166,9 @@ async def run(flood: int, steady_seconds: float, rate: float) -> None:
                     {"conversation_id": conv, "client_message_id": cmid, "body": "flood"},
                     callback=answer(cmid, time.perf_counter(), done),
                 )
+                # A browser's emit is on the wire when it returns; python-socketio's only
+                # queues it, and a loop that never yields would hold all 1000 back.
+                await asyncio.sleep(0)
             await asyncio.wait_for(asyncio.gather(*waiting), 60)
 
         before = _cpu_seconds()
@@ -171,6 +185,10 @@ async def run(flood: int, steady_seconds: float, rate: float) -> None:
             await asyncio.wait(receipts, timeout=30)
 
         await asyncio.sleep(3.0)  # the socket's pace and the user's bucket refill
+        if os.environ.get("FLOOD_MARKER"):
+            marker = Path(os.environ["FLOOD_MARKER"] + ".refusals")
+            await asyncio.to_thread(marker.write_text, "started")
+            await asyncio.sleep(1.0)
         refusals = await _bad_receipt_flood(f_client, conv, flood)
 
         async with core.engine.connect() as conn:

@@ -60,6 +60,7 @@ class Connections:
         self._revocations: TokenRevocations | None = None
         self._expiry = ExpiryTimers(self.close_socket)
         self._closing: set[asyncio.Task[None]] = set()
+        self._rechecks: dict[str, asyncio.Future[None]] = {}
 
     def open(self, revocations: TokenRevocations) -> None:
         """Starts answering: tokens are checked against ``revocations`` from now on."""
@@ -138,13 +139,22 @@ class Connections:
             )
         if time.monotonic() - session["checked_at"] > sessions.TOKEN_RECHECK_SECONDS:
             try:
-                await self._check_revocation(claims)
+                await self._recheck(sid, claims)
             except InvalidToken as err:
                 self._close_soon(sid, "token revoked")
                 raise TokenRevoked(str(err)) from None
             session["checked_at"] = time.monotonic()
             await self._sio.save_session(sid, session)
         return claims.user_id
+
+    async def _recheck(self, sid: str, claims: TokenClaims) -> None:
+        """One revocation read per socket at a time: a burst of events that all find the
+        check due share the first one's query instead of each sending its own."""
+        pending = self._rechecks.get(sid)
+        if pending is None:
+            pending = self._rechecks[sid] = asyncio.ensure_future(self._check_revocation(claims))
+            pending.add_done_callback(lambda _: self._rechecks.pop(sid, None))
+        await asyncio.shield(pending)
 
     async def refresh(self, sid: str, data: object) -> Ack:
         """``token:refresh``: a newer token of the same user replaces the socket's token."""

@@ -24,6 +24,7 @@ from engineio import json as engineio_json
 from socketio import packet as sio_packet
 
 from gateway.admission import FairServer
+from gateway.engine import GatewayEngineIO
 
 log = logging.getLogger("missive.gateway")
 
@@ -159,6 +160,10 @@ class GatewayServer(FairServer):
         """Largest WebSocket message or polling request body, in bytes."""
         # The marker of an oversized message: nothing a client sends starts with it.
         self._oversize = f"\x00missive-oversize:{secrets.token_hex(8)}:"
+
+    def _engineio_server_class(self) -> type[GatewayEngineIO]:
+        """Engine.IO whose WebSocket readers take a burst in one turn (gateway.engine)."""
+        return GatewayEngineIO
 
     def bound_receive(self, receive: Receive) -> Receive:
         """An ASGI ``receive`` that turns a WebSocket message over the limit into a marker.

@@ -1,0 +1,165 @@
+"""How the gateway reads a socket: a burst in a few turns of the loop (gateway.engine).
+
+A raw WebSocket client writes Socket.IO frames itself, so what is timed is the
+gateway's reading, not a client library's (python-socketio's client reads each
+frame in a task of its own, as Engine.IO's server did).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+import socketio
+from temporalio.testing import WorkflowEnvironment
+
+import gateway.sessions as gateway_sessions
+from missive.config import Settings
+from missive.constants import EVENT_MESSAGE_READ, EVENT_NOTIFICATION_LIST
+from missive.sessions import TokenRevocations
+from missive.tokens import issue_token
+from runtime.wiring import Core
+from tests.integration import test_gateway as gateway_tests
+from tests.integration.test_gateway import (
+    WAIT,
+    RunningGateway,
+    _conversation,
+    _people,
+    gateway_settings,
+    serve_gateway,
+)
+
+pytestmark = pytest.mark.integration
+
+gateway = gateway_tests.gateway
+
+
+class RawSocket:
+    """A Socket.IO v4 client over one WebSocket, written by hand: frames out, acks in."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+        self.acks: dict[int, Any] = {}
+
+    def event(self, id: int, event: str, data: object) -> str:
+        """The text frame of an event that asks for ack ``id``."""
+        return f"42{id}{json.dumps([event, data])}"
+
+    async def write(self, frames: list[str]) -> None:
+        """Writes the frames back to back."""
+        for frame in frames:
+            await self._ws.send_str(frame)
+
+    async def read_acks(self, count: int) -> None:
+        """Reads until ``count`` acks arrived, answering the server's pings."""
+        async with asyncio.timeout(WAIT):
+            while len(self.acks) < count:
+                frame = await self._ws.receive_str()
+                if frame == "2":
+                    await self._ws.send_str("3")
+                elif frame.startswith("43"):
+                    id, _, rest = frame[2:].partition("[")
+                    self.acks[int(id)] = json.loads("[" + rest)[0]
+
+
+@asynccontextmanager
+async def raw_socket(gateway: RunningGateway, user_id: str) -> AsyncIterator[RawSocket]:
+    """A connected RawSocket for ``user_id``."""
+    token = issue_token(gateway.settings.gateway_secret, user_id, ttl_seconds=60)
+    url = gateway.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
+    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+        opened = await ws.receive_str()
+        assert opened.startswith("0{"), opened
+        await ws.send_str("40" + json.dumps({"token": token}))
+        connected = await ws.receive_str()
+        assert connected.startswith("40{"), connected
+        yield RawSocket(ws)
+
+
+async def _busy_loop(stop: asyncio.Event) -> None:
+    """Takes 5 ms of every turn of the event loop, as a gateway busy with lifecycles does."""
+    while not stop.is_set():
+        time.sleep(0.005)  # noqa: ASYNC251  (the point: a turn that blocks)
+        await asyncio.sleep(0)
+
+
+async def test_a_burst_is_read_in_a_few_turns_of_a_busy_loop(
+    settings: Settings, core: Core, dev_env: WorkflowEnvironment
+) -> None:
+    ana, ben = await _people(core, 2)
+    conversation = await _conversation(core, ana, ben)
+    roomy = gateway_settings(
+        settings, dev_env, gateway_socket_events_per_second=10_000, gateway_socket_events_burst=500
+    )
+    async with serve_gateway(roomy) as running, raw_socket(running, ana) as client:
+        bad = {"conversation_id": conversation, "up_to_seq": -1}
+        frames = [client.event(i, EVENT_MESSAGE_READ, bad) for i in range(200)]
+        stop = asyncio.Event()
+        busy = asyncio.create_task(_busy_loop(stop))
+        try:
+            started = time.perf_counter()
+            await client.write(frames)
+            await client.read_acks(200)
+            took = time.perf_counter() - started
+        finally:
+            stop.set()
+            await busy
+    # Each its own answer, in order of the ids it asked with.
+    assert sorted(client.acks) == list(range(200))
+    for ack in client.acks.values():
+        assert ack["ok"] is False and ack["error"]["type"] == "InvalidInput", ack
+        assert "up_to_seq" in ack["error"]["message"], ack
+    # A task and a wait_for per frame cost three turns of 5 ms each: 3 s for 200.
+    # Read 64 to a turn, with each event's handler in a task, it is a few dozen turns.
+    assert took < 1.0, took
+
+
+async def test_a_client_that_starts_on_polling_upgrades_to_the_websocket_reader(
+    gateway: RunningGateway, core: Core
+) -> None:
+    (ana,) = await _people(core, 1)
+    client = socketio.AsyncClient(reconnection=False)
+    token = issue_token(gateway.settings.gateway_secret, ana, ttl_seconds=60)
+    await client.connect(
+        gateway.url, auth={"token": token}, transports=["polling", "websocket"], wait_timeout=WAIT
+    )
+    try:
+        async with asyncio.timeout(WAIT):
+            while client.transport() != "websocket":  # noqa: ASYNC110  (no event for it)
+                await asyncio.sleep(0.02)
+        answers = await asyncio.gather(
+            *(client.call(EVENT_NOTIFICATION_LIST, {}, timeout=WAIT) for _ in range(20))
+        )
+    finally:
+        await client.disconnect()
+    assert all(answer["ok"] is True for answer in answers), answers
+
+
+async def test_a_burst_that_finds_the_token_recheck_due_reads_revocation_once(
+    gateway: RunningGateway, core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ana, ben = await _people(core, 2)
+    conversation = await _conversation(core, ana, ben)
+    lookups: list[str] = []
+    lookup = TokenRevocations.lookup
+
+    async def counted(self: TokenRevocations, user_id: str) -> tuple[bool, int | None]:
+        lookups.append(user_id)
+        await asyncio.sleep(0.05)  # a slow database: the burst's events all find it due
+        return await lookup(self, user_id)
+
+    async with raw_socket(gateway, ana) as client:
+        monkeypatch.setattr(TokenRevocations, "lookup", counted)
+        monkeypatch.setattr(gateway_sessions, "TOKEN_RECHECK_SECONDS", 0.0)
+        bad = {"conversation_id": conversation, "up_to_seq": -1}
+        await client.write([client.event(i, EVENT_MESSAGE_READ, bad) for i in range(50)])
+        await client.read_acks(50)
+    assert all(ack["error"]["type"] == "InvalidInput" for ack in client.acks.values())
+    # Without sharing the check, each of the 50 events sent its own query.
+    assert 1 <= len(lookups) <= 5, len(lookups)
