@@ -2,23 +2,28 @@
 
     python -m bench.flood [--flood 1000] [--steady-seconds 10] [--rate 5]
 
-Both are real Socket.IO clients of the gateway; a third member reads and acks
-(delivered on arrival, read 0.5 s later). First the steady user alone (unloaded),
-then the same with the flood. Printed: the flooder's acks by type with their
-latency (goal: RateLimited within 50 ms), the steady user's send -> message:new
-p50/p99 unloaded and loaded (goal: loaded p99 within 2x), and the check that
-every ok ack is a stored row and no error ack (other than Timeout) is. Last, with
-nothing else running, the flooder sends as many bad receipts: how fast the gateway
-answers a flood it refuses (from the packets' headers past the socket's pace), against
-the time reading them at that pace alone would take.
+The steady user is a python-socketio client, and a third member reads and acks
+(delivered on arrival, read 0.5 s later). The flooder is a script on another
+machine: its own process (so its CPU is not the measured clients'), writing
+Socket.IO frames back to back on a raw WebSocket (bench.raw_socket). First the
+steady user alone (unloaded), then the same with the flood. Printed: the flooder's
+acks by type with their latency (goal: RateLimited within 50 ms) and when the
+stages of the flood were answered, the steady user's send -> message:new p50/p99
+unloaded and loaded (goal: loaded p99 within 2x) with its worst sends, and the
+check that every ok ack is a stored row and no error ack (other than Timeout) is.
+Last, with nothing else running, the flooder sends as many bad receipts: how fast
+the gateway answers a flood it refuses (from the packets' headers past the socket's
+pace), against the time reading them at that pace alone would take.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
+import sys
 import time
 from collections import Counter, defaultdict
 from contextlib import AsyncExitStack
@@ -30,6 +35,7 @@ from sqlalchemy import text
 
 from bench.chat_mix import _cpu_seconds
 from bench.harness import Stack, percentile, stack
+from bench.raw_socket import raw_socket
 from missive.models import ConversationKind
 from missive.services.directory import NewUser
 from missive.tokens import issue_token
@@ -44,32 +50,81 @@ async def _client(s: Stack, user: str, exit_stack: AsyncExitStack) -> socketio.A
     return client
 
 
-async def _bad_receipt_flood(
-    client: socketio.AsyncClient, conv: str, n: int
-) -> tuple[float, Counter[str], list[float]]:
-    """n receipts with a bad seq from one socket as fast as it writes, nothing else
-    running: how long until all were answered, by answer, and the answers' latencies."""
-    loop = asyncio.get_running_loop()
-    answers: Counter[str] = Counter()
-    latencies: list[float] = []
-    waiting: list[asyncio.Future[None]] = []
-    started = time.perf_counter()
-    for _ in range(n):
-        done = loop.create_future()
-        waiting.append(done)
-        sent = time.perf_counter()
+async def _flooder(url: str, token: str, conv: str) -> None:
+    """The flooder's process: one raw socket; each stdin line ``send N`` or
+    ``receipts N`` floods N frames back to back and prints one JSON line: per frame
+    its answer, its latency and when it was answered after the flood's start."""
+    async with raw_socket(url, token) as client:
+        print("ready", flush=True)
+        next_id = 0
+        while line := (await asyncio.to_thread(sys.stdin.readline)).split():
+            what, n = line[0], int(line[1])
+            ids = range(next_id, next_id + n)
+            next_id += n
+            if what == "send":
+                frames = [
+                    client.event(
+                        i,
+                        "message:send",
+                        {"conversation_id": conv, "client_message_id": f"flood-{i}", "body": "f"},
+                    )
+                    for i in ids
+                ]
+            else:  # bad receipts: a seq no conversation has
+                bad = {"conversation_id": conv, "up_to_seq": -1}
+                frames = [client.event(i, "message:read", bad) for i in ids]
+            sent_at: dict[int, float] = {}
+            started = time.perf_counter()
+            reading = asyncio.create_task(client.read_acks(next_id, within=60))
+            await client.write(frames, sent_at=sent_at)
+            await reading
+            answers = []
+            for k, i in enumerate(ids):
+                ack = client.acks[i]
+                at = client.answered_at[i]
+                kind = "ok" if ack["ok"] else ack["error"]["type"]
+                answers.append((f"flood-{i}", kind, at - sent_at[k], at - started))
+            print(json.dumps(answers), flush=True)
 
-        def callback(ack: dict[str, Any], sent: float = sent, done: Any = done) -> None:
-            answers[ack["error"]["type"]] += 1
-            latencies.append(time.perf_counter() - sent)
-            done.set_result(None)
 
-        await client.emit(
-            "message:read", {"conversation_id": conv, "up_to_seq": -1}, callback=callback
+class Flooder:
+    """The flooder's process, driven over its stdin and stdout."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+
+    @classmethod
+    async def start(cls, url: str, token: str, conv: str) -> Flooder:
+        """Starts the process and waits until its socket is connected."""
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "bench.flood", "--flooder", url, token, conv),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=16 * 1024 * 1024,  # a line carries every frame's answer
         )
-        await asyncio.sleep(0)
-    await asyncio.wait_for(asyncio.gather(*waiting), 60)
-    return time.perf_counter() - started, answers, latencies
+        flooder = cls(process)
+        ready = await flooder._line()
+        if ready != "ready":
+            raise RuntimeError(f"the flooder did not start: {ready!r}")
+        return flooder
+
+    async def flood(self, what: str, n: int) -> list[tuple[str, str, float, float]]:
+        """Floods n frames (``send`` or ``receipts``): (cmid, answer, latency, answered at)."""
+        assert self._process.stdin is not None
+        self._process.stdin.write(f"{what} {n}\n".encode())
+        await self._process.stdin.drain()
+        return [tuple(row) for row in json.loads(await self._line())]  # type: ignore[misc]
+
+    async def close(self) -> None:
+        """Ends the process (an empty line) and waits for it."""
+        assert self._process.stdin is not None
+        self._process.stdin.write(b"\n")
+        self._process.stdin.close()
+        await self._process.wait()
+
+    async def _line(self) -> str:
+        assert self._process.stdout is not None
+        return (await asyncio.wait_for(self._process.stdout.readline(), 120)).decode().strip()
 
 
 async def run(flood: int, steady_seconds: float, rate: float) -> None:
@@ -83,7 +138,6 @@ async def run(flood: int, steady_seconds: float, rate: float) -> None:
         conv = await core.directory.create_conversation(
             kind=ConversationKind.GROUP, members=[flooder, steady, reader]
         )
-        f_client = await _client(s, flooder, exit_stack)
         s_client = await _client(s, steady, exit_stack)
         r_client = await _client(s, reader, exit_stack)
         arrivals: dict[str, float] = {}
@@ -104,6 +158,7 @@ async def run(flood: int, steady_seconds: float, rate: float) -> None:
 
         r_client.on("message:new", on_new)
         stored_acks: dict[str, str] = {}
+        acked: dict[str, float] = {}
 
         async def steady_phase(tag: str) -> list[float]:
             started: dict[str, float] = {}
@@ -119,17 +174,19 @@ async def run(flood: int, steady_seconds: float, rate: float) -> None:
                     timeout=30,
                 )
                 stored_acks[cmid] = "ok" if ack["ok"] else ack["error"]["type"]
+                acked[cmid] = time.perf_counter() - started[cmid]
                 await asyncio.sleep(max(0.0, started[cmid] + 1 / rate - time.perf_counter()))
             await asyncio.sleep(1.0)
             if tag == "loaded":
                 worst = sorted(
-                    (arrivals[c] - started[c], started[c] - flood_started)
+                    (arrivals[c] - started[c], acked[c], started[c] - flood_started)
                     for c in started
                     if c in arrivals
                 )[-3:]
                 print(
-                    "  worst loaded sends (ms, sent at ms after flood start):",
-                    [(round(took * 1000), round(at * 1000)) for took, at in worst],
+                    "  worst loaded sends (message:new ms, ack ms, sent at ms after the"
+                    " flood's start):",
+                    [tuple(round(v * 1000) for v in row) for row in worst],
                 )
             return [arrivals[c] - started[c] for c in started if c in arrivals]
 
@@ -144,32 +201,14 @@ async def run(flood: int, steady_seconds: float, rate: float) -> None:
 
         flood_acks: dict[str, tuple[str, float]] = {}
         flood_at: dict[str, float] = {}
-        waiting: list[asyncio.Future[None]] = []
-
-        def answer(cmid: str, sent: float, done: asyncio.Future[None]) -> Any:
-            def callback(ack: dict[str, Any]) -> None:
-                kind = "ok" if ack["ok"] else ack["error"]["type"]
-                flood_acks[cmid] = (kind, time.perf_counter() - sent)
-                flood_at[cmid] = time.perf_counter() - flood_started
-                done.set_result(None)
-
-            return callback
+        token = issue_token(s.settings.gateway_secret, flooder, ttl_seconds=3600)
+        flooding = await Flooder.start(s.gateway_url, token, conv)
+        exit_stack.push_async_callback(flooding.close)
 
         async def flood_phase() -> None:
-            loop = asyncio.get_running_loop()
-            for i in range(flood):
-                cmid = f"flood-{i}"
-                done = loop.create_future()
-                waiting.append(done)
-                await f_client.emit(
-                    "message:send",
-                    {"conversation_id": conv, "client_message_id": cmid, "body": "flood"},
-                    callback=answer(cmid, time.perf_counter(), done),
-                )
-                # A browser's emit is on the wire when it returns; python-socketio's only
-                # queues it, and a loop that never yields would hold all 1000 back.
-                await asyncio.sleep(0)
-            await asyncio.wait_for(asyncio.gather(*waiting), 60)
+            for cmid, kind, took, at in await flooding.flood("send", flood):
+                flood_acks[cmid] = (kind, took)
+                flood_at[cmid] = at
 
         before = _cpu_seconds()
         if os.environ.get("FLOOD_MARKER"):  # lets a profiler attach as the flood starts
@@ -188,8 +227,14 @@ async def run(flood: int, steady_seconds: float, rate: float) -> None:
         if os.environ.get("FLOOD_MARKER"):
             marker = Path(os.environ["FLOOD_MARKER"] + ".refusals")
             await asyncio.to_thread(marker.write_text, "started")
-            await asyncio.sleep(1.0)
-        refusals = await _bad_receipt_flood(f_client, conv, flood)
+            await asyncio.sleep(float(os.environ.get("FLOOD_MARKER_WAIT", "1.0")))
+        started = time.perf_counter()
+        bad = await flooding.flood("receipts", flood)
+        refusals = (
+            time.perf_counter() - started,
+            Counter(kind for _, kind, _, _ in bad),
+            [took for _, _, took, _ in bad],
+        )
 
         async with core.engine.connect() as conn:
             stored = set(
@@ -265,7 +310,11 @@ def main() -> None:
     parser.add_argument("--flood", type=int, default=1000)
     parser.add_argument("--steady-seconds", type=float, default=10.0)
     parser.add_argument("--rate", type=float, default=5.0)
+    parser.add_argument("--flooder", nargs=3, metavar=("URL", "TOKEN", "CONV"), help="(internal)")
     args = parser.parse_args()
+    if args.flooder:
+        asyncio.run(_flooder(*args.flooder))
+        return
     asyncio.run(run(args.flood, args.steady_seconds, args.rate))
 
 

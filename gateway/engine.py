@@ -108,14 +108,18 @@ class BufferedReadingSocket(async_socket.AsyncSocket):  # type: ignore[misc]
         read = 0
         try:
             async with asyncio.timeout_at(loop.time() + idle) as deadline:
+                moved = loop.time()
                 while True:
                     try:
                         data = await self._wait(ws)
-                    except (OSError, ValueError):
+                    except Exception:  # closed, or over the size limit: Engine.IO's answer
                         return
                     if data is None:  # the client closed the connection
                         return
-                    deadline.reschedule(loop.time() + idle)
+                    now = loop.time()
+                    if now - moved > 1.0:  # a new timer per message costs a burst dearly
+                        deadline.reschedule(now + idle)
+                        moved = now
                     try:
                         await self.receive(packet.Packet(encoded_packet=data))
                     except exceptions.UnknownPacketError:

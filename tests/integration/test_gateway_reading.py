@@ -1,25 +1,23 @@
 """How the gateway reads a socket: a burst in a few turns of the loop (gateway.engine).
 
-A raw WebSocket client writes Socket.IO frames itself, so what is timed is the
-gateway's reading, not a client library's (python-socketio's client reads each
-frame in a task of its own, as Engine.IO's server did).
+A raw WebSocket client (bench.raw_socket) writes Socket.IO frames itself, so what
+is timed is the gateway's reading, not a client library's (python-socketio's client
+reads each frame in a task of its own, as Engine.IO's server did).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
-import aiohttp
 import pytest
 import socketio
 from temporalio.testing import WorkflowEnvironment
 
 import gateway.sessions as gateway_sessions
+from bench.raw_socket import RawSocket, raw_socket
 from missive.config import Settings
 from missive.constants import EVENT_MESSAGE_READ, EVENT_NOTIFICATION_LIST
 from missive.sessions import TokenRevocations
@@ -40,46 +38,11 @@ pytestmark = pytest.mark.integration
 gateway = gateway_tests.gateway
 
 
-class RawSocket:
-    """A Socket.IO v4 client over one WebSocket, written by hand: frames out, acks in."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self._ws = ws
-        self.acks: dict[int, Any] = {}
-
-    def event(self, id: int, event: str, data: object) -> str:
-        """The text frame of an event that asks for ack ``id``."""
-        return f"42{id}{json.dumps([event, data])}"
-
-    async def write(self, frames: list[str]) -> None:
-        """Writes the frames back to back."""
-        for frame in frames:
-            await self._ws.send_str(frame)
-
-    async def read_acks(self, count: int) -> None:
-        """Reads until ``count`` acks arrived, answering the server's pings."""
-        async with asyncio.timeout(WAIT):
-            while len(self.acks) < count:
-                frame = await self._ws.receive_str()
-                if frame == "2":
-                    await self._ws.send_str("3")
-                elif frame.startswith("43"):
-                    id, _, rest = frame[2:].partition("[")
-                    self.acks[int(id)] = json.loads("[" + rest)[0]
-
-
 @asynccontextmanager
-async def raw_socket(gateway: RunningGateway, user_id: str) -> AsyncIterator[RawSocket]:
-    """A connected RawSocket for ``user_id``."""
+async def _raw(gateway: RunningGateway, user_id: str) -> AsyncIterator[RawSocket]:
     token = issue_token(gateway.settings.gateway_secret, user_id, ttl_seconds=60)
-    url = gateway.url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
-    async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
-        opened = await ws.receive_str()
-        assert opened.startswith("0{"), opened
-        await ws.send_str("40" + json.dumps({"token": token}))
-        connected = await ws.receive_str()
-        assert connected.startswith("40{"), connected
-        yield RawSocket(ws)
+    async with raw_socket(gateway.url, token) as client:
+        yield client
 
 
 async def _busy_loop(stop: asyncio.Event) -> None:
@@ -97,7 +60,7 @@ async def test_a_burst_is_read_in_a_few_turns_of_a_busy_loop(
     roomy = gateway_settings(
         settings, dev_env, gateway_socket_events_per_second=10_000, gateway_socket_events_burst=500
     )
-    async with serve_gateway(roomy) as running, raw_socket(running, ana) as client:
+    async with serve_gateway(roomy) as running, _raw(running, ana) as client:
         bad = {"conversation_id": conversation, "up_to_seq": -1}
         frames = [client.event(i, EVENT_MESSAGE_READ, bad) for i in range(200)]
         stop = asyncio.Event()
@@ -105,7 +68,7 @@ async def test_a_burst_is_read_in_a_few_turns_of_a_busy_loop(
         try:
             started = time.perf_counter()
             await client.write(frames)
-            await client.read_acks(200)
+            await client.read_acks(200, within=WAIT)
             took = time.perf_counter() - started
         finally:
             stop.set()
@@ -154,12 +117,12 @@ async def test_a_burst_that_finds_the_token_recheck_due_reads_revocation_once(
         await asyncio.sleep(0.05)  # a slow database: the burst's events all find it due
         return await lookup(self, user_id)
 
-    async with raw_socket(gateway, ana) as client:
+    async with _raw(gateway, ana) as client:
         monkeypatch.setattr(TokenRevocations, "lookup", counted)
         monkeypatch.setattr(gateway_sessions, "TOKEN_RECHECK_SECONDS", 0.0)
         bad = {"conversation_id": conversation, "up_to_seq": -1}
         await client.write([client.event(i, EVENT_MESSAGE_READ, bad) for i in range(50)])
-        await client.read_acks(50)
+        await client.read_acks(50, within=WAIT)
     assert all(ack["error"]["type"] == "InvalidInput" for ack in client.acks.values())
     # Without sharing the check, each of the 50 events sent its own query.
     assert 1 <= len(lookups) <= 5, len(lookups)
