@@ -7,12 +7,13 @@ thousand packets was read over seconds even when each one was refused from its
 header in microseconds (bench/flood.py: the 200th refusal answered 1.9 s into the
 flood). Here a socket's reader takes every message its connection has already
 buffered, up to READ_BATCH, before it lets the loop turn, and keeps the idle
-timeout with ``asyncio.timeout`` instead of a task per message. What each packet
-then does is unchanged: Engine.IO still hands every message to python-socketio in
-a task of its own, where FairServer paces and admits it.
+timeout with ``asyncio.timeout`` instead of a task per message; its writer wakes
+the same way, in the turn a packet is queued for it. What each packet then does is
+unchanged: python-socketio dispatches it, FairServer paces and admits it, and each
+event's handler runs in a task of its own.
 
-It overrides ``AsyncSocket._websocket_handler`` of python-engineio 4 (pinned
-``<5``); tests/integration/test_gateway_reading.py fails if the reader changes.
+It overrides ``AsyncSocket._websocket_handler`` and ``poll`` of python-engineio 4
+(pinned ``<5``); tests/integration/test_gateway_reading.py fails if the reader changes.
 """
 
 from __future__ import annotations
@@ -80,6 +81,36 @@ class BufferedReadingSocket(async_socket.AsyncSocket):  # type: ignore[misc]
             )
             return False
         return True
+
+    async def poll(self) -> list[Any]:
+        """The packets queued for the client, waiting up to the ping timeout for the
+        first: Engine.IO's poll without its task and ``wait_for`` per wait, so the
+        writer wakes in the turn a packet is queued instead of three turns later.
+
+        Raises:
+            engineio.exceptions.QueueEmpty: nothing came within the timeout, or the
+                wait was cancelled (Engine.IO's answer to both).
+        """
+        try:
+            async with asyncio.timeout(self.server.ping_interval + self.server.ping_timeout):
+                first = await self.queue.get()
+        except (TimeoutError, asyncio.CancelledError):
+            raise exceptions.QueueEmpty() from None
+        self.queue.task_done()
+        if first is None:  # the socket is closing
+            return []
+        packets = [first]
+        while True:
+            try:
+                pkt = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            self.queue.task_done()
+            if pkt is None:
+                self.queue.put_nowait(None)  # for the next poll: the socket is closing
+                break
+            packets.append(pkt)
+        return packets
 
     async def _write(self, ws: Any) -> None:
         """Sends the socket's queued packets until the queue ends or the socket fails."""
