@@ -220,7 +220,15 @@ class FairServer(socketio.AsyncServer):
         self._burst = float(events_burst)
         self._refusal_rate = refusals_per_second
         self._refusal_burst = float(refusals_burst)
-        self._metrics = metrics
+        self._paced_refusals = (
+            metrics.gateway_rejections.labels(event="*", reason="socket_rate")
+            if metrics is not None
+            else None
+        )
+        self._paced_message = (
+            f"this connection sends more than {events_per_second:g} events a second;"
+            " nothing was done: wait "
+        )
         self._sockets: dict[str, _SocketGate] = {}
         self._in_hand: set[asyncio.Task[None]] = set()
         self.quick_refusal: Callable[[str, str], dict[str, Any] | None] | None = None
@@ -241,8 +249,8 @@ class FairServer(socketio.AsyncServer):
         if wait > 0:
             if header is not None and gate.take_refusal(self._refusal_rate, self._refusal_burst):
                 gate.tokens += 1.0  # not read: it leaves the socket's pace as it was
-                if self._metrics is not None:
-                    self._metrics.gateway_rejected("*", "socket_rate")
+                if self._paced_refusals is not None:
+                    self._paced_refusals.inc()
                 await self.send_ack(eio_sid, header.namespace, header.id, self._paced(wait))
                 return
             await asyncio.sleep(wait)  # this socket's reader waits; the others go on
@@ -274,8 +282,7 @@ class FairServer(socketio.AsyncServer):
             "ok": False,
             "error": {
                 "type": "RateLimited",
-                "message": f"this connection sends more than {self._rate:g} events a second;"
-                f" nothing was done: wait {retry_ms} ms",
+                "message": f"{self._paced_message}{retry_ms} ms",
                 "retry_after_ms": retry_ms,
             },
         }

@@ -88,7 +88,7 @@ class Metrics:
             ["event", "reason"],
             registry=r,
         )
-        """Labels: reason = rate_limited | in_flight | overloaded."""
+        """Labels: reason = rate_limited | in_flight | overloaded | socket_rate."""
         self.notifications = Counter(
             "missive_notifications",
             "Notification outcomes by channel.",
