@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
+from engineio import packet as eio_packet
 from socketio import AsyncRedisManager
+from socketio import packet as sio_packet
+from socketio.async_manager import AsyncManager
 from socketio.async_pubsub_manager import AsyncPubSubManager
 from sqlalchemy.engine import make_url
 
@@ -90,6 +93,60 @@ class Emit:
     event: str
     data: Any
     room: str
+
+
+class LocalEmits(AsyncManager):  # type: ignore[misc]
+    """python-socketio's delivery to this process's sockets, without a task per socket.
+
+    ``AsyncManager.emit`` starts a task for each socket in the room and waits for them
+    all: a 50-member conversation's message was 50 tasks and two turns of the loop
+    before its packets were even queued. Queuing a packet on an Engine.IO socket never
+    waits (its queue is unbounded), so here it is queued on each socket in turn, in
+    the emitting task. An emit that asks for a callback keeps python-socketio's path.
+
+    It overrides ``AsyncManager.emit`` of python-socketio 5 (pinned ``<6``); placed
+    after AsyncPubSubManager in a manager's bases, it is what that class's
+    ``super().emit`` (the local delivery of every emit) reaches.
+    """
+
+    async def emit(
+        self,
+        event: str,
+        data: Any,
+        namespace: str | None = None,
+        room: str | None = None,
+        skip_sid: Any = None,
+        callback: Any = None,
+        to: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Queues the event on each of the room's sockets in this process."""
+        if callback is not None or namespace not in self.rooms:
+            await super().emit(
+                event, data, namespace, room=room, skip_sid=skip_sid, callback=callback, to=to
+            )
+            return
+        args = list(data) if isinstance(data, tuple) else [] if data is None else [data]
+        skip = skip_sid if isinstance(skip_sid, list) else [skip_sid]
+        encoded = self.server.packet_class(
+            sio_packet.EVENT, namespace=namespace, data=[event, *args]
+        ).encode()
+        packets = [
+            eio_packet.Packet(eio_packet.MESSAGE, p)
+            for p in (encoded if isinstance(encoded, list) else [encoded])
+        ]
+        # The room is read whole first: a socket leaving it meanwhile cannot break the loop.
+        targets = [
+            eio_sid
+            for sid, eio_sid in self.get_participants(namespace, to or room)
+            if sid not in skip
+        ]
+        for eio_sid in targets:
+            for pkt in packets:
+                try:
+                    await self.server._send_eio_packet(eio_sid, pkt)
+                except Exception:  # one socket's failure is not the others'
+                    self._get_logger().exception("an emit to socket %s failed", eio_sid)
 
 
 class BatchEmits(AsyncPubSubManager):
@@ -191,7 +248,7 @@ class BatchEmits(AsyncPubSubManager):
                     yield inner
 
 
-class RedisManager(BatchEmits, AsyncRedisManager):
+class RedisManager(BatchEmits, AsyncRedisManager, LocalEmits):
     """Socket.IO's Redis manager, with batches of emits."""
 
 
@@ -450,5 +507,5 @@ def _reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
 
 
-class PostgresPubSubManager(BatchEmits, PostgresPubSub):
+class PostgresPubSubManager(BatchEmits, PostgresPubSub, LocalEmits):
     """Socket.IO's manager over PostgreSQL LISTEN/NOTIFY, with batches of emits."""
