@@ -113,7 +113,8 @@ class Flooder:
         assert self._process.stdin is not None
         self._process.stdin.write(f"{what} {n}\n".encode())
         await self._process.stdin.drain()
-        return [tuple(row) for row in json.loads(await self._line())]  # type: ignore[misc]
+        rows = json.loads(await self._line())
+        return [(str(c), str(kind), float(took), float(at)) for c, kind, took, at in rows]
 
     async def close(self) -> None:
         """Ends the process (an empty line) and waits for it."""

@@ -19,13 +19,10 @@ It overrides ``AsyncSocket._websocket_handler`` and ``poll`` of python-engineio 
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 import engineio
 from engineio import async_socket, exceptions, packet
-
-log = logging.getLogger("missive.gateway")
 
 READ_BATCH = 64
 """Most messages one socket's reader takes from its buffer before the loop turns."""

@@ -124,7 +124,9 @@ async def test_a_burst_that_finds_the_token_recheck_due_reads_revocation_once(
         await client.write([client.event(i, EVENT_MESSAGE_READ, bad) for i in range(50)])
         await client.read_acks(50, within=WAIT)
     assert all(ack["error"]["type"] == "InvalidInput" for ack in client.acks.values())
-    # Without sharing the check, each of the 50 events sent its own query.
+    # Without sharing the check, each of the 50 events sent its own query (50, measured).
+    # Not exactly 1: with the re-check always due here, an event read after the shared
+    # query finished (the burst can arrive in more than one TCP read) starts another.
     assert 1 <= len(lookups) <= 5, len(lookups)
 
 
