@@ -17,17 +17,22 @@ loop at full load measures queueing, not latency), receipt ack p50/p99 (goal p99
 receipts within 1.5x); Timeout acks (goal 0); and what each message cost Temporal,
 read from the server: workflows started, workflow tasks, signals and history events
 per lifecycle.
+
+With ``CHAT_MIX_MARKER=<file>`` each round writes its tag (``on0``, ``off0``, ``pon0``,
+...) to that file as it starts, for a profiler to attach to the right round.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import time
 from collections import Counter
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import socketio
@@ -38,6 +43,7 @@ from bench.send_latency import _floor_throughput
 from missive.constants import MESSAGE_WORKFLOW_PREFIX
 from missive.models import ConversationKind
 from missive.services.directory import NewUser
+from missive.services.receipts import MAX_CHANGES_REPORTED
 from missive.tokens import issue_token
 from runtime.wiring import open_core
 
@@ -114,14 +120,23 @@ class Member:
         self.sio = socketio.AsyncClient(reconnection=False)
         self.round: Round | None = None
         self.last_seen: dict[str, int] = {}
+        self.read_to: dict[str, int] = {}
         self.sio.on("message:new", self._on_new)
 
     async def catch_up(self) -> None:
-        """Reads everything seen so far (one receipt per conversation)."""
+        """Reads everything seen so far, as a user scrolling through the backlog: one
+        receipt per conversation, or one per MAX_CHANGES_REPORTED messages (a receipt
+        tells the lifecycles of at most that many of the messages it reads)."""
         for conversation_id, seq in self.last_seen.items():
-            await self.sio.call(
-                "message:read", {"conversation_id": conversation_id, "up_to_seq": seq}, timeout=30
-            )
+            read = self.read_to.get(conversation_id, 0)
+            while read < seq:
+                read = min(seq, read + MAX_CHANGES_REPORTED)
+                await self.sio.call(
+                    "message:read",
+                    {"conversation_id": conversation_id, "up_to_seq": read},
+                    timeout=30,
+                )
+            self.read_to[conversation_id] = seq
 
     async def connect(self, s: Stack) -> None:
         token = issue_token(s.settings.gateway_secret, self.user_id, ttl_seconds=7200)
@@ -140,6 +155,7 @@ class Member:
             return
         current.first_arrival.setdefault(str(data["client_message_id"]), now)
         if current.receipts:
+            self.read_to[conversation_id] = self.last_seen[conversation_id]
             task = asyncio.create_task(self._receipts(current, data))
             current.pending.add(task)
             task.add_done_callback(current.pending.discard)
@@ -235,11 +251,14 @@ async def run(
             conversations.append((conv, members))
         everyone = [m for _, members in conversations for m in members]
         counter = 0
+        marker = os.environ.get("CHAT_MIX_MARKER")
 
         async def one_round(receipts: bool, tag: str, rate: float | None = None) -> Round:
             """Closed loop (each sender sends when its last send was acked), or with
             ``rate`` an open loop of ``rate`` messages/s in all, for latency."""
             nonlocal counter
+            if marker:  # for a profiler: which round runs now
+                await asyncio.to_thread(Path(marker).write_text, tag)
             current = Round(receipts=receipts)
             for member in everyone:
                 member.round = current
