@@ -287,6 +287,8 @@ def test_tracing_configured_without_opentelemetry_is_one_line_and_exit_1(
     assert tracing_interceptors(base_settings(), service="worker") == []
 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    # run_process tunes the interpreter (runtime.process.tune_interpreter): not pytest's.
+    monkeypatch.setattr("runtime.process.tune_interpreter", lambda: None)
     assert run_process("worker", run_worker) == 1
     [line] = capsys.readouterr().err.splitlines()
     assert line.startswith("worker: OTEL_EXPORTER_OTLP_ENDPOINT is set but OpenTelemetry")
