@@ -6,9 +6,10 @@ A workflow start per receipt made them cost more than the messages themselves
 (2.6 messages/s instead of 27.6 in a two-member chat). Receipts are monotonic
 watermarks, idempotent and commutative, so this process gathers them instead:
 
-1. **Gather.** ``submit`` queues a checked receipt; the flush loop waits
-   ``RECEIPT_BATCH_WINDOW_MS`` after the first one, and while a batch is being
-   written the next one gathers anyway (group commit).
+1. **Gather.** ``submit`` queues a checked receipt; the flush loop writes the
+   batch ``RECEIPT_BATCH_WINDOW_MS`` after the oldest one waiting, and while a
+   batch is being written the next one gathers anyway (group commit): what came in
+   meanwhile is written as soon as its oldest has waited the window.
 2. **Apply.** ``ReceiptService.apply_many`` writes the whole batch in one
    transaction of two statements, coalesced to one watermark per reader and
    conversation. A refused receipt gets its own error; the others apply. A
@@ -92,6 +93,8 @@ TELL_CONCURRENCY = 32
 class _Pending:
     receipt: Watermark
     future: asyncio.Future[ReceiptApplied]
+    at: float
+    """When it was queued (the loop's clock): its batch is written a window later."""
 
 
 @dataclass
@@ -185,8 +188,9 @@ class ReceiptBatcher:
                 "too many receipts waiting on this gateway; send it again shortly",
                 retry_after=0.5,
             )
-        future: asyncio.Future[ReceiptApplied] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(receipt, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[ReceiptApplied] = loop.create_future()
+        self._queue.append(_Pending(receipt, future, loop.time()))
         self._wake.set()
         return await asyncio.shield(future)
 
@@ -199,10 +203,14 @@ class ReceiptBatcher:
         return batch
 
     async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
-            if self._window > 0:
-                await asyncio.sleep(self._window)
+            # A window after the oldest waiting receipt, not after the last write: the
+            # receipts that came in while a batch was written have waited already.
+            wait = self._queue[0].at + self._window - loop.time() if self._queue else 0.0
+            if wait > 0:
+                await asyncio.sleep(wait)
             batch = self._take_batch()
             if batch:
                 await self._flush(batch)

@@ -215,6 +215,49 @@ async def test_the_batcher_writes_a_burst_of_100_receipts_once_and_acks_each(
     assert {to for _, _, to in room.emits} == {user_room(ana)}
 
 
+class _SlowFirstWrite:
+    """The receipt service, its first batch write taking ``delay`` seconds longer."""
+
+    def __init__(self, receipts: Any, delay: float) -> None:
+        self._receipts, self._delay, self.writes = receipts, delay, 0
+
+    async def apply_many(self, *args: Any, **kwargs: Any) -> Any:
+        self.writes += 1
+        if self.writes == 1:
+            await asyncio.sleep(self._delay)
+        return await self._receipts.apply_many(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._receipts, name)
+
+
+async def test_receipts_that_came_during_a_write_wait_one_window_from_their_arrival(
+    core: Core, batcher_parts: tuple[Room, Metrics, dict[str, Any]]
+) -> None:
+    _, metrics, parts = batcher_parts
+    ana, ben, cy = await _people(core, 3)
+    conversation = await _conversation(core, ana, ben, cy)
+    await _send(core, conversation, ana, 2)
+    slow = _SlowFirstWrite(core.receipts, delay=0.6)
+    batcher = ReceiptBatcher(window_seconds=0.3, **{**parts, "receipts": slow})
+    batcher.start()
+    loop = asyncio.get_running_loop()
+    try:
+        started = loop.time()
+        first = asyncio.ensure_future(batcher.submit(Watermark(ben, conversation, READ, 1)))
+        await asyncio.sleep(0.35)  # the first batch is being written (0.3 s + 0.6 s)
+        await batcher.submit(Watermark(cy, conversation, READ, 2))
+        answered = loop.time() - started
+        assert (await first).up_to_seq == 1
+    finally:
+        await batcher.close()
+    # Written when the first write ended (0.9 s), its own window long over: not a
+    # window after that write (1.2 s). Group commit still: one write at a time.
+    assert 0.9 <= answered < 1.1
+    assert slow.writes == 2
+    assert _sample(metrics, "missive_receipt_batches_total") == 2
+
+
 async def test_a_reader_removed_before_the_flush_is_refused_and_the_rest_apply(
     core: Core, batcher_parts: tuple[Room, Metrics, dict[str, Any]]
 ) -> None:
