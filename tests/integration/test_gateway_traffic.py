@@ -289,6 +289,9 @@ async def test_a_flooding_socket_is_refused_at_once_then_paced_and_others_are_an
         a, b = await open_peer(running, ana), await open_peer(running, ben)
         try:
             bad = {"conversation_id": conversation, "up_to_seq": -1}
+            # The CONNECT packet took one of the socket's 20: let the bucket refill
+            # (20 ms at 50/s) so that the flood meets a full burst.
+            await asyncio.sleep(0.1)
             started = time.perf_counter()
 
             async def timed() -> tuple[dict[str, Any], float]:
