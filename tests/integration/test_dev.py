@@ -8,6 +8,7 @@ server, the worker and the gateway, each on free ports and a temporary data dir.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -140,7 +141,12 @@ async def run_dev(
             await asyncio.wait_for(read_until(proc.stdout, DEMO_DONE, lines), DEMO_TIMEOUT)
         except TimeoutError:
             pytest.fail(f"no '{DEMO_DONE}' within {DEMO_TIMEOUT:.0f}s:\n" + "".join(lines))
-        children = descendants(proc.pid)
+        try:
+            children = descendants(proc.pid)
+        except psutil.NoSuchProcess:  # dev.py ended on its own: say why
+            rest = await asyncio.wait_for(proc.stdout.read(), STOP_TIMEOUT)
+            lines.append(rest.decode(errors="replace"))
+            pytest.fail("dev.py ended right after its demo:\n" + "".join(lines))
         if while_running:
             await while_running("".join(lines))
         proc.send_signal(signal.SIGTERM)
@@ -149,7 +155,8 @@ async def run_dev(
         code = await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
     finally:
         if proc.returncode is None:
-            kill_all([*descendants(proc.pid), psutil.Process(proc.pid)])
+            with contextlib.suppress(psutil.NoSuchProcess):  # it may have just ended
+                kill_all([*descendants(proc.pid), psutil.Process(proc.pid)])
         kill_all(children)
     return DevRun("".join(lines), code, children)
 
