@@ -10,13 +10,13 @@ watermarks, idempotent and commutative, so this process gathers them instead:
    batch ``RECEIPT_BATCH_WINDOW_MS`` after the oldest one waiting, and while a
    batch is being written the next one gathers anyway (group commit): what came in
    meanwhile is written as soon as its oldest has waited the window.
-2. **Apply.** ``ReceiptService.apply_many`` writes the whole batch in one
-   transaction of two statements, coalesced to one watermark per reader and
-   conversation. A refused receipt gets its own error; the others apply. A
+2. **Apply.** ``ReceiptService.apply_many`` writes the whole batch in two
+   statements (a check, then one write, each atomic on its own), coalesced to one
+   watermark per reader and conversation. A refused receipt gets its own error; the others apply. A
    failure retries the whole batch with backoff (it is idempotent: forward-only
    watermarks), like a local activity's retry policy, until its deadline; then
    every receipt in it is answered ProviderUnavailable.
-3. **Ack** every receipt of the batch once the transaction committed.
+3. **Ack** every receipt of the batch once the write committed.
 4. **Tell**, after the acks: the senders' ``message:receipt`` events as batched
    emits; the readers' notifications settled by the ReceiptWorkflow's own
    activity code (cancel what is no longer needed, read in-app rows), with one

@@ -70,6 +70,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class LoopTurns:
+    """Counts the running event loop's turns while entered (``count`` so far): how many
+    turns something took, for tests of what happens within a turn."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def _count(self) -> None:
+        while not self._stop.is_set():
+            self.count += 1
+            await asyncio.sleep(0)
+
+    async def __aenter__(self) -> LoopTurns:
+        self._task = asyncio.create_task(self._count())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._task is not None:
+            await self._task
+
+
 def base_settings(**overrides: object) -> Settings:
     """Settings with the session's keys; tests override what they need."""
     values: dict[str, object] = {**SESSION_KEYS, "redis_url": None}

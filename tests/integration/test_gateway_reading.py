@@ -23,6 +23,7 @@ from missive.constants import EVENT_MESSAGE_READ, EVENT_NOTIFICATION_LIST
 from missive.sessions import TokenRevocations
 from missive.tokens import issue_token
 from runtime.wiring import Core
+from tests.conftest import LoopTurns
 from tests.integration import test_gateway as gateway_tests
 from tests.integration.test_gateway import (
     WAIT,
@@ -137,25 +138,12 @@ async def test_one_event_at_a_time_is_answered_in_a_few_turns_of_the_loop(
     conversation = await _conversation(core, ana, ben)
     bad = {"conversation_id": conversation, "up_to_seq": -1}
     turns: list[int] = []
-    counted = [0]
-
-    async def count_turns(stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            counted[0] += 1
-            await asyncio.sleep(0)
-
-    async with _raw(gateway, ana) as client:
-        stop = asyncio.Event()
-        counter = asyncio.create_task(count_turns(stop))
-        try:
-            for i in range(20):
-                before = counted[0]
-                await client.write([client.event(i, EVENT_MESSAGE_READ, bad)])
-                await client.read_acks(i + 1, within=WAIT)
-                turns.append(counted[0] - before)
-        finally:
-            stop.set()
-            await counter
+    async with _raw(gateway, ana) as client, LoopTurns() as counted:
+        for i in range(20):
+            before = counted.count
+            await client.write([client.event(i, EVENT_MESSAGE_READ, bad)])
+            await client.read_acks(i + 1, within=WAIT)
+            turns.append(counted.count - before)
     # From the frame written to its ack read, in turns of this loop (the client's too):
     # 10 with python-engineio's reader and writer (a task and a wait_for each), 8 with
     # the buffered reader alone, 6 with its writer woken in the turn a packet is queued.

@@ -23,6 +23,7 @@ from missive.pubsub import (
     PostgresPubSubManager,
     connect_args,
 )
+from tests.conftest import LoopTurns
 
 pytestmark = pytest.mark.integration
 
@@ -222,30 +223,20 @@ async def test_this_processs_sockets_are_given_an_emit_without_the_loop_turning(
 ) -> None:
     clients = [await connect("room-1") for _ in range(5)]
     outsider = await connect("room-2")
-    turns = [0]
-    stop = asyncio.Event()
-
-    async def count_turns() -> None:
-        while not stop.is_set():
-            turns[0] += 1
-            await asyncio.sleep(0)
-
     manager = gateway.manager
     publish = manager._publish
     published_at: list[int] = []
+    async with LoopTurns() as turns:
 
-    async def recorded(data: Any) -> None:
-        published_at.append(turns[0])
-        await publish(data)
+        async def recorded(data: Any) -> None:
+            published_at.append(turns.count)
+            await publish(data)
 
-    counter = asyncio.create_task(count_turns())
-    await asyncio.sleep(0)
-    before = turns[0]
-    monkeypatch.setattr(manager, "_publish", recorded)
-    # emit_many delivers to this process's sockets, then publishes for the others.
-    await manager.emit_many([Emit(EVENT, {"event_id": "local"}, "room-1")])
-    stop.set()
-    await counter
+        await asyncio.sleep(0)
+        before = turns.count
+        monkeypatch.setattr(manager, "_publish", recorded)
+        # emit_many delivers to this process's sockets, then publishes for the others.
+        await manager.emit_many([Emit(EVENT, {"event_id": "local"}, "room-1")])
     # Delivered to every socket of the room without the loop turning: python-socketio's
     # own delivery starts a task per socket and waits for them (two turns at least).
     assert published_at == [before], (published_at, before)
