@@ -193,7 +193,8 @@ class NotifyActivities:
         Emits ``notification:unread`` with the reader's new count when in-app
         rows were marked read (its event_id names the watermark, so a retry repeats it).
         """
-        result, unread = await self._log.settle(input)
+        # A retry may follow an attempt that committed: it counts that attempt's rows.
+        result, unread = await self._log.settle(input, rerun=activity.info().attempt > 1)
         if unread is not None and self._emitter is not None:
             await self._emit(
                 EVENT_NOTIFICATION_UNREAD,
@@ -208,19 +209,20 @@ class NotifyActivities:
         return result
 
     async def settle_watermarks(
-        self, watermarks: Sequence[ReaderWatermark], *, now: datetime
+        self, watermarks: Sequence[ReaderWatermark], *, now: datetime, rerun: bool = False
     ) -> list[str]:
         """settle_notifications for a whole receipt batch (the gateway's batcher).
 
         Not an activity: the batcher applies receipts outside any workflow and
-        retries this as a whole (it is idempotent for the same ``now``). One
-        statement for every reader, one ``notification:unread`` per reader and
-        conversation whose in-app rows were read.
+        retries this as a whole with the same ``now`` and ``rerun`` set (idempotent
+        for the same ``now``). One statement for every reader, one
+        ``notification:unread`` per reader and conversation whose in-app rows were
+        read.
 
         Returns:
             The ids of pushes already shown that should now be cleared.
         """
-        settled = await self._log.settle_many(watermarks, now=now)
+        settled = await self._log.settle_many(watermarks, now=now, rerun=rerun)
         read_up_to = {(w.user_id, w.conversation_id): w.read_seq for w in watermarks}
         emits = [
             Emit(

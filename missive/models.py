@@ -402,10 +402,21 @@ class Notification(Base):
             "seq",
             postgresql_where="status IN ('pending', 'queued', 'sent')",
         ),
+        # What a read receipt still has to settle (and the bell's unread count): only
+        # these rows, not the reader's whole history (migration 0014).
         Index(
             "ix_notifications_unread",
             "recipient_id",
+            "conversation_id",
+            "seq",
             postgresql_where="channel = 'in_app' AND read_at IS NULL AND status = 'sent'",
+        ),
+        Index(
+            "ix_notifications_uncleared",
+            "recipient_id",
+            "conversation_id",
+            "seq",
+            postgresql_where="channel = 'push' AND cleared_at IS NULL AND status = 'sent'",
         ),
         Index(
             "ix_notifications_message",

@@ -330,9 +330,9 @@ class ReceiptBatcher:
             for r in readers
         ]
         now = datetime.now(UTC)  # one time for every retry: a rerun returns the same
-        for delay in (*FLUSH_RETRY_DELAYS, None):
+        for attempt, delay in enumerate((*FLUSH_RETRY_DELAYS, None)):
             try:
-                cleared = await activities.settle_watermarks(watermarks, now=now)
+                cleared = await activities.settle_watermarks(watermarks, now=now, rerun=attempt > 0)
                 break
             except Exception as err:
                 if delay is None:

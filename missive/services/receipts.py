@@ -58,8 +58,10 @@ _RESOLVE = text(
 )
 
 # Every reader's watermarks in one statement: each pending delivery up to the
-# delivered watermark moves to delivered, or to read up to the read watermark
-# (the partial index on pending deliveries finds them); never backward. The
+# delivered watermark moves to delivered, or to read up to the read watermark;
+# never backward. ``d.status < 2`` says what the CASE implies, in the words of the
+# partial index on pending deliveries (ix_deliveries_pending): without it the planner
+# cannot prove the index applies and reads the whole table on every batch. The
 # participants' watermarks move with them.
 _APPLY = text(
     """
@@ -75,7 +77,7 @@ _APPLY = text(
                               ELSE d.read_at END
           FROM w
          WHERE d.recipient_id = w.uid AND d.conversation_id = w.cid AND d.seq <= w.dseq
-           AND d.status < CASE WHEN d.seq <= w.rseq THEN 2 ELSE 1 END
+           AND d.status < 2 AND d.status < CASE WHEN d.seq <= w.rseq THEN 2 ELSE 1 END
         RETURNING d.recipient_id, d.conversation_id, d.message_id, d.seq, d.status
     ), watermark AS (
         UPDATE participants p

@@ -30,6 +30,7 @@ from missive.notify.log import (
     NotificationLog,
     NotificationRow,
     Outcome,
+    ReaderWatermark,
     notification_id,
 )
 from missive.notify.preferences import PreferenceService
@@ -858,12 +859,18 @@ async def test_a_read_receipt_settles_cancels_reads_and_clears_once(world: World
     cy_rows = await world.log.rows(recipient_id=world.users["cy"])
     assert all(r.read_at is None and r.status is not CANCELLED for r in cy_rows)
 
-    # A rerun of the same call returns the same; a later receipt clears nothing again.
+    # A rerun of the same call (a retry: its first attempt may have committed) returns
+    # the same; a first attempt finds only what is still to settle; a later receipt
+    # clears nothing again.
     rerun, rerun_unread = await world.log.settle(
-        SettleNotificationsInput(ben, conv, 2, ReceiptStatus.READ, now)
+        SettleNotificationsInput(ben, conv, 2, ReceiptStatus.READ, now), rerun=True
     )
     assert sorted(rerun.clear_push_ids) == sorted(settled.clear_push_ids)
     assert (rerun.in_app_read, rerun_unread) == (2, 1)
+    again, _ = await world.log.settle(
+        SettleNotificationsInput(ben, conv, 2, ReceiptStatus.READ, now)
+    )
+    assert (again.in_app_read, again.clear_push_ids) == (0, [])
     later, later_unread = await world.log.settle(
         SettleNotificationsInput(ben, conv, 2, ReceiptStatus.READ, now + timedelta(seconds=1))
     )
@@ -878,6 +885,39 @@ async def test_a_read_receipt_settles_cancels_reads_and_clears_once(world: World
     [clear] = await world.log.push_clears(settled.clear_push_ids)
     assert (clear.recipient_id, clear.conversation_id, clear.up_to_seq) == (ben, conv, 2)
     assert clear.notification_id == ben_rows[(2, PUSH)].id and clear.devices == ["token-ben"]
+
+
+async def test_a_batch_settle_retried_with_its_time_returns_what_its_first_attempt_did(
+    world: World,
+) -> None:
+    await world.user("ana")
+    await world.user("ben", device=True)
+    await world.user("cy", device=True)
+    conv = await world.group()
+    sent = [await world.send(body=f"m{i}") for i in range(2)]
+    pushed = []
+    for message in sent:
+        await world.log.plan(world.plan_input(message))
+        result, _ = await world.dispatch(message, T0 + GRACE)
+        pushed += result.push
+    await world.log.claim(pushed, PUSH, now=T0 + GRACE)
+    await world.log.record([Outcome(i, SENT, provider_ref="ok") for i in pushed], now=T0 + GRACE)
+    ben, cy = world.users["ben"], world.users["cy"]
+    marks = [ReaderWatermark(ben, conv, 2, 2), ReaderWatermark(cy, conv, 1, 1)]
+    now = T0 + timedelta(minutes=2)
+
+    first = await world.log.settle_many(marks, now=now)
+    assert first.in_app_read == sorted([(ben, conv), (cy, conv)])
+    assert first.unread_counts == {ben: 0, cy: 1}
+    assert len(first.clear_push_ids) == 3  # ben's two pushes, cy's first
+
+    # The answer was lost: the retry (same time) returns it again; a first attempt
+    # looks only at what is still to settle and finds nothing.
+    assert await world.log.settle_many(marks, now=now, rerun=True) == first
+    again = await world.log.settle_many(marks, now=now)
+    assert (again.in_app_read, again.clear_push_ids) == ([], [])
+    later = await world.log.settle_many(marks, now=now + timedelta(seconds=1), rerun=True)
+    assert (later.in_app_read, later.clear_push_ids) == ([], [])
 
 
 async def test_a_delivered_receipt_cancels_only_pushes(world: World) -> None:

@@ -40,10 +40,19 @@ class SettledMany:
     """Pushes already shown that a data message should now clear."""
 
 
+# Sent rows still to settle. A first attempt looks in ix_notifications_unread /
+# _uncleared, which hold only those; a rerun (a retry with the same ``now``, whose
+# first attempt may have committed) also counts the rows that attempt changed, found
+# through ix_notifications_open: every sent row, a scan of the reader's history, so
+# paid only then.
+_UNSETTLED = {
+    False: ("read_at IS NULL", "cleared_at IS NULL"),
+    True: ("(read_at IS NULL OR read_at = :now)", "(cleared_at IS NULL OR cleared_at = :now)"),
+}
+
 # One statement: the three updates touch disjoint rows (pending/queued, sent in-app,
 # sent push). Rows this same call (same workflow time) changed count again on a rerun.
-_SETTLE = text(
-    """
+_SETTLE_SQL = """
     WITH cancelled AS (
         UPDATE notifications
            SET status = 'cancelled', reason = :reason, updated_at = :now
@@ -53,25 +62,26 @@ _SETTLE = text(
     ), read AS (
         UPDATE notifications SET read_at = :now, updated_at = :now
          WHERE :read AND recipient_id = :uid AND conversation_id = :cid AND seq <= :seq
-           AND channel = 'in_app' AND status = 'sent' AND (read_at IS NULL OR read_at = :now)
+           AND channel = 'in_app' AND status = 'sent' AND {unread}
         RETURNING 1
     ), cleared AS (
         UPDATE notifications SET cleared_at = :now, updated_at = :now
          WHERE :read AND recipient_id = :uid AND conversation_id = :cid AND seq <= :seq
-           AND channel = 'push' AND status = 'sent'
-           AND (cleared_at IS NULL OR cleared_at = :now)
+           AND channel = 'push' AND status = 'sent' AND {uncleared}
         RETURNING id::text AS id, seq
     )
     SELECT (SELECT count(*) FROM cancelled) AS cancelled,
            (SELECT count(*) FROM read) AS in_app_read,
            (SELECT array_agg(id ORDER BY seq, id) FROM cleared) AS cleared
     """
-)
+_SETTLE = {
+    rerun: text(_SETTLE_SQL.format(unread=unread, uncleared=uncleared))
+    for rerun, (unread, uncleared) in _UNSETTLED.items()
+}
 
 # settle for many (reader, conversation) watermarks at once (see settle_many); the
 # three updates touch disjoint rows (pending/queued, sent in-app, sent push).
-_SETTLE_MANY = text(
-    """
+_SETTLE_MANY_SQL = """
     WITH w AS (
         SELECT * FROM unnest(CAST(:uids AS uuid[]), CAST(:cids AS uuid[]),
                              CAST(:dseqs AS bigint[]), CAST(:rseqs AS bigint[]))
@@ -89,15 +99,13 @@ _SETTLE_MANY = text(
         UPDATE notifications n SET read_at = :now, updated_at = :now
           FROM w
          WHERE n.recipient_id = w.uid AND n.conversation_id = w.cid AND n.seq <= w.rseq
-           AND n.channel = 'in_app' AND n.status = 'sent'
-           AND (n.read_at IS NULL OR n.read_at = :now)
+           AND n.channel = 'in_app' AND n.status = 'sent' AND {unread}
         RETURNING n.recipient_id, n.conversation_id
     ), cleared AS (
         UPDATE notifications n SET cleared_at = :now, updated_at = :now
           FROM w
          WHERE n.recipient_id = w.uid AND n.conversation_id = w.cid AND n.seq <= w.rseq
-           AND n.channel = 'push' AND n.status = 'sent'
-           AND (n.cleared_at IS NULL OR n.cleared_at = :now)
+           AND n.channel = 'push' AND n.status = 'sent' AND {uncleared}
         RETURNING n.id
     )
     SELECT 'cancelled' AS kind, NULL AS uid, NULL AS cid, NULL AS id FROM cancelled
@@ -106,21 +114,25 @@ _SETTLE_MANY = text(
     UNION ALL
     SELECT 'cleared', NULL, NULL, id::text FROM cleared
     """
-)
+_SETTLE_MANY = {
+    rerun: text(_SETTLE_MANY_SQL.format(unread=unread, uncleared=uncleared))
+    for rerun, (unread, uncleared) in _UNSETTLED.items()
+}
 
 
 class Settling(LogPart):
     """Applies receipts to the readers' notifications."""
 
     async def settle(
-        self, input: SettleNotificationsInput
+        self, input: SettleNotificationsInput, *, rerun: bool = False
     ) -> tuple[SettleNotificationsResult, int | None]:
         """Applies a reader's receipt to their notifications of one conversation.
 
         Up to the watermark: a read cancels every pending / queued row, marks sent
         in-app rows read and returns the sent pushes not yet cleared (marking them
         cleared, so each is returned once); a delivered receipt cancels pending /
-        queued pushes only. A rerun with the same ``now`` returns the same.
+        queued pushes only. A ``rerun`` (a retry with the same ``now``) returns the
+        same; a first attempt finds only rows still to settle (_UNSETTLED).
 
         Returns:
             The result, and the reader's unread in-app count when in-app rows were read
@@ -149,7 +161,7 @@ class Settling(LogPart):
         }
         unread: int | None = None
         async with self._sessions() as session, session.begin():
-            row = (await session.execute(_SETTLE, params)).one()
+            row = (await session.execute(_SETTLE[rerun], params)).one()
             if row.in_app_read:
                 counts = (await session.execute(_UNREAD_COUNTS, {"rids": [uid]})).all()
                 unread = int(counts[0].unread) if counts else 0
@@ -161,14 +173,15 @@ class Settling(LogPart):
         return result, unread
 
     async def settle_many(
-        self, watermarks: Sequence[ReaderWatermark], *, now: datetime
+        self, watermarks: Sequence[ReaderWatermark], *, now: datetime, rerun: bool = False
     ) -> SettledMany:
         """Settles many readers' notifications at once: the receipt batcher's settle.
 
         The same rules as ``settle`` for each (reader, conversation): up to
         ``read_seq`` everything pending is cancelled, sent in-app rows are read and
         sent pushes returned to clear; from there up to ``delivered_seq`` pending
-        pushes are cancelled. Two statements, whatever the batch.
+        pushes are cancelled. Two statements, whatever the batch. ``rerun`` as in
+        ``settle``.
         """
         if not watermarks:
             return SettledMany()
@@ -184,7 +197,7 @@ class Settling(LogPart):
         # Two statements that each stand alone, without BEGIN / COMMIT: the settle is one
         # write; the unread counts, read after it committed, are at least as new.
         async with self._autocommit() as session:
-            rows = (await session.execute(_SETTLE_MANY, params)).all()
+            rows = (await session.execute(_SETTLE_MANY[rerun], params)).all()
             read = sorted({(r.uid, r.cid) for r in rows if r.kind == "read"})
             readers = sorted({uid for uid, _ in read})
             unread = {}
