@@ -10,6 +10,11 @@ the "no receipts" rounds nobody acks. Bare no-activity workflows at the same
 concurrency give the server's floor. The three alternate, so a noisy moment on
 this machine hits each alike; the medians are compared.
 
+The members speak Socket.IO over their own WebSockets (bench.raw_socket.ChatSocket):
+on a phone a client's reading costs the server nothing, while python-socketio's
+client (``--client socketio``) took about a third as much CPU as the gateway here,
+from the same two cores.
+
 Printed: messages/s of each, the ratios (goals: receipts >= 0.8 of no receipts, no
 receipts >= 0.7 of bare); then, in rounds paced at ``--paced`` messages/s (a closed
 loop at full load measures queueing, not latency), receipt ack p50/p99 (goal p99 <
@@ -39,6 +44,7 @@ import socketio
 from temporalio.api.enums.v1 import EventType
 
 from bench.harness import Stack, percentile, stack
+from bench.raw_socket import ChatSocket, chat_socket
 from bench.send_latency import _floor_throughput
 from missive.constants import MESSAGE_WORKFLOW_PREFIX
 from missive.models import ConversationKind
@@ -111,17 +117,32 @@ def _sample(current: Round, n: int = 60) -> list[str]:
     return [f"{MESSAGE_WORKFLOW_PREFIX}-{m}" for m in current.message_ids[::step]][:n]
 
 
+class _SocketIOClient:
+    """python-socketio's client behind ChatSocket's ``call`` / ``on`` (``--client socketio``)."""
+
+    def __init__(self) -> None:
+        self.sio = socketio.AsyncClient(reconnection=False)
+
+    def on(self, event: str, handler: Any) -> None:
+        async def run(data: Any) -> None:
+            handler(data)
+
+        self.sio.on(event, run)
+
+    async def call(self, event: str, data: object, *, within: float) -> Any:
+        return await self.sio.call(event, data, timeout=within)
+
+
 class Member:
     """One connected user who behaves like a chat app (when the round says so)."""
 
     def __init__(self, user_id: str, read_after: float) -> None:
         self.user_id = user_id
         self.read_after = read_after
-        self.sio = socketio.AsyncClient(reconnection=False)
+        self.client: ChatSocket | _SocketIOClient | None = None
         self.round: Round | None = None
         self.last_seen: dict[str, int] = {}
         self.read_to: dict[str, int] = {}
-        self.sio.on("message:new", self._on_new)
 
     async def catch_up(self) -> None:
         """Reads everything seen so far, as a user scrolling through the backlog: one
@@ -131,18 +152,28 @@ class Member:
             read = self.read_to.get(conversation_id, 0)
             while read < seq:
                 read = min(seq, read + MAX_CHANGES_REPORTED)
-                await self.sio.call(
-                    "message:read",
-                    {"conversation_id": conversation_id, "up_to_seq": read},
-                    timeout=30,
+                await self.call(
+                    "message:read", {"conversation_id": conversation_id, "up_to_seq": read}
                 )
             self.read_to[conversation_id] = seq
 
-    async def connect(self, s: Stack) -> None:
+    async def connect(self, s: Stack, exit_stack: AsyncExitStack, kind: str) -> None:
+        """Connects over ChatSocket (``kind`` "raw") or python-socketio's client."""
         token = issue_token(s.settings.gateway_secret, self.user_id, ttl_seconds=7200)
-        await self.sio.connect(s.gateway_url, auth={"token": token}, transports=["websocket"])
+        if kind == "socketio":
+            client = _SocketIOClient()
+            await client.sio.connect(s.gateway_url, auth={"token": token}, transports=["websocket"])
+            exit_stack.push_async_callback(client.sio.disconnect)
+            self.client = client
+        else:
+            self.client = await exit_stack.enter_async_context(chat_socket(s.gateway_url, token))
+        self.client.on("message:new", self._on_new)
 
-    async def _on_new(self, data: dict[str, Any]) -> None:
+    async def call(self, event: str, data: object) -> Any:
+        assert self.client is not None
+        return await self.client.call(event, data, within=30)
+
+    def _on_new(self, data: dict[str, Any]) -> None:
         now = time.perf_counter()
         current = self.round
         if data["sender_id"] == self.user_id:
@@ -162,7 +193,7 @@ class Member:
 
     async def _receipt(self, current: Round, event: str, where: dict[str, Any]) -> None:
         started = time.perf_counter()
-        ack = await self.sio.call(event, where, timeout=30)
+        ack = await self.call(event, where)
         current.receipt_latencies.append(time.perf_counter() - started)
         if not ack.get("ok"):
             current.receipt_errors[ack["error"]["type"]] += 1
@@ -224,6 +255,7 @@ async def run(
     read_after: float,
     paced: float,
     sizes: tuple[int, ...] = SIZES,
+    client: str = "raw",
 ) -> None:
     """Runs the alternating rounds and prints the figures."""
     # Capacity is measured here, not the send limits: a sender may exceed 5/s (the
@@ -246,8 +278,7 @@ async def run(
             )
             members = [Member(user, read_after) for user in ids]
             for member in members:
-                await member.connect(s)
-                exit_stack.push_async_callback(member.sio.disconnect)
+                await member.connect(s, exit_stack, client)
             conversations.append((conv, members))
         everyone = [m for _, members in conversations for m in members]
         counter = 0
@@ -277,10 +308,9 @@ async def run(
                     counter += 1
                     cmid = f"{tag}-{n}-{counter}"
                     current.started[cmid] = time.perf_counter()
-                    ack = await sender.sio.call(
+                    ack = await sender.call(
                         "message:send",
                         {"conversation_id": conv, "client_message_id": cmid, "body": f"hi {cmid}"},
-                        timeout=30,
                     )
                     if ack.get("ok"):
                         current.acked_ok += 1
@@ -379,7 +409,8 @@ async def run(
     ms = 1000.0
     print(
         f"chat mix: conversations of {', '.join(map(str, sizes))}, {concurrency} senders,"
-        f" median of {rounds} alternating rounds of {seconds:.0f} s, read {read_after} s after"
+        f" median of {rounds} alternating rounds of {seconds:.0f} s, read {read_after} s after,"
+        f" {'python-socketio' if client == 'socketio' else 'ChatSocket'} clients"
     )
     print("throughput (messages/s)")
     print(f"  with receipts (every recipient acks)  {on:7.1f}")
@@ -457,10 +488,24 @@ def main() -> None:
     parser.add_argument(
         "--sizes", default=",".join(map(str, SIZES)), help="conversation sizes, comma-separated"
     )
+    parser.add_argument(
+        "--client",
+        choices=("raw", "socketio"),
+        default="raw",
+        help="the members' client: bench.raw_socket.ChatSocket, or python-socketio's",
+    )
     args = parser.parse_args()
     sizes = tuple(int(size) for size in args.sizes.split(","))
     asyncio.run(
-        run(args.seconds, args.rounds, args.concurrency, args.read_after, args.paced, sizes)
+        run(
+            args.seconds,
+            args.rounds,
+            args.concurrency,
+            args.read_after,
+            args.paced,
+            sizes,
+            args.client,
+        )
     )
 
 
