@@ -126,9 +126,8 @@ class ChatSocket:
 
 
 @asynccontextmanager
-async def _connected(
-    url: str, token: str
-) -> AsyncIterator[tuple[aiohttp.ClientSession, aiohttp.ClientWebSocketResponse]]:
+async def _connected(url: str, token: str) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    """A WebSocket to the gateway that has passed Engine.IO's open and Socket.IO's connect."""
     ws_url = url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
     async with aiohttp.ClientSession() as http, http.ws_connect(ws_url) as ws:
         opened = await ws.receive_str()
@@ -138,13 +137,13 @@ async def _connected(
         connected = await ws.receive_str()
         if not connected.startswith("40{"):
             raise RuntimeError(f"the gateway refused the connection: {connected[:200]}")
-        yield http, ws
+        yield ws
 
 
 @asynccontextmanager
 async def raw_socket(url: str, token: str) -> AsyncIterator[RawSocket]:
     """A RawSocket connected to the gateway at ``url`` (http://...) with ``token``."""
-    async with _connected(url, token) as (_, ws):
+    async with _connected(url, token) as ws:
         yield RawSocket(ws)
 
 
@@ -152,7 +151,7 @@ async def raw_socket(url: str, token: str) -> AsyncIterator[RawSocket]:
 async def chat_socket(url: str, token: str) -> AsyncIterator[ChatSocket]:
     """A ChatSocket connected to the gateway at ``url`` (http://...) with ``token``,
     reading until the block ends."""
-    async with _connected(url, token) as (_, ws):
+    async with _connected(url, token) as ws:
         client = ChatSocket(ws)
         client.start()
         try:
