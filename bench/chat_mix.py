@@ -1,6 +1,7 @@
 """Chat mix: real clients that ack every message, against the same clients that never ack.
 
     python -m bench.chat_mix [--seconds 10] [--rounds 2] [--concurrency 12] [--read-after 0.5]
+        [--reconnect-every 1] [--offline 1] [--membership-every 2]
 
 Conversations of 2, 6 and 50 members, every member connected over Socket.IO. Each
 sender loop sends its next message as soon as the last one was acked. In the
@@ -9,6 +10,18 @@ arrives and ``message:read`` ``--read-after`` seconds later, as a chat app does;
 the "no receipts" rounds nobody acks. Bare no-activity workflows at the same
 concurrency give the server's floor. The three alternate, so a noisy moment on
 this machine hits each alike; the medians are compared.
+
+Every round, timed or paced, with receipts or without, churns alike: every
+``--reconnect-every`` seconds one member (senders too) drops its connection, stays
+offline ``--offline`` seconds, reconnects, catches up with one ``message:sync`` and,
+in rounds with receipts, acks delivered and read as one watermark per conversation;
+a send whose connection dropped before its ack is sent again with the same
+client_message_id once reconnected. In each group with members who do not send, the
+owner removes one every ``--membership-every`` seconds while they stay connected and
+adds them back half a period later; they catch up the same way. Printed with the
+figures: what the churn did, and the truth of the acks (every send acked ok is
+stored, once; nothing is stored without an ok ack; one lifecycle per message).
+Resent sends are left out of the latencies (theirs is their sender's time offline).
 
 The members speak Socket.IO over their own WebSockets (bench.raw_socket.ChatSocket):
 on a phone a client's reading costs the server nothing, while python-socketio's
@@ -31,6 +44,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import itertools
 import os
 import statistics
 import time
@@ -41,6 +56,7 @@ from pathlib import Path
 from typing import Any
 
 import socketio
+from sqlalchemy import text
 from temporalio.api.enums.v1 import EventType
 
 from bench.harness import Stack, percentile, stack
@@ -100,6 +116,7 @@ class Round:
     receipt_errors: Counter[str] = field(default_factory=Counter)
     pending: set[asyncio.Task[None]] = field(default_factory=set)
     message_ids: list[str] = field(default_factory=list)
+    acked_cmids: list[str] = field(default_factory=list)
     cost: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """Workflow tasks, history events and signals per lifecycle (sampled)."""
     cpu: dict[str, float] = field(default_factory=dict)
@@ -109,6 +126,19 @@ class Round:
     (without) until every lifecycle of the round had closed."""
     tail_cpu: dict[str, float] = field(default_factory=dict)
     """CPU seconds each process spent in the tail."""
+    reconnects: int = 0
+    """Members who dropped their connection, stayed offline and came back."""
+    synced: int = 0
+    """Messages the members who came back (or were added back) read with message:sync."""
+    resent: int = 0
+    """Sends whose connection dropped before the ack, sent again with the same
+    client_message_id once reconnected."""
+    resent_took: list[float] = field(default_factory=list)
+    """From their first attempt to their ack (the latency figures leave them out)."""
+    resent_duplicates: int = 0
+    """Of those, how many were acked ``duplicate`` (the first attempt had stored it)."""
+    membership_changes: Counter[str] = field(default_factory=Counter)
+    """Members removed and added back while connected, and how those calls were acked."""
 
 
 def _sample(current: Round, n: int = 60) -> list[str]:
@@ -130,11 +160,16 @@ class _SocketIOClient:
         self.sio.on(event, run)
 
     async def call(self, event: str, data: object, *, within: float) -> Any:
-        return await self.sio.call(event, data, timeout=within)
+        try:
+            return await self.sio.call(event, data, timeout=within)
+        except (socketio.exceptions.BadNamespaceError, socketio.exceptions.DisconnectedError):
+            raise ConnectionError("the connection closed") from None
 
 
 class Member:
-    """One connected user who behaves like a chat app (when the round says so)."""
+    """One connected user who behaves like a chat app (when the round says so): acks
+    what arrives, reads it a moment later, drops off and comes back, catching up
+    with ``message:sync``, and resends what was in flight when the connection dropped."""
 
     def __init__(self, user_id: str, read_after: float) -> None:
         self.user_id = user_id
@@ -143,6 +178,8 @@ class Member:
         self.round: Round | None = None
         self.last_seen: dict[str, int] = {}
         self.read_to: dict[str, int] = {}
+        self.online = asyncio.Event()
+        self._connection: AsyncExitStack | None = None
 
     async def catch_up(self) -> None:
         """Reads everything seen so far, as a user scrolling through the backlog: one
@@ -157,21 +194,112 @@ class Member:
                 )
             self.read_to[conversation_id] = seq
 
-    async def connect(self, s: Stack, exit_stack: AsyncExitStack, kind: str) -> None:
+    async def connect(self, s: Stack, kind: str) -> None:
         """Connects over ChatSocket (``kind`` "raw") or python-socketio's client."""
         token = issue_token(s.settings.gateway_secret, self.user_id, ttl_seconds=7200)
+        connection = AsyncExitStack()
         if kind == "socketio":
             client = _SocketIOClient()
+            client.on("message:new", self._on_new)
             await client.sio.connect(s.gateway_url, auth={"token": token}, transports=["websocket"])
-            exit_stack.push_async_callback(client.sio.disconnect)
+            connection.push_async_callback(client.sio.disconnect)
             self.client = client
         else:
-            self.client = await exit_stack.enter_async_context(chat_socket(s.gateway_url, token))
-        self.client.on("message:new", self._on_new)
+            chat = await connection.enter_async_context(chat_socket(s.gateway_url, token))
+            chat.on("message:new", self._on_new)
+            chat.start()
+            self.client = chat
+        self._connection = connection
+        self.online.set()
+
+    async def disconnect(self) -> None:
+        """Drops the connection: calls waiting for an ack fail with ConnectionError."""
+        self.online.clear()
+        if self._connection is not None:
+            connection, self._connection = self._connection, None
+            await connection.aclose()
+
+    async def reconnect(
+        self, s: Stack, kind: str, offline: float, conversations: list[str]
+    ) -> None:
+        """Goes offline for ``offline`` seconds, comes back and catches up on
+        ``conversations``: what it missed, by message:sync, then its receipts."""
+        current = self.round
+        await self.disconnect()
+        await asyncio.sleep(offline)
+        await self.connect(s, kind)
+        if current is not None:
+            current.reconnects += 1
+        await self.resync(conversations)
+
+    async def resync(self, conversations: list[str]) -> None:
+        """Pages through what came after the last message seen in each conversation
+        (one message:sync for all of them), then acks delivered and, ``read_after``
+        later, read, one watermark per conversation, as a client back online does."""
+        current = self.round
+        after = {c: self.last_seen.get(c, 0) for c in conversations}
+        while after:
+            ack = await self.call(
+                "message:sync",
+                {
+                    "conversations": [
+                        {"conversation_id": c, "after_seq": a} for c, a in after.items()
+                    ]
+                },
+            )
+            if not ack.get("ok"):
+                return
+            more: dict[str, int] = {}
+            for page in ack["conversations"]:
+                conversation_id, messages = page["conversation_id"], page.get("messages") or []
+                if current is not None:
+                    current.synced += sum(m["sender_id"] != self.user_id for m in messages)
+                if messages:
+                    newest = max(int(m["seq"]) for m in messages)
+                    self.last_seen[conversation_id] = max(
+                        self.last_seen.get(conversation_id, 0), newest
+                    )
+                    if page.get("has_more"):
+                        more[conversation_id] = newest
+            after = more
+        if current is None or not current.receipts:
+            return
+        caught_up = [(c, self.last_seen[c]) for c in conversations if c in self.last_seen]
+        for event in ("message:delivered", "message:read"):
+            if event == "message:read":
+                await asyncio.sleep(self.read_after)
+            for conversation_id, seq in caught_up:
+                where = {"conversation_id": conversation_id, "up_to_seq": seq}
+                with contextlib.suppress(ConnectionError):
+                    await self._receipt(current, event, where)
+                if event == "message:read":
+                    self.read_to[conversation_id] = max(self.read_to.get(conversation_id, 0), seq)
+
+    async def wait_online(self) -> None:
+        """Returns once connected (at once when connected)."""
+        async with asyncio.timeout(30):
+            await self.online.wait()
 
     async def call(self, event: str, data: object) -> Any:
+        """Emits ``event`` once connected and returns its ack.
+
+        Raises:
+            ConnectionError: the connection dropped before the ack came.
+        """
+        await self.wait_online()
         assert self.client is not None
         return await self.client.call(event, data, within=30)
+
+    async def call_surviving(self, event: str, data: object) -> tuple[Any, int]:
+        """``call``, sent again after each dropped connection (safe for an event that
+        is idempotent, as message:send is for its client_message_id): the ack and how
+        many times it was sent again."""
+        again = 0
+        while True:
+            try:
+                return await self.call(event, data), again
+            except ConnectionError:
+                again += 1
 
     def _on_new(self, data: dict[str, Any]) -> None:
         now = time.perf_counter()
@@ -192,6 +320,7 @@ class Member:
             task.add_done_callback(current.pending.discard)
 
     async def _receipt(self, current: Round, event: str, where: dict[str, Any]) -> None:
+        await self.wait_online()  # an ack's latency counts from its send, not from offline
         started = time.perf_counter()
         ack = await self.call(event, where)
         current.receipt_latencies.append(time.perf_counter() - started)
@@ -206,6 +335,9 @@ class Member:
             await self._receipt(current, "message:read", where)
         except TimeoutError:
             current.receipt_errors["Timeout (client)"] += 1
+        except ConnectionError:
+            # Dropped with the connection; the watermark sent on reconnecting covers it.
+            current.receipt_errors["dropped with the connection"] += 1
 
 
 async def _temporal_cost(s: Stack, workflow_ids: list[str]) -> tuple[float, float, float]:
@@ -256,6 +388,9 @@ async def run(
     paced: float,
     sizes: tuple[int, ...] = SIZES,
     client: str = "raw",
+    reconnect_every: float = 1.0,
+    offline: float = 1.0,
+    membership_every: float = 2.0,
 ) -> None:
     """Runs the alternating rounds and prints the figures."""
     # Capacity is measured here, not the send limits: a sender may exceed 5/s (the
@@ -274,15 +409,85 @@ async def run(
                 for i in range(size)
             ]
             conv = await core.directory.create_conversation(
-                kind=ConversationKind.GROUP, members=ids
+                kind=ConversationKind.GROUP, members=ids, owner_id=ids[0]
             )
             members = [Member(user, read_after) for user in ids]
             for member in members:
-                await member.connect(s, exit_stack, client)
+                await member.connect(s, client)
+                exit_stack.push_async_callback(member.disconnect)
             conversations.append((conv, members))
         everyone = [m for _, members in conversations for m in members]
+        home = {m.user_id: conv for conv, members in conversations for m in members}
+        senders = {
+            conversations[n % len(conversations)][1][
+                (n // len(conversations)) % len(conversations[n % len(conversations)][1])
+            ].user_id
+            for n in range(concurrency)
+        }
+        # Who drops off next: spread over the conversations, a different member each time.
+        to_reconnect = itertools.cycle(
+            [
+                m
+                for group in itertools.zip_longest(*(ms for _, ms in conversations))
+                for m in group
+                if m
+            ]
+        )
+        to_remove = {
+            conv: itertools.cycle([m for m in members[1:] if m.user_id not in senders])
+            for conv, members in conversations
+            if any(m.user_id not in senders for m in members[1:])
+        }
         counter = 0
         marker = os.environ.get("CHAT_MIX_MARKER")
+
+        async def churn(current: Round, until: float) -> None:
+            """Every ``reconnect_every`` s one member drops off for ``offline`` s and comes
+            back; in each group with a member who does not send, every ``membership_every``
+            s the owner removes one while connected and adds them back half a period later
+            (who is added back catches up as a client told so does). Both end by ``until``
+            with everyone connected and a member again."""
+            work: list[asyncio.Task[None]] = []
+
+            async def reconnects() -> None:
+                while time.perf_counter() + reconnect_every < until:
+                    await asyncio.sleep(reconnect_every)
+                    member = next(to_reconnect)
+                    if member.online.is_set():
+                        work.append(
+                            asyncio.create_task(
+                                member.reconnect(s, client, offline, [home[member.user_id]])
+                            )
+                        )
+
+            async def memberships(conv: str, owner: Member, candidates: Any) -> None:
+                while time.perf_counter() + membership_every < until:
+                    await asyncio.sleep(membership_every / 2)
+                    member = next(candidates)
+                    ack, _ = await owner.call_surviving(
+                        "conversation:remove_member",
+                        {"conversation_id": conv, "user_id": member.user_id},
+                    )
+                    current.membership_changes[
+                        "removed" if ack.get("ok") else f"remove {ack['error']['type']}"
+                    ] += 1
+                    await asyncio.sleep(membership_every / 2)
+                    ack, _ = await owner.call_surviving(
+                        "conversation:add_members",
+                        {"conversation_id": conv, "user_ids": [member.user_id]},
+                    )
+                    current.membership_changes[
+                        "added back" if ack.get("ok") else f"add {ack['error']['type']}"
+                    ] += 1
+                    work.append(asyncio.create_task(member.resync([conv])))
+
+            owners = {conv: members[0] for conv, members in conversations}
+            loops = [reconnects()] if reconnect_every > 0 else []
+            if membership_every > 0:
+                loops += [memberships(c, owners[c], who) for c, who in to_remove.items()]
+            await asyncio.gather(*loops)
+            if work:
+                await asyncio.gather(*work)
 
         async def one_round(receipts: bool, tag: str, rate: float | None = None) -> Round:
             """Closed loop (each sender sends when its last send was acked), or with
@@ -307,21 +512,30 @@ async def run(
                         tick += interval
                     counter += 1
                     cmid = f"{tag}-{n}-{counter}"
+                    await sender.wait_online()
                     current.started[cmid] = time.perf_counter()
-                    ack = await sender.call(
+                    ack, again = await sender.call_surviving(
                         "message:send",
                         {"conversation_id": conv, "client_message_id": cmid, "body": f"hi {cmid}"},
                     )
+                    current.resent += again
+                    if again:  # its latency is its sender's time offline: not the gateway's
+                        current.resent_took.append(time.perf_counter() - current.started.pop(cmid))
                     if ack.get("ok"):
                         current.acked_ok += 1
                         current.message_ids.append(str(ack["message_id"]))
+                        current.acked_cmids.append(cmid)
+                        if again and ack.get("duplicate"):
+                            current.resent_duplicates += 1
                     else:
                         current.ack_errors[ack["error"]["type"]] += 1
 
             cpu_before = _cpu_seconds()
             started = time.perf_counter()
+            churning = asyncio.create_task(churn(current, deadline))
             await asyncio.gather(*(loop(n) for n in range(concurrency)))
             elapsed = time.perf_counter() - started
+            await churning  # everyone is back and a member again
             current.started["__elapsed__"] = elapsed
             cpu_after = _cpu_seconds()
             current.cpu = {k: cpu_after[k] - cpu_before.get(k, 0.0) for k in cpu_after}
@@ -400,6 +614,18 @@ async def run(
         # Temporal's side, read from the server after each round.
         cost_on = tuple(statistics.median(r.cost[i] for r in with_receipts) for i in range(3))
         cost_off = tuple(statistics.median(r.cost[i] for r in without) for i in range(3))
+        all_rounds = [*with_receipts, *without, *paced_on, *paced_off]
+        acked = {c for r in all_rounds for c in r.acked_cmids}
+        async with core.engine.connect() as conn:
+            stored = Counter(
+                (await conn.execute(text("SELECT client_message_id FROM messages"))).scalars()
+            )
+        missing = sum(1 for c in acked if not stored[c])
+        unacked_stored = sum(
+            1 for c in stored if c not in acked and not c.startswith(("warm-", "floor"))
+        )
+        lifecycles = await _count(s, "WorkflowType = 'MessageLifecycleWorkflow'")
+        memberships = await _count(s, "WorkflowType = 'MembershipWorkflow'")
         receipt_workflows = await _count(s, "WorkflowType = 'ReceiptWorkflow'")
         clears = await _count(s, "WorkflowType = 'ClearPushesWorkflow'")
         sent_on = sum(r.acked_ok for r in with_receipts)
@@ -449,8 +675,30 @@ async def run(
         f"  p50 ratio (goal <= 1.5)                "
         f"{statistics.median(lat_on) / statistics.median(lat_off):7.2f}"
     )
+    rounds_n = max(1, len(all_rounds))
+    resent_took = [x for r in all_rounds for x in r.resent_took]
+    reconnects = sum(r.reconnects for r in all_rounds) / rounds_n
+    synced = sum(r.synced for r in all_rounds) / rounds_n
+    changes = dict(sum((r.membership_changes for r in all_rounds), Counter()))
+    print(
+        f"churn (every round, timed or paced): {reconnects:.1f} reconnects a round after"
+        f" {offline:g} s offline ({synced:.0f} messages a round caught up by message:sync);"
+        f" members removed and added back while connected, in all: {changes};"
+        f" {len(resent_took)} sends resent after a drop"
+        f" ({sum(r.resent_duplicates for r in all_rounds)} acked duplicate: stored by the first"
+        f" attempt; p50 {statistics.median(resent_took or [0.0]) * ms:.0f} ms from the first"
+        " attempt to the ack, left out of the latencies above)"
+    )
+    print(
+        f"truth: {len(acked)} sends acked ok, {missing} of them not stored (goal 0);"
+        f" {unacked_stored} stored without an ok ack (goal 0); {lifecycles} lifecycles for"
+        f" {sum(stored.values())} stored messages"
+    )
     print(f"acks not ok: with receipts {dict(errors_on)}, without {dict(errors_off)}")
-    print(f"receipt acks not ok: {dict(receipt_errors)}; Timeout acks in all: {timeouts} (goal 0)")
+    print(
+        f"receipt acks not ok: {dict(receipt_errors)} (NotAMember: a read sent while its"
+        f" reader was removed); Timeout acks in all: {timeouts} (goal 0)"
+    )
     print("CPU ms per message at full load (median rounds)   with receipts  without")
     for name in sorted({k for r in [*with_receipts, *without] for k in r.cpu}):
 
@@ -473,6 +721,7 @@ async def run(
         f"workflows started per message: 1 lifecycle + "
         f"{(receipt_workflows + clears) / max(1, sent_on + sent_off):.3f} others"
         f" (ReceiptWorkflow: {receipt_workflows}, ClearPushesWorkflow: {clears},"
+        f" MembershipWorkflow for the churn: {memberships},"
         f" for {receipts_sent} receipts)"
     )
 
@@ -494,6 +743,20 @@ def main() -> None:
         default="raw",
         help="the members' client: bench.raw_socket.ChatSocket, or python-socketio's",
     )
+    parser.add_argument(
+        "--reconnect-every",
+        type=float,
+        default=1.0,
+        help="seconds between one member dropping off and the next (0: nobody does)",
+    )
+    parser.add_argument("--offline", type=float, default=1.0, help="seconds a member stays offline")
+    parser.add_argument(
+        "--membership-every",
+        type=float,
+        default=2.0,
+        help="seconds between removals of a member who does not send, in each group that"
+        " has one (added back half a period later; 0: membership stays)",
+    )
     args = parser.parse_args()
     sizes = tuple(int(size) for size in args.sizes.split(","))
     asyncio.run(
@@ -505,6 +768,9 @@ def main() -> None:
             args.paced,
             sizes,
             args.client,
+            args.reconnect_every,
+            args.offline,
+            args.membership_every,
         )
     )
 

@@ -68,8 +68,9 @@ class ChatSocket:
     server's pings; handlers run in it, so they must not block (start a task).
     """
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, early: list[str] | None = None) -> None:
         self._ws = ws
+        self._early = early or []
         self._next_id = 0
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._handlers: dict[str, Callable[[Any], None]] = {}
@@ -92,68 +93,92 @@ class ChatSocket:
             self._waiting.pop(id, None)
 
     def start(self) -> None:
-        """Starts reading (once connected)."""
+        """Starts reading, once the handlers are set: events that came before the
+        connect's answer first."""
         self._reader = asyncio.create_task(self._read(), name="chat-socket-reader")
 
     async def close(self) -> None:
-        """Stops reading and closes the WebSocket."""
+        """Stops reading and closes the WebSocket; calls still waiting fail at once with
+        ConnectionError, as a client's do when its connection drops."""
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reader
+        self._fail_waiting()
         await self._ws.close()
 
     async def _read(self) -> None:
+        early, self._early = self._early, []
+        for held in early:
+            self._frame_in(held)
         async for message in self._ws:
             if message.type is not aiohttp.WSMsgType.TEXT:
                 break
             frame: str = message.data
             if frame == "2":
                 await self._ws.send_str("3")
-            elif frame.startswith("43"):
-                id, _, rest = frame[2:].partition("[")
-                answer = self._waiting.get(int(id))
-                if answer is not None and not answer.done():
-                    answer.set_result(json.loads("[" + rest)[0])
-            elif frame.startswith("42"):
-                event, data = json.loads(frame[frame.index("[") :])[:2]
-                handler = self._handlers.get(event)
-                if handler is not None:
-                    handler(data)
+            else:
+                self._frame_in(frame)
+        self._fail_waiting()
+
+    def _frame_in(self, frame: str) -> None:
+        if frame.startswith("43"):
+            id, _, rest = frame[2:].partition("[")
+            answer = self._waiting.get(int(id))
+            if answer is not None and not answer.done():
+                answer.set_result(json.loads("[" + rest)[0])
+        elif frame.startswith("42"):
+            event, data = json.loads(frame[frame.index("[") :])[:2]
+            handler = self._handlers.get(event)
+            if handler is not None:
+                handler(data)
+
+    def _fail_waiting(self) -> None:
         for answer in self._waiting.values():
             if not answer.done():
-                answer.set_exception(ConnectionError("the gateway closed the socket"))
+                answer.set_exception(ConnectionError("the connection closed"))
 
 
 @asynccontextmanager
-async def _connected(url: str, token: str) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
-    """A WebSocket to the gateway that has passed Engine.IO's open and Socket.IO's connect."""
+async def _connected(
+    url: str, token: str
+) -> AsyncIterator[tuple[aiohttp.ClientWebSocketResponse, list[str]]]:
+    """A WebSocket to the gateway that has passed Engine.IO's open and Socket.IO's
+    connect, and the frames that came before the connect's answer.
+
+    python-socketio puts a socket in its rooms in the connect handler and sends the
+    CONNECT packet once the handler returns, so an event emitted to one of those rooms
+    meanwhile (a notification of the returning user) can arrive first; socket.io's
+    client keeps such events and hands them on once connected, and so does ChatSocket.
+    """
     ws_url = url.replace("http://", "ws://") + "/socket.io/?EIO=4&transport=websocket"
     async with aiohttp.ClientSession() as http, http.ws_connect(ws_url) as ws:
         opened = await ws.receive_str()
         if not opened.startswith("0{"):
             raise RuntimeError(f"not an Engine.IO open packet: {opened[:80]}")
         await ws.send_str("40" + json.dumps({"token": token}))
-        connected = await ws.receive_str()
-        if not connected.startswith("40{"):
-            raise RuntimeError(f"the gateway refused the connection: {connected[:200]}")
-        yield ws
+        early: list[str] = []
+        while not (connected := await ws.receive_str()).startswith("40{"):
+            if not connected.startswith("42"):
+                raise RuntimeError(f"the gateway refused the connection: {connected[:200]}")
+            early.append(connected)
+        yield ws, early
 
 
 @asynccontextmanager
 async def raw_socket(url: str, token: str) -> AsyncIterator[RawSocket]:
     """A RawSocket connected to the gateway at ``url`` (http://...) with ``token``."""
-    async with _connected(url, token) as ws:
+    async with _connected(url, token) as (ws, _):
         yield RawSocket(ws)
 
 
 @asynccontextmanager
 async def chat_socket(url: str, token: str) -> AsyncIterator[ChatSocket]:
     """A ChatSocket connected to the gateway at ``url`` (http://...) with ``token``,
-    reading until the block ends."""
-    async with _connected(url, token) as ws:
-        client = ChatSocket(ws)
-        client.start()
+    reading until the block ends (events that came before the connect's answer first,
+    once its handlers are set: ``start``)."""
+    async with _connected(url, token) as (ws, early):
+        client = ChatSocket(ws, early)
         try:
             yield client
         finally:
