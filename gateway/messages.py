@@ -7,6 +7,7 @@ import functools
 from datetime import timedelta
 
 from gateway.acks import Ack, Handler, require_object
+from gateway.admission import SendTurn
 from gateway.context import Context
 from gateway.search import parse_search_request, result_json
 from missive.constants import (
@@ -102,7 +103,19 @@ class MessageEvents:
         }
 
     async def send(self, sid: str, data: object) -> Ack:
-        """``message:send``: starts (or joins) the message's lifecycle, acks when stored."""
+        """``message:send``: starts (or joins) the message's lifecycle, acks when stored.
+
+        A socket's sends are stored in the order they came, one after another
+        (``Admission.line_up``); each is checked and admitted at once, then waits for
+        the ones before it to have their acks.
+        """
+        place = self._gateway.admission.line_up(sid)
+        try:
+            return await self._send(sid, data, place)
+        finally:
+            place.leave()
+
+    async def _send(self, sid: str, data: object, place: SendTurn) -> Ack:
         user_id = await self._gateway.user_of(sid)
         payload = require_object(data)
         conversation_id = require_uuid(payload.get("conversation_id"), "conversation_id")
@@ -129,6 +142,7 @@ class MessageEvents:
         )
         admission = self._gateway.admission
         async with admission.admit(sid, user_id):
+            await place.turn()
             return await self._start(send)
 
     async def _start(self, send: SendMessageInput) -> Ack:

@@ -16,10 +16,12 @@ from typing import Any
 
 import pytest
 import socketio
+from sqlalchemy import text
 from temporalio.api.enums.v1 import EventType
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
+from bench.raw_socket import RawSocket, raw_socket
 from missive.config import Settings
 from missive.constants import (
     EVENT_MESSAGE_DELIVERED,
@@ -214,6 +216,51 @@ async def test_a_socket_with_too_many_sends_in_flight_is_refused_at_once(
     assert set(kinds) <= {"InvalidInput", "RateLimited"} and "RateLimited" in kinds, bodiless
     # Every ok ack is a stored row, and no refused send is.
     assert await _scalar(core, "SELECT count(*) FROM messages") == len(ok)
+
+
+async def test_a_sockets_burst_of_sends_is_stored_in_the_order_it_was_sent(
+    settings: Settings, core: Core, dev_env: WorkflowEnvironment
+) -> None:
+    """Four messages typed in a row and written back to back (a raw socket: one frame
+    after the other, no client library between) keep their order: seqs in send order."""
+    ana, ben = await _people(core, 2)
+    conversation = await _conversation(core, ana, ben)
+    roomy = gateway_settings(settings, dev_env, send_rate_per_second=1000, send_burst=1000)
+    sent: list[str] = []
+    async with serve_gateway(roomy) as running:
+        token = issue_token(running.settings.gateway_secret, ana, ttl_seconds=60)
+        async with raw_socket(running.url, token) as a:
+            for burst in range(8):
+                ids = range(burst * 4, burst * 4 + 4)
+                cmids = [f"burst-{i}" for i in ids]
+                reading = asyncio.create_task(a.read_acks(burst * 4 + 4, within=WAIT))
+                await a.write(
+                    [
+                        RawSocket.event(i, EVENT_MESSAGE_SEND, _send(conversation, c, c))
+                        for i, c in zip(ids, cmids, strict=True)
+                    ]
+                )
+                await reading
+                acks = [a.acks[i] for i in ids]
+                assert all(ack["ok"] for ack in acks), acks
+                seqs = [ack["seq"] for ack in acks]
+                assert seqs == sorted(seqs), (burst, seqs)
+                sent += cmids
+    async with core.engine.connect() as conn:
+        stored = (
+            (
+                await conn.execute(
+                    text(
+                        "SELECT client_message_id FROM messages"
+                        " WHERE conversation_id = :c ORDER BY seq"
+                    ),
+                    {"c": conversation},
+                )
+            )
+            .scalars()
+            .all()
+        )
+    assert list(stored) == sent
 
 
 async def test_receipts_with_bad_watermarks_get_a_clear_error_each(

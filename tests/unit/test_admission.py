@@ -110,3 +110,22 @@ def test_retry_after_is_the_time_to_one_whole_token() -> None:
     assert retry_after(0.0, 10.0) == pytest.approx(0.1)
     assert retry_after(0.75, 1.0) == pytest.approx(0.25)
     assert retry_after(1.5, 1.0) == 0.0
+
+
+async def test_a_sockets_sends_take_turns_in_the_order_they_came() -> None:
+    admission = Admission(_settings(), None, None)
+    first, second, third = (admission.line_up("s1") for _ in range(3))
+    other = admission.line_up("s2")
+    await asyncio.wait_for(first.turn(), 1)
+    await asyncio.wait_for(other.turn(), 1)  # another socket's line is its own
+    waiting = asyncio.create_task(third.turn())
+    with pytest.raises(TimeoutError):  # the second waits for the first...
+        await asyncio.wait_for(second.turn(), 0.05)
+    second.leave()  # ...and gives up (its deadline): the third must not overtake the first
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    first.leave()
+    await asyncio.wait_for(waiting, 1)
+    third.leave()
+    other.leave()
+    assert admission._last_in_line == {}  # nothing kept for sockets with no send in line
