@@ -67,16 +67,18 @@ class ConversationEvents:
 
     def handlers(self) -> dict[str, Handler]:
         """The events this class answers, by name."""
+        # A socket's changes apply in the order it sent them (Admission.in_order).
+        in_order = self._gateway.admission.in_order
         return {
             EVENT_MESSAGE_SYNC: self.sync,
             EVENT_CONVERSATION_LIST: self.list,
-            EVENT_MESSAGE_EDIT: self.edit,
-            EVENT_MESSAGE_DELETE: self.delete,
-            EVENT_CONVERSATION_CREATE: self.create,
-            EVENT_CONVERSATION_ADD_MEMBERS: self.add_members,
-            EVENT_CONVERSATION_REMOVE_MEMBER: self.remove_member,
-            EVENT_CONVERSATION_LEAVE: self.leave,
-            EVENT_CONVERSATION_SET_ROLE: self.set_role,
+            EVENT_MESSAGE_EDIT: in_order(self.edit),
+            EVENT_MESSAGE_DELETE: in_order(self.delete),
+            EVENT_CONVERSATION_CREATE: in_order(self.create),
+            EVENT_CONVERSATION_ADD_MEMBERS: in_order(self.add_members),
+            EVENT_CONVERSATION_REMOVE_MEMBER: in_order(self.remove_member),
+            EVENT_CONVERSATION_LEAVE: in_order(self.leave),
+            EVENT_CONVERSATION_SET_ROLE: in_order(self.set_role),
         }
 
     # -- reads ---------------------------------------------------------------

@@ -7,7 +7,6 @@ import functools
 from datetime import timedelta
 
 from gateway.acks import Ack, Handler, require_object
-from gateway.admission import SendTurn
 from gateway.context import Context
 from gateway.search import parse_search_request, result_json
 from missive.constants import (
@@ -94,7 +93,7 @@ class MessageEvents:
     def handlers(self) -> dict[str, Handler]:
         """The events this class answers, by name."""
         return {
-            EVENT_MESSAGE_SEND: self.send,
+            EVENT_MESSAGE_SEND: self._gateway.admission.in_order(self.send),
             EVENT_MESSAGE_SEARCH: self.search,
             EVENT_MESSAGE_DELIVERED: functools.partial(
                 self.receipt, status=ReceiptStatus.DELIVERED
@@ -105,17 +104,10 @@ class MessageEvents:
     async def send(self, sid: str, data: object) -> Ack:
         """``message:send``: starts (or joins) the message's lifecycle, acks when stored.
 
-        A socket's sends are stored in the order they came, one after another
-        (``Admission.line_up``); each is checked and admitted at once, then waits for
-        the ones before it to have their acks.
+        Registered through ``Admission.in_order``: a socket's sends are stored in the
+        order they came, each checked and admitted at once, then started once the ones
+        before it have their acks.
         """
-        place = self._gateway.admission.line_up(sid)
-        try:
-            return await self._send(sid, data, place)
-        finally:
-            place.leave()
-
-    async def _send(self, sid: str, data: object, place: SendTurn) -> Ack:
         user_id = await self._gateway.user_of(sid)
         payload = require_object(data)
         conversation_id = require_uuid(payload.get("conversation_id"), "conversation_id")
@@ -142,7 +134,6 @@ class MessageEvents:
         )
         admission = self._gateway.admission
         async with admission.admit(sid, user_id):
-            await place.turn()
             return await self._start(send)
 
     async def _start(self, send: SendMessageInput) -> Ack:

@@ -263,6 +263,48 @@ async def test_a_sockets_burst_of_sends_is_stored_in_the_order_it_was_sent(
     assert list(stored) == sent
 
 
+async def test_quick_edits_of_a_message_leave_the_last_text_standing(
+    settings: Settings, core: Core, dev_env: WorkflowEnvironment
+) -> None:
+    """Three edits written back to back (a typo fixed, then fixed again) apply in the
+    order they were sent: the text left is the last one, for every burst."""
+    ana, ben = await _people(core, 2)
+    conversation = await _conversation(core, ana, ben)
+    roomy = gateway_settings(settings, dev_env, send_rate_per_second=1000, send_burst=1000)
+    left: list[str] = []
+    async with serve_gateway(roomy) as running:
+        token = issue_token(running.settings.gateway_secret, ana, ttl_seconds=60)
+        async with raw_socket(running.url, token) as a:
+            next_id = 0
+
+            async def call(*events: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
+                nonlocal next_id
+                ids = range(next_id, next_id + len(events))
+                next_id += len(events)
+                reading = asyncio.create_task(a.read_acks(next_id, within=WAIT))
+                await a.write(
+                    [RawSocket.event(i, e, d) for i, (e, d) in zip(ids, events, strict=True)]
+                )
+                await reading
+                return [a.acks[i] for i in ids]
+
+            for burst in range(6):
+                (sent,) = await call((EVENT_MESSAGE_SEND, _send(conversation, f"e-{burst}", "v0")))
+                where = {"conversation_id": conversation, "message_id": sent["message_id"]}
+                edits = await call(
+                    *(("message:edit", {**where, "body": f"v{k}"}) for k in (1, 2, 3))
+                )
+                assert all(ack["ok"] for ack in edits), edits
+                (page,) = await call(
+                    (
+                        "message:sync",
+                        {"conversation_id": conversation, "after_seq": sent["seq"] - 1, "limit": 1},
+                    )
+                )
+                left.append(page["messages"][0]["body"])
+    assert left == ["v3"] * 6
+
+
 async def test_receipts_with_bad_watermarks_get_a_clear_error_each(
     gateway: Any,  # noqa: F811
     core: Core,
