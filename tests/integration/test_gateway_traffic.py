@@ -11,7 +11,8 @@ import logging
 import statistics
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -218,66 +219,25 @@ async def test_a_socket_with_too_many_sends_in_flight_is_refused_at_once(
     assert await _scalar(core, "SELECT count(*) FROM messages") == len(ok)
 
 
-async def test_a_sockets_burst_of_sends_is_stored_in_the_order_it_was_sent(
+Burst = Callable[..., Awaitable[list[dict[str, Any]]]]
+"""Writes events (name, data) back to back on one raw socket and returns their acks."""
+
+
+@asynccontextmanager
+async def _one_socket(
     settings: Settings, core: Core, dev_env: WorkflowEnvironment
-) -> None:
-    """Four messages typed in a row and written back to back (a raw socket: one frame
-    after the other, no client library between) keep their order: seqs in send order."""
+) -> AsyncIterator[tuple[str, Burst]]:
+    """A conversation of two and its first member's raw socket (one frame after the
+    other, no client library between), under a send limit a burst does not reach."""
     ana, ben = await _people(core, 2)
     conversation = await _conversation(core, ana, ben)
     roomy = gateway_settings(settings, dev_env, send_rate_per_second=1000, send_burst=1000)
-    sent: list[str] = []
-    async with serve_gateway(roomy) as running:
-        token = issue_token(running.settings.gateway_secret, ana, ttl_seconds=60)
-        async with raw_socket(running.url, token) as a:
-            for burst in range(8):
-                ids = range(burst * 4, burst * 4 + 4)
-                cmids = [f"burst-{i}" for i in ids]
-                reading = asyncio.create_task(a.read_acks(burst * 4 + 4, within=WAIT))
-                await a.write(
-                    [
-                        RawSocket.event(i, EVENT_MESSAGE_SEND, _send(conversation, c, c))
-                        for i, c in zip(ids, cmids, strict=True)
-                    ]
-                )
-                await reading
-                acks = [a.acks[i] for i in ids]
-                assert all(ack["ok"] for ack in acks), acks
-                seqs = [ack["seq"] for ack in acks]
-                assert seqs == sorted(seqs), (burst, seqs)
-                sent += cmids
-    async with core.engine.connect() as conn:
-        stored = (
-            (
-                await conn.execute(
-                    text(
-                        "SELECT client_message_id FROM messages"
-                        " WHERE conversation_id = :c ORDER BY seq"
-                    ),
-                    {"c": conversation},
-                )
-            )
-            .scalars()
-            .all()
-        )
-    assert list(stored) == sent
-
-
-async def test_quick_edits_of_a_message_leave_the_last_text_standing(
-    settings: Settings, core: Core, dev_env: WorkflowEnvironment
-) -> None:
-    """Three edits written back to back (a typo fixed, then fixed again) apply in the
-    order they were sent: the text left is the last one, for every burst."""
-    ana, ben = await _people(core, 2)
-    conversation = await _conversation(core, ana, ben)
-    roomy = gateway_settings(settings, dev_env, send_rate_per_second=1000, send_burst=1000)
-    left: list[str] = []
     async with serve_gateway(roomy) as running:
         token = issue_token(running.settings.gateway_secret, ana, ttl_seconds=60)
         async with raw_socket(running.url, token) as a:
             next_id = 0
 
-            async def call(*events: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
+            async def burst(*events: tuple[str, dict[str, Any]]) -> list[dict[str, Any]]:
                 nonlocal next_id
                 ids = range(next_id, next_id + len(events))
                 next_id += len(events)
@@ -288,20 +248,46 @@ async def test_quick_edits_of_a_message_leave_the_last_text_standing(
                 await reading
                 return [a.acks[i] for i in ids]
 
-            for burst in range(6):
-                (sent,) = await call((EVENT_MESSAGE_SEND, _send(conversation, f"e-{burst}", "v0")))
-                where = {"conversation_id": conversation, "message_id": sent["message_id"]}
-                edits = await call(
-                    *(("message:edit", {**where, "body": f"v{k}"}) for k in (1, 2, 3))
-                )
-                assert all(ack["ok"] for ack in edits), edits
-                (page,) = await call(
-                    (
-                        "message:sync",
-                        {"conversation_id": conversation, "after_seq": sent["seq"] - 1, "limit": 1},
-                    )
-                )
-                left.append(page["messages"][0]["body"])
+            yield conversation, burst
+
+
+async def test_a_sockets_burst_of_sends_is_stored_in_the_order_it_was_sent(
+    settings: Settings, core: Core, dev_env: WorkflowEnvironment
+) -> None:
+    """Four messages typed in a row and written back to back keep their order: seqs in
+    send order, in the acks and in the table."""
+    sent: list[str] = []
+    async with _one_socket(settings, core, dev_env) as (conversation, burst):
+        for n in range(8):
+            cmids = [f"burst-{n}-{k}" for k in range(4)]
+            acks = await burst(*((EVENT_MESSAGE_SEND, _send(conversation, c, c)) for c in cmids))
+            assert all(ack["ok"] for ack in acks), acks
+            seqs = [ack["seq"] for ack in acks]
+            assert seqs == sorted(seqs), (n, seqs)
+            sent += cmids
+    async with core.engine.connect() as conn:
+        stored = await conn.execute(
+            text("SELECT client_message_id FROM messages WHERE conversation_id = :c ORDER BY seq"),
+            {"c": conversation},
+        )
+        assert list(stored.scalars()) == sent
+
+
+async def test_quick_edits_of_a_message_leave_the_last_text_standing(
+    settings: Settings, core: Core, dev_env: WorkflowEnvironment
+) -> None:
+    """Three edits written back to back (a typo fixed, then fixed again) apply in the
+    order they were sent: the text left is the last one, for every burst."""
+    left: list[str] = []
+    async with _one_socket(settings, core, dev_env) as (conversation, burst):
+        for n in range(6):
+            (sent,) = await burst((EVENT_MESSAGE_SEND, _send(conversation, f"e-{n}", "v0")))
+            where = {"conversation_id": conversation, "message_id": sent["message_id"]}
+            edits = await burst(*(("message:edit", {**where, "body": f"v{k}"}) for k in (1, 2, 3)))
+            assert all(ack["ok"] for ack in edits), edits
+            after = {"conversation_id": conversation, "after_seq": sent["seq"] - 1, "limit": 1}
+            (page,) = await burst(("message:sync", after))
+            left.append(page["messages"][0]["body"])
     assert left == ["v3"] * 6
 
 
