@@ -70,7 +70,7 @@ class Admission:
         self._failures = 0
         self._open_until = 0.0
         self._last_in_line: dict[str, asyncio.Future[None]] = {}
-        """Each socket's latest send in line: done once it and all before it are."""
+        """Each socket's latest change in line: done once it and all before it are."""
 
     @property
     def in_flight(self) -> int:
@@ -132,14 +132,14 @@ class Admission:
 
         return ordered
 
-    def line_up(self, sid: str) -> SendTurn:
+    def line_up(self, sid: str) -> Turn:
         """A change's place among its socket's changes, taken when it arrives (before its
         handler's first await: tasks start in the order their packets were read)."""
         loop = asyncio.get_running_loop()
         mine: asyncio.Future[None] = loop.create_future()
         before = self._last_in_line.get(sid)
         self._last_in_line[sid] = mine
-        return SendTurn(self, sid, before, mine)
+        return Turn(self, sid, before, mine)
 
     @asynccontextmanager
     async def admit(self, sid: str, user_id: str) -> AsyncIterator[None]:
@@ -217,13 +217,13 @@ class Admission:
             self._metrics.gateway_rejected(EVENT_MESSAGE_SEND, reason)
 
 
-_PLACE: contextvars.ContextVar[SendTurn | None] = contextvars.ContextVar(
+_PLACE: contextvars.ContextVar[Turn | None] = contextvars.ContextVar(
     "missive_gateway_place", default=None
 )
 """The place of the change being handled in its socket's line (``Admission.in_order``)."""
 
 
-class SendTurn:
+class Turn:
     """One change's place in its socket's line (``Admission.line_up``)."""
 
     __slots__ = ("_admission", "_before", "_mine", "_sid")
@@ -247,17 +247,16 @@ class SendTurn:
         before this one have theirs too, so a change that timed out waiting lets no
         later one overtake those still running."""
         if self._before is None or self._before.done():
-            _finish(self._mine)
+            self._done()
         else:
-            self._before.add_done_callback(lambda _: _finish(self._mine))
+            self._before.add_done_callback(lambda _: self._done())
+
+    def _done(self) -> None:
+        if not self._mine.done():
+            self._mine.set_result(None)
         line = self._admission._last_in_line
-        if line.get(self._sid) is self._mine:
+        if line.get(self._sid) is self._mine:  # the last in line: the socket's line is empty
             del line[self._sid]
-
-
-def _finish(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class FairServer(socketio.AsyncServer):

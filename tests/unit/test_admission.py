@@ -128,4 +128,19 @@ async def test_a_sockets_sends_take_turns_in_the_order_they_came() -> None:
     await asyncio.wait_for(waiting, 1)
     third.leave()
     other.leave()
-    assert admission._last_in_line == {}  # nothing kept for sockets with no send in line
+    assert admission._last_in_line == {}  # nothing kept for sockets with no change in line
+
+
+async def test_a_change_that_gave_up_as_the_last_in_line_lets_no_new_one_overtake() -> None:
+    admission = Admission(_settings(), None, None)
+    first, second = admission.line_up("s1"), admission.line_up("s1")
+    second.leave()  # its deadline passed while the first still runs
+    later = admission.line_up("s1")
+    waiting = asyncio.create_task(later.turn())
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    first.leave()
+    await asyncio.wait_for(waiting, 1)
+    later.leave()
+    await asyncio.sleep(0)  # the second's place ends in the turn the first's did
+    assert admission._last_in_line == {}
