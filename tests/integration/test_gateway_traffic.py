@@ -32,6 +32,7 @@ from missive.constants import (
     EVENT_MESSAGE_SEND,
     message_workflow_id,
 )
+from missive.models import ConversationKind
 from missive.schemas import LifecyclePhase
 from missive.tokens import issue_token
 from runtime.wiring import Core
@@ -225,12 +226,16 @@ Burst = Callable[..., Awaitable[list[dict[str, Any]]]]
 
 @asynccontextmanager
 async def _one_socket(
-    settings: Settings, core: Core, dev_env: WorkflowEnvironment
+    settings: Settings, core: Core, dev_env: WorkflowEnvironment, *others: str
 ) -> AsyncIterator[tuple[str, Burst]]:
-    """A conversation of two and its first member's raw socket (one frame after the
-    other, no client library between), under a send limit a burst does not reach."""
-    ana, ben = await _people(core, 2)
-    conversation = await _conversation(core, ana, ben)
+    """A group its owner shares with ``others`` (a second user if none) and the owner's
+    raw socket (one frame after the other, no client library between), under a send
+    limit a burst does not reach."""
+    (ana,) = await _people(core, 1)
+    members = [ana, *(others or await _people(core, 1))]
+    conversation = await core.directory.create_conversation(
+        kind=ConversationKind.GROUP, members=members, owner_id=ana
+    )
     roomy = gateway_settings(settings, dev_env, send_rate_per_second=1000, send_burst=1000)
     async with serve_gateway(roomy) as running:
         token = issue_token(running.settings.gateway_secret, ana, ttl_seconds=60)
@@ -289,6 +294,33 @@ async def test_quick_edits_of_a_message_leave_the_last_text_standing(
             (page,) = await burst(("message:sync", after))
             left.append(page["messages"][0]["body"])
     assert left == ["v3"] * 6
+
+
+async def test_a_member_removed_then_written_about_from_the_same_socket_is_no_recipient(
+    settings: Settings, core: Core, dev_env: WorkflowEnvironment
+) -> None:
+    """The owner removes a member and sends at once, then adds them back and sends at
+    once, each pair written back to back: the first message is not theirs, the second is."""
+    ben, cy = await _people(core, 2)
+    async with _one_socket(settings, core, dev_env, ben, cy) as (conversation, burst):
+        for n in range(4):
+            removed, after = await burst(
+                ("conversation:remove_member", {"conversation_id": conversation, "user_id": ben}),
+                (EVENT_MESSAGE_SEND, _send(conversation, f"gone-{n}", "after")),
+            )
+            added, back = await burst(
+                ("conversation:add_members", {"conversation_id": conversation, "user_ids": [ben]}),
+                (EVENT_MESSAGE_SEND, _send(conversation, f"back-{n}", "welcome")),
+            )
+            assert all(a["ok"] for a in (removed, after, added, back)), (removed, after, added)
+            for ack, theirs in ((after, 0), (back, 1)):
+                found = await _scalar(
+                    core,
+                    "SELECT count(*) FROM deliveries WHERE message_id = :m AND recipient_id = :u",
+                    m=ack["message_id"],
+                    u=ben,
+                )
+                assert found == theirs, (n, ack["seq"], theirs)
 
 
 async def test_receipts_with_bad_watermarks_get_a_clear_error_each(
