@@ -162,7 +162,10 @@ class Admission:
             await self._take(user_id)
             place = _PLACE.get()
             if place is not None:  # in_order: the socket's earlier changes go first
+                waited = time.monotonic()
                 await place.turn()
+                if self._metrics is not None:
+                    self._metrics.change_waited(time.monotonic() - waited)
             yield
         finally:
             self._in_flight -= 1

@@ -82,6 +82,13 @@ class Metrics:
             registry=r,
         )
         """Labels: outcome = sent | ended (lifecycle closed) | retried | dropped."""
+        self.gateway_change_wait_seconds = Histogram(
+            "missive_gateway_change_wait_seconds",
+            "How long a socket's change (send, edit, delete, membership) waited, once"
+            " admitted, for the changes it sent before it.",
+            buckets=(0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10.0),
+            registry=r,
+        )
         self.gateway_rejections = Counter(
             "missive_gateway_rejections",
             "Events the gateway answered at once without doing them, by reason.",
@@ -201,6 +208,10 @@ class Metrics:
     def lifecycle_signal(self, outcome: str) -> None:
         """Counts one receipt signal to a lifecycle by outcome."""
         self.lifecycle_signals.labels(outcome=outcome).inc()
+
+    def change_waited(self, seconds: float) -> None:
+        """Observes how long one admitted change waited for its socket's earlier ones."""
+        self.gateway_change_wait_seconds.observe(seconds)
 
     def gateway_rejected(self, event: str, reason: str) -> None:
         """Counts one event answered at once (rate limited, in-flight cap, overloaded)."""

@@ -11,6 +11,7 @@ from gateway.acks import rpc_answer
 from gateway.admission import BREAKER_FAILURES, Admission
 from missive.config import Settings
 from missive.errors import ProviderUnavailable, RateLimited
+from missive.metrics import Metrics
 from missive.ratelimit import SendLimiter, retry_after
 
 
@@ -144,3 +145,21 @@ async def test_a_change_that_gave_up_as_the_last_in_line_lets_no_new_one_overtak
     later.leave()
     await asyncio.sleep(0)  # the second's place ends in the turn the first's did
     assert admission._last_in_line == {}
+
+
+async def test_the_wait_in_line_is_measured_for_each_admitted_change() -> None:
+    metrics = Metrics()
+    admission = Admission(_settings(), None, metrics)
+
+    async def change(sid: str, data: object) -> dict[str, object]:
+        async with admission.admit(sid, "u"):
+            await asyncio.sleep(float(str(data)))
+        return {"ok": True}
+
+    ordered = admission.in_order(change)
+    await asyncio.gather(ordered("s1", 0.05), ordered("s1", 0.0))
+    waits = [x for m in metrics.gateway_change_wait_seconds.collect() for x in m.samples]
+    count = next(x.value for x in waits if x.name.endswith("_count"))
+    total = next(x.value for x in waits if x.name.endswith("_sum"))
+    assert count == 2
+    assert 0.04 <= total < 1.0  # the second waited out the first's 50 ms
