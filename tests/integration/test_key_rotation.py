@@ -212,8 +212,9 @@ async def test_a_tampered_body_stops_the_rotation_non_retryably(
     async with core.engine.begin() as conn:
         await conn.execute(
             text(
-                "UPDATE messages SET body_ciphertext = overlay(body_ciphertext PLACING"
-                " '\\xff'::bytea FROM 20 FOR 1) WHERE id = :m"
+                # Every bit of byte 20 flipped (0xff written over a 0xff changed nothing).
+                "UPDATE messages SET body_ciphertext = set_byte(body_ciphertext, 19,"
+                " get_byte(body_ciphertext, 19) # 255) WHERE id = :m"
             ),
             {"m": bad},
         )

@@ -114,10 +114,13 @@ async def test_tampered_body_fails_clearly(core: Core) -> None:
     sent = await core.messages.persist(PersistMessageInput(conv, ana, "t", "original"))
     async with core.engine.begin() as conn:
         await conn.execute(
+            # Flip every bit of byte 20 (writing 0xff over it changed nothing when it
+            # was 0xff already: one run in 256 failed).
             text(
-                "UPDATE messages SET body_ciphertext = "
-                "overlay(body_ciphertext placing '\\xff'::bytea from 20 for 1)"
-            )
+                "UPDATE messages SET body_ciphertext = set_byte(body_ciphertext, 19,"
+                " get_byte(body_ciphertext, 19) # 255) WHERE id = :id"
+            ),
+            {"id": sent.message_id},
         )
     with pytest.raises(DecryptionFailed, match="tampered"):
         await core.messages.load(sent.message_id)
