@@ -50,6 +50,7 @@ import os
 import statistics
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -418,12 +419,13 @@ async def run(
             conversations.append((conv, members))
         everyone = [m for _, members in conversations for m in members]
         home = {m.user_id: conv for conv, members in conversations for m in members}
-        senders = {
-            conversations[n % len(conversations)][1][
-                (n // len(conversations)) % len(conversations[n % len(conversations)][1])
-            ].user_id
-            for n in range(concurrency)
-        }
+
+        def sender_of(n: int) -> tuple[str, Member]:
+            """Sender loop n's conversation and the member who sends in it."""
+            conv, members = conversations[n % len(conversations)]
+            return conv, members[(n // len(conversations)) % len(members)]
+
+        senders = {sender_of(n)[1].user_id for n in range(concurrency)}
         # Who drops off next: spread over the conversations, a different member each time.
         to_reconnect = itertools.cycle(
             [
@@ -460,7 +462,7 @@ async def run(
                             )
                         )
 
-            async def memberships(conv: str, owner: Member, candidates: Any) -> None:
+            async def memberships(conv: str, owner: Member, candidates: Iterator[Member]) -> None:
                 while time.perf_counter() + membership_every < until:
                     await asyncio.sleep(membership_every / 2)
                     member = next(candidates)
@@ -481,10 +483,10 @@ async def run(
                     ] += 1
                     work.append(asyncio.create_task(member.resync([conv])))
 
-            owners = {conv: members[0] for conv, members in conversations}
+            owners = dict(conversations)  # each group's first member owns it
             loops = [reconnects()] if reconnect_every > 0 else []
             if membership_every > 0:
-                loops += [memberships(c, owners[c], who) for c, who in to_remove.items()]
+                loops += [memberships(c, owners[c][0], who) for c, who in to_remove.items()]
             await asyncio.gather(*loops)
             if work:
                 await asyncio.gather(*work)
@@ -503,8 +505,7 @@ async def run(
 
             async def loop(n: int) -> None:
                 nonlocal counter
-                conv, members = conversations[n % len(conversations)]
-                sender = members[(n // len(conversations)) % len(members)]
+                conv, sender = sender_of(n)
                 tick = time.perf_counter() + interval * n / concurrency
                 while time.perf_counter() < deadline:
                     if interval:
@@ -559,7 +560,7 @@ async def run(
             return current
 
         # Warm up: connections, prepared statements, sticky queues.
-        await one_round(receipts=True, tag="warm")
+        warm = await one_round(receipts=True, tag="warm")
         with_receipts: list[Round] = []
         without: list[Round] = []
         bare_rates: list[float] = []
@@ -615,15 +616,13 @@ async def run(
         cost_on = tuple(statistics.median(r.cost[i] for r in with_receipts) for i in range(3))
         cost_off = tuple(statistics.median(r.cost[i] for r in without) for i in range(3))
         all_rounds = [*with_receipts, *without, *paced_on, *paced_off]
-        acked = {c for r in all_rounds for c in r.acked_cmids}
+        acked = {c for r in [warm, *all_rounds] for c in r.acked_cmids}
         async with core.engine.connect() as conn:
             stored = Counter(
                 (await conn.execute(text("SELECT client_message_id FROM messages"))).scalars()
             )
         missing = sum(1 for c in acked if not stored[c])
-        unacked_stored = sum(
-            1 for c in stored if c not in acked and not c.startswith(("warm-", "floor"))
-        )
+        unacked_stored = sum(1 for c in stored if c not in acked)
         lifecycles = await _count(s, "WorkflowType = 'MessageLifecycleWorkflow'")
         memberships = await _count(s, "WorkflowType = 'MembershipWorkflow'")
         receipt_workflows = await _count(s, "WorkflowType = 'ReceiptWorkflow'")
