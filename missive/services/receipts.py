@@ -11,6 +11,7 @@ the second time.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -303,12 +304,21 @@ class ReceiptService:
         by_reader: dict[tuple[str, str], list[Any]] = {key: [] for key in marks}
         for row in changed:
             by_reader[(row.recipient_id, row.conversation_id)].append(row)
+        # Each receipt's own count (rows it moved at least as far as it says), by
+        # bisecting the reader's changed seqs: a burst of 100 receipts from one reader
+        # counts in 100 lookups, not 100 passes over the rows.
+        moved_seqs: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
+        for key, rows in by_reader.items():
+            ascending = rows[::-1]  # the statement returns them newest first
+            moved_seqs[key] = (
+                [r.seq for r in ascending],
+                [r.seq for r in ascending if r.status == DeliveryStatus.READ],
+            )
         for idx, seq in seqs.items():
             receipt = receipts[idx]
-            wanted = _code(receipt.status)
-            rows = by_reader[(receipt.user_id, receipt.conversation_id)]
-            moved = sum(1 for r in rows if r.seq <= seq and r.status >= wanted)
-            outcomes[idx] = ReceiptApplied(up_to_seq=seq, changed=moved)
+            delivered, read = moved_seqs[(receipt.user_id, receipt.conversation_id)]
+            among = read if receipt.status is ReceiptStatus.READ else delivered
+            outcomes[idx] = ReceiptApplied(up_to_seq=seq, changed=bisect.bisect_right(among, seq))
 
         cutoff = now - timedelta(seconds=lifecycle_window_seconds)
         reported = {
@@ -375,10 +385,6 @@ class ReceiptService:
             )
             for r in rows
         }
-
-
-def _code(status: ReceiptStatus) -> int:
-    return int(DeliveryStatus.READ if status is ReceiptStatus.READ else DeliveryStatus.DELIVERED)
 
 
 def _check(receipt: Watermark, row: object) -> int | MessagingError:
