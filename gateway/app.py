@@ -115,7 +115,9 @@ class Gateway:
         }
         timeout = settings.gateway_ack_timeout_seconds
         for event, handler in handlers.items():
-            self.sio.on(event, guarded(event, handler, timeout=timeout))
+            answer = guarded(event, handler, timeout=timeout)
+            self.sio.on(event, answer)  # events that ask no ack: python-socketio's dispatch
+            self.sio.direct_events[event] = answer
         self.sio.on("*", unknown_event)
         self.sio.quick_refusal = self._quick_refusal
 

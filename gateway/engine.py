@@ -9,8 +9,9 @@ flood). Here a socket's reader takes every message its connection has already
 buffered, up to READ_BATCH, before it lets the loop turn, and keeps the idle
 timeout with ``asyncio.timeout`` instead of a task per message; its writer wakes
 the same way, in the turn a packet is queued for it. What each packet then does is
-unchanged: python-socketio dispatches it, FairServer paces and admits it, and each
-event's handler runs in a task of its own.
+unchanged: FairServer paces and admits it, answers an event that asks an ack itself
+(python-socketio dispatches the other packets), and each event's handler runs in a
+task of its own.
 
 It overrides ``AsyncSocket._websocket_handler`` and ``poll`` of python-engineio 4
 (pinned ``<5``); tests/integration/test_gateway_reading.py fails if the reader changes.

@@ -67,6 +67,18 @@ def _depth_over(value: object, limit: int) -> bool:
     return False
 
 
+def _safe_int(digits: str) -> int:
+    """Engine.IO's integer cap: no integer of more than 100 digits is parsed."""
+    if len(digits) > 100:
+        raise ValueError("Integer is too large")
+    return int(digits)
+
+
+_DECODER = json.JSONDecoder(parse_int=_safe_int)
+"""What ``engineio.json.loads`` decodes with, made once: it built a decoder per packet
+(its ``parse_int`` option), which was a third of decoding a receipt."""
+
+
 class StrictJson:
     """The ``json`` module python-socketio's packets use, refusing over-deep nesting."""
 
@@ -83,7 +95,10 @@ class StrictJson:
             ValueError: malformed JSON, or nested deeper than MAX_JSON_DEPTH.
         """
         try:
-            value = engineio_json.loads(text, **kwargs)
+            if isinstance(text, str) and not kwargs and not text.startswith("\ufeff"):
+                value = _DECODER.decode(text)
+            else:  # bytes, a byte order mark (json.loads refuses it), other options
+                value = engineio_json.loads(text, **kwargs)
         except RecursionError:
             raise ValueError(f"the JSON is nested deeper than {MAX_JSON_DEPTH} levels") from None
         # Fewer brackets than the limit cannot nest past it: most packets skip the walk.

@@ -192,7 +192,9 @@ class ReceiptBatcher:
         future: asyncio.Future[ReceiptApplied] = loop.create_future()
         self._queue.append(_Pending(receipt, future, loop.time()))
         self._wake.set()
-        return await asyncio.shield(future)
+        # Not shielded: a handler that gives up cancels its future, and the batch, which
+        # applies it anyway (the ack said Timeout: maybe stored), then skips its answer.
+        return await future
 
     # -- gather and apply ---------------------------------------------------
 

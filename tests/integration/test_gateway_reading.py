@@ -18,6 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 
 import gateway.sessions as gateway_sessions
 from bench.raw_socket import RawSocket, raw_socket
+from gateway.transport import GatewayServer
 from missive.config import Settings
 from missive.constants import EVENT_MESSAGE_READ, EVENT_NOTIFICATION_LIST
 from missive.sessions import TokenRevocations
@@ -148,3 +149,37 @@ async def test_one_event_at_a_time_is_answered_in_a_few_turns_of_the_loop(
     # 10 with python-engineio's reader and writer (a task and a wait_for each), 8 with
     # the buffered reader alone, 6 with its writer woken in the turn a packet is queued.
     assert max(turns) <= 6, turns
+
+
+async def test_acked_events_are_answered_by_the_gateways_own_dispatch(
+    gateway: RunningGateway, core: Core, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An event that asks an ack is decoded, run and answered by FairServer itself
+    (``_handle_direct``); python-socketio's dispatch runs only the others (here an
+    event that asks none), with the same handler."""
+    ana, ben = await _people(core, 2)
+    conversation = await _conversation(core, ana, ben)
+    dispatched: list[object] = []
+    internal = GatewayServer._handle_event_internal
+
+    async def counted(self: GatewayServer, *args: object) -> None:
+        dispatched.append(args[3])  # the event's data: [name, payload]
+        await internal(self, *args)
+
+    monkeypatch.setattr(GatewayServer, "_handle_event_internal", counted)
+    bad = {"conversation_id": conversation, "up_to_seq": -1}
+    async with _raw(gateway, ana) as client:
+        await client.write([client.event(i, EVENT_MESSAGE_READ, bad) for i in range(20)])
+        await client.write([client.event(20, EVENT_NOTIFICATION_LIST, {})])
+        await client.read_acks(21, within=WAIT)
+        assert dispatched == []
+        # The same answers as python-socketio's: each to its own id, in the same shape.
+        for i in range(20):
+            assert client.acks[i]["ok"] is False, client.acks[i]
+            assert client.acks[i]["error"]["type"] == "InvalidInput"
+        assert client.acks[20]["ok"] is True and "notifications" in client.acks[20]
+        await client.write(['42["' + EVENT_NOTIFICATION_LIST + '",{}]'])  # asks no ack
+        async with asyncio.timeout(WAIT):
+            while not dispatched:  # noqa: ASYNC110  (nothing to wait on but the call)
+                await asyncio.sleep(0.01)
+    assert dispatched == [[EVENT_NOTIFICATION_LIST, {}]]
