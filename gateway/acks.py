@@ -72,9 +72,9 @@ class Deadlines:
     cancelled ones stay in it until they come due): in a profile, a tenth of the
     gateway's CPU per receipt. Deadlines of one length fall due in the order they
     were set, so one queue in that order and one timer, every ``resolution``
-    seconds while any is set, keep them all. Use ``async with deadlines():`` as ``asyncio.timeout``: past
-    its deadline (at most ``resolution`` late) the task is cancelled and the block
-    raises TimeoutError.
+    seconds while any is set, keep them all. Use ``async with deadlines():`` as
+    ``asyncio.timeout``: past its deadline (at most ``resolution`` late) the task is
+    cancelled and the block raises TimeoutError.
     """
 
     def __init__(self, seconds: float) -> None:
