@@ -82,15 +82,19 @@ class Deadlines:
         self._resolution = min(0.1, seconds / 10)
         self._set: collections.deque[_Deadline] = collections.deque()
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __call__(self) -> _Deadline:
         """A deadline ``seconds`` from when its block is entered."""
         return _Deadline(self)
 
-    def _add(self, deadline: _Deadline) -> None:
+    def _add(self, deadline: _Deadline, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._loop:  # first use, or a new loop: the old one's timer is gone
+            self._loop, self._timer = loop, None
+            self._set.clear()
         self._set.append(deadline)
         if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_later(self._resolution, self._sweep)
+            self._timer = loop.call_later(self._resolution, self._sweep)
 
     def _sweep(self) -> None:
         loop = asyncio.get_running_loop()
@@ -119,8 +123,9 @@ class _Deadline:
         assert task is not None, "a deadline is kept for a task"
         self._task = task
         self._cancelling = task.cancelling()
-        self.due = asyncio.get_running_loop().time() + self._deadlines.seconds
-        self._deadlines._add(self)
+        loop = asyncio.get_running_loop()
+        self.due = loop.time() + self._deadlines.seconds
+        self._deadlines._add(self, loop)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object

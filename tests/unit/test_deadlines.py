@@ -77,3 +77,22 @@ async def test_a_handler_past_its_deadline_is_acked_timeout() -> None:
     event = guarded("message:send", slow, timeout=0.2)
     answer = await event("sid-1", {})
     assert answer == error("Timeout", "no answer in time; sending it again is safe")
+
+
+def test_deadlines_used_again_on_another_loop_still_fire() -> None:
+    deadlines = Deadlines(0.2)
+
+    async def held() -> str:
+        try:
+            async with deadlines():
+                await asyncio.sleep(5)
+        except TimeoutError:
+            return "timeout"
+        return "done"
+
+    async def left_running() -> None:
+        asyncio.get_running_loop().create_task(held())  # its loop closes with it in hand
+        await asyncio.sleep(0.01)
+
+    asyncio.run(left_running())
+    assert asyncio.run(held()) == "timeout"
