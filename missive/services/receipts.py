@@ -353,16 +353,7 @@ class ReceiptService:
         counts = await self._counts(sorted({c.message_id for r in readers for c in r.changes}))
         return [
             dataclasses.replace(
-                reader,
-                changes=[
-                    dataclasses.replace(
-                        change,
-                        recipient_count=counts.get(change.message_id, (0, 0, 0))[0],
-                        delivered_count=counts.get(change.message_id, (0, 0, 0))[1],
-                        read_count=counts.get(change.message_id, (0, 0, 0))[2],
-                    )
-                    for change in reader.changes
-                ],
+                reader, changes=[_with_counts(change, counts) for change in reader.changes]
             )
             for reader in readers
         ]
@@ -424,6 +415,24 @@ def _coalesce(
             read = max(read, seq)
         marks[key] = (max(delivered, read, seq), read)
     return marks
+
+
+def _with_counts(change: ReceiptChange, counts: dict[str, tuple[int, int, int]]) -> ReceiptChange:
+    """The change with its message's counts (built, not ``dataclasses.replace``: a
+    50-member group's batch has hundreds, and replace inspects the fields each time)."""
+    total, delivered, read = counts.get(change.message_id, (0, 0, 0))
+    return ReceiptChange(
+        message_id=change.message_id,
+        sender_id=change.sender_id,
+        client_message_id=change.client_message_id,
+        seq=change.seq,
+        status=change.status,
+        at=change.at,
+        recipient_count=total,
+        delivered_count=delivered,
+        read_count=read,
+        within_window=change.within_window,
+    )
 
 
 def _change(row: Any, now: datetime) -> ReceiptChange:
