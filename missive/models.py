@@ -395,12 +395,14 @@ class Notification(Base):
             "due_at",
             postgresql_where="status = 'pending'",
         ),
+        # Rows still to send (migration 0015: it held every sent row too, which the
+        # planner then scanned to settle a receipt).
         Index(
             "ix_notifications_open",
             "recipient_id",
             "conversation_id",
             "seq",
-            postgresql_where="status IN ('pending', 'queued', 'sent')",
+            postgresql_where="status IN ('pending', 'queued')",
         ),
         # What a read receipt still has to settle (and the bell's unread count): only
         # these rows, not the reader's whole history (migration 0014).

@@ -25,6 +25,10 @@ pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 12, 7, tzinfo=UTC)
 
+HISTORY_INDEXES = ("uq_notifications_recipient_channel_key",)
+"""Indexes that reach a reader's sent rows (their history), not only what is left to
+settle; ix_notifications_open was one until migration 0015 (see the test below)."""
+
 
 async def plan(core: Core, statement: TextClause, params: dict[str, Any]) -> str:
     """The statement's plan as JSON text, sequential scans priced out; nothing runs."""
@@ -57,6 +61,9 @@ async def test_settling_a_batch_reads_only_unread_and_uncleared_rows(core: Core)
     params = {**batch(), "read_reason": "read", "delivered_reason": "delivered"}
     found = await plan(core, _settle._SETTLE_MANY[False], params)
     assert "ix_notifications_unread" in found and "ix_notifications_uncleared" in found
+    # Nor ANDed with an index of the reader's sent rows: in a 50-member group after 300
+    # messages that read 294 index rows per reader of the batch (migration 0015).
+    assert not any(name in found for name in HISTORY_INDEXES), found
 
 
 async def test_settling_one_receipt_reads_only_unread_and_uncleared_rows(core: Core) -> None:
@@ -70,3 +77,18 @@ async def test_settling_one_receipt_reads_only_unread_and_uncleared_rows(core: C
     }
     found = await plan(core, _settle._SETTLE[False], params)
     assert "ix_notifications_unread" in found and "ix_notifications_uncleared" in found
+    assert not any(name in found for name in HISTORY_INDEXES), found
+
+
+async def test_the_open_index_holds_no_sent_row(core: Core) -> None:
+    """Sent rows stay for good (the bell, the history); an index that kept them beside
+    the open ones was what the planner ANDed with ``ix_notifications_uncleared``: in a
+    50-member group after 300 messages, 294 index rows read per reader of a batch."""
+    async with core.engine.connect() as conn:
+        definition = (
+            await conn.execute(
+                text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_notifications_open'")
+            )
+        ).scalar_one()
+    assert "pending" in definition and "queued" in definition
+    assert "sent" not in definition, definition

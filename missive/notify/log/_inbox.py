@@ -26,8 +26,8 @@ class Inbox(LogPart):
         """A user's in-app notifications (the bell), newest first: the sent rows only.
 
         One indexed statement: with ``unread_only`` its predicate is exactly that of
-        ``ix_notifications_unread``; otherwise ``ix_notifications_open`` (which
-        holds every sent row) finds the user's rows.
+        ``ix_notifications_unread``; otherwise the unique key (recipient, channel)
+        finds the user's rows.
 
         Raises:
             InvalidInput: a malformed id, or a limit below 1.

@@ -41,10 +41,11 @@ class SettledMany:
 
 
 # Sent rows still to settle. A first attempt looks in ix_notifications_unread /
-# _uncleared, which hold only those; a rerun (a retry with the same ``now``, whose
-# first attempt may have committed) also counts the rows that attempt changed, found
-# through ix_notifications_open: every sent row, a scan of the reader's history, so
-# paid only then.
+# _uncleared, which hold only those (and no index holding sent rows by conversation
+# is there to be ANDed with them: migration 0015); a rerun (a retry with the same
+# ``now``, whose first attempt may have committed) also counts the rows that attempt
+# changed, found among the reader's rows of the channel (the unique key): a scan of
+# the reader's history, so paid only then.
 _UNSETTLED = {
     False: ("read_at IS NULL", "cleared_at IS NULL"),
     True: ("(read_at IS NULL OR read_at = :now)", "(cleared_at IS NULL OR cleared_at = :now)"),
