@@ -332,9 +332,7 @@ class ReceiptService:
                 delivered_seq=marks[(uid, cid)][0],
                 read_seq=marks[(uid, cid)][1],
                 changed=len(by_reader[(uid, cid)]),
-                became_read=sum(
-                    1 for r in by_reader[(uid, cid)] if r.status == DeliveryStatus.READ
-                ),
+                became_read=len(moved_seqs[(uid, cid)][1]),  # the reader's rows now read
                 changes=[_change(r, now) for r in reported[(uid, cid)]],
             )
             for uid, cid in marks
