@@ -24,6 +24,7 @@ from sqlalchemy import (
     UniqueConstraint,
     false,
     func,
+    text,
     true,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
@@ -412,6 +413,16 @@ class Notification(Base):
             "conversation_id",
             "seq",
             postgresql_where="channel = 'in_app' AND read_at IS NULL AND status = 'sent'",
+        ),
+        # The bell's full page: the newest read rows in its order (migration 0016).
+        # Not the unread ones: such an index could stand in for ix_notifications_unread
+        # in a settle, reading the reader's unread rows of every conversation.
+        Index(
+            "ix_notifications_bell_read",
+            "recipient_id",
+            text("created_at DESC"),
+            text("id DESC"),
+            postgresql_where="channel = 'in_app' AND status = 'sent' AND read_at IS NOT NULL",
         ),
         Index(
             "ix_notifications_uncleared",

@@ -1039,3 +1039,53 @@ async def test_unread_count_stops_at_its_cap(world: World) -> None:
             {"ben": ben},
         )
     assert await world.log.unread_count(ben) == 0
+
+
+async def test_the_bell_pages_are_the_newest_shown_rows_read_or_not(world: World) -> None:
+    """Its pages come from two indexes (read, unread) merged: the order and the limit
+    must be those of one sort over every shown in-app row, ties on the time included."""
+    await world.user("ben")
+    await world.user("cy")
+    ben = world.users["ben"]
+    base = datetime(2026, 12, 8, tzinfo=UTC)
+    async with world.core.engine.begin() as conn:
+        # 40 shown rows, a third unread, created in pairs at the same instant (the
+        # id breaks the tie); besides, rows the bell never shows and another user's.
+        await conn.execute(
+            text(
+                "INSERT INTO notifications (id, recipient_id, channel, dedupe_key, status,"
+                " due_at, sent_at, created_at, read_at)"
+                " SELECT gen_random_uuid(), :ben, 'in_app', 'n:' || i, 'sent', b.t, b.t,"
+                " b.t + (i / 2) * interval '1 second',"
+                " CASE WHEN i % 3 = 0 THEN NULL ELSE b.t + interval '1 hour' END"
+                " FROM generate_series(1, 40) AS i, (SELECT CAST(:base AS timestamptz) AS t) AS b"
+            ),
+            {"ben": ben, "base": base},
+        )
+        await conn.execute(
+            text(
+                "INSERT INTO notifications (id, recipient_id, channel, dedupe_key, status,"
+                " due_at, created_at) VALUES"
+                " (gen_random_uuid(), :ben, 'in_app', 'pending', 'pending', :late, :late),"
+                " (gen_random_uuid(), :ben, 'push', 'push', 'sent', :late, :late),"
+                " (gen_random_uuid(), :cy, 'in_app', 'cy', 'sent', :late, :late)"
+            ),
+            {"ben": ben, "cy": world.users["cy"], "late": base + timedelta(days=1)},
+        )
+        everything = (
+            await conn.execute(
+                text(
+                    "SELECT id::text, read_at IS NULL AS unread FROM notifications"
+                    " WHERE recipient_id = :ben AND channel = 'in_app' AND status = 'sent'"
+                    " ORDER BY created_at DESC, notifications.id DESC"
+                ),
+                {"ben": ben},
+            )
+        ).all()
+    assert len(everything) == 40
+    for limit in (1, 7, 25, 40, 100):
+        page = await world.log.in_app(ben, limit=limit)
+        assert [n.id for n in page] == [r.id for r in everything][:limit]
+        unread = await world.log.in_app(ben, limit=limit, unread_only=True)
+        assert [n.id for n in unread] == [r.id for r in everything if r.unread][:limit]
+        assert all(n.read_at is None for n in unread)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from sqlalchemy import TextClause, text
 
-from missive.notify.log import _settle
+from missive.notify.log import _inbox, _settle
 from missive.services import receipts
 from runtime.wiring import Core
 
@@ -25,14 +25,43 @@ pytestmark = pytest.mark.integration
 
 NOW = datetime(2026, 12, 7, tzinfo=UTC)
 
-HISTORY_INDEXES = ("uq_notifications_recipient_channel_key",)
-"""Indexes that reach a reader's sent rows (their history), not only what is left to
-settle; ix_notifications_open was one until migration 0015 (see the test below)."""
+HISTORY_INDEXES = ("uq_notifications_recipient_channel_key", "ix_notifications_bell_read")
+"""Indexes that reach a reader's sent rows (their history, or the bell's order of them),
+not only what is left to settle; ix_notifications_open was one until migration 0015
+(see the test below)."""
+
+
+_SEED = text(
+    """
+    INSERT INTO notifications (id, recipient_id, channel, dedupe_key, status,
+        conversation_id, seq, due_at, sent_at, read_at, cleared_at)
+    SELECT gen_random_uuid(), u.id, ch, ch || ':' || c || ':' || n, 'sent', c, n, now(),
+        now(), CASE WHEN ch = 'in_app' AND n = 1 THEN now() END,
+        CASE WHEN ch = 'push' AND n = 1 THEN now() END
+      FROM users AS u, unnest(CAST(:cids AS uuid[])) AS c, generate_series(1, 3) AS n,
+           unnest(ARRAY['in_app', 'push']) AS ch
+    """
+)
 
 
 async def plan(core: Core, statement: TextClause, params: dict[str, Any]) -> str:
-    """The statement's plan as JSON text, sequential scans priced out; nothing runs."""
+    """The statement's plan as JSON text, sequential scans priced out; nothing runs.
+
+    Over a few analyzed rows (five readers, three messages in each of five
+    conversations, on both channels), as autovacuum leaves a table in use: on one
+    never analyzed the planner prices an index by little more than its predicate.
+    """
     async with core.engine.connect() as conn:
+        for i in range(5):
+            await conn.execute(
+                text(
+                    "INSERT INTO users (id, handle, display_name)"
+                    " VALUES (gen_random_uuid(), :h, :h)"
+                ),
+                {"h": f"plan-{i}"},
+            )
+        await conn.execute(_SEED, {"cids": [str(uuid.uuid4()) for _ in range(5)]})
+        await conn.execute(text("ANALYZE notifications"))
         await conn.execute(text("SET LOCAL enable_seqscan = off"))
         found = (
             await conn.execute(text(f"EXPLAIN (FORMAT JSON) {statement.text}"), params)
@@ -92,3 +121,16 @@ async def test_the_open_index_holds_no_sent_row(core: Core) -> None:
         ).scalar_one()
     assert "pending" in definition and "queued" in definition
     assert "sent" not in definition, definition
+
+
+@pytest.mark.parametrize("unread_only", [False, True])
+async def test_the_bell_reads_unread_rows_and_the_newest_read_ones(
+    core: Core, unread_only: bool
+) -> None:
+    """Sorting every shown in-app row for the newest page was O(history): 97 ms at
+    100,000 rows (bench.bell). The unread rows come from their own index, the read
+    ones from the bell's, in its order."""
+    found = await plan(core, _inbox._BELL[unread_only], {"rid": str(uuid.uuid4()), "limit": 50})
+    assert "ix_notifications_unread" in found
+    assert ("ix_notifications_bell_read" in found) is not unread_only
+    assert "uq_notifications_recipient_channel_key" not in found, found
