@@ -99,12 +99,21 @@ def _cpu_seconds() -> dict[str, float]:
             else "other"
         )
         totals[name] = totals.get(name, 0.0) + used
-    for proc in psutil.process_iter(["name"]):
-        if proc.info["name"] == "postgres":
-            try:
-                totals["postgres"] = totals.get("postgres", 0.0) + sum(proc.cpu_times()[:2])
-            except psutil.Error:
-                continue
+    # PostgreSQL: every server process, plus what its backends that have exited used (a
+    # pool's overflow connections close under load): the postmaster's reaped children.
+    # Summing the live processes alone lost those, down to a negative figure per round.
+    for proc in psutil.process_iter(["name", "ppid"]):
+        if proc.info["name"] != "postgres":
+            continue
+        try:
+            times = proc.cpu_times()
+            used = times.user + times.system
+            parent = psutil.Process(proc.info["ppid"]) if proc.info["ppid"] else None
+            if parent is None or parent.name() != "postgres":  # a postmaster
+                used += times.children_user + times.children_system
+        except psutil.Error:
+            continue
+        totals["postgres"] = totals.get("postgres", 0.0) + used
     return totals
 
 
