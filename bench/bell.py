@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
-import time
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
 from sqlalchemy import text
 
-from bench.harness import _database, percentile
+from bench.harness import _database, ratio_row, timed
 from missive.config import Settings
 from missive.db import autocommit, session_factory
 from missive.models import ConversationKind
@@ -43,24 +40,6 @@ _ROWS = text(
         LATERAL (SELECT now() - (:n - n) * interval '1 minute' AS t) AS at
     """
 )
-
-
-async def _timed(calls: int, call: Callable[[], Awaitable[object]]) -> list[float]:
-    times = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        await call()
-        times.append(time.perf_counter() - started)
-    return times
-
-
-def _row(name: str, ours: list[float], floor: list[float]) -> None:
-    ms = 1e3
-    print(
-        f"    {name:<22} p50 {statistics.median(ours) * ms:7.2f} ms  p99"
-        f" {percentile(ours, 99) * ms:7.2f} ms   floor p50 {statistics.median(floor) * ms:6.2f}"
-        f" ms   ratio {statistics.median(ours) / statistics.median(floor):6.2f}"
-    )
 
 
 async def _history(core: Core, rid: str, conversations: list[str], rows: int, unread: int) -> None:
@@ -110,10 +89,10 @@ async def _one(size: int, unread: int, calls: int, limit: int) -> None:
             async def floor(ids: list[str] = ids) -> None:
                 await by_key(ids)
 
-            _row(
+            ratio_row(
                 "unread only" if unread_only else "all shown",
-                await _timed(calls, page),
-                await _timed(calls, floor),
+                await timed(calls, lambda _: page()),
+                await timed(calls, lambda _: floor()),
             )
 
 

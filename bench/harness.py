@@ -7,11 +7,12 @@ import base64
 import os
 import shutil
 import socket
+import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +185,27 @@ def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     index = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered)) - 1))
     return ordered[index]
+
+
+async def timed(n: int, call: Callable[[int], Awaitable[object]]) -> list[float]:
+    """Seconds each of ``n`` calls took, one after another (``call`` gets its index)."""
+    times = []
+    for i in range(n):
+        started = time.perf_counter()
+        await call(i)
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def ratio_row(name: str, ours: list[float], floor: list[float], *, unit: str = "ms") -> None:
+    """Prints one measure's p50 / p99 beside its floor's p50 and their ratio."""
+    scale, digits = (1e6, 0) if unit == "us" else (1e3, 2)
+    print(
+        f"  {name:<34} p50 {statistics.median(ours) * scale:7.{digits}f} {unit}  p99"
+        f" {percentile(ours, 99) * scale:7.{digits}f} {unit}   floor p50"
+        f" {statistics.median(floor) * scale:6.{digits}f} {unit}"
+        f"   ratio {statistics.median(ours) / statistics.median(floor):5.2f}"
+    )
 
 
 class Receiver:

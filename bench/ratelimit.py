@@ -12,37 +12,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
-import time
 import uuid
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
 from sqlalchemy import text
 
-from bench.harness import _database, percentile
+from bench.harness import _database, ratio_row, timed
 from missive.config import Settings
 from missive.db import autocommit, session_factory
 from missive.ratelimit import PostgresBuckets, RedisBuckets
 from runtime.wiring import open_core
-
-
-async def _timed(n: int, call: Callable[[int], Awaitable[object]]) -> list[float]:
-    times = []
-    for i in range(n):
-        started = time.perf_counter()
-        await call(i)
-        times.append(time.perf_counter() - started)
-    return times
-
-
-def _row(name: str, ours: list[float], floor: list[float]) -> None:
-    us = 1e6
-    print(
-        f"  {name:<34} p50 {statistics.median(ours) * us:7.0f} us  p99"
-        f" {percentile(ours, 99) * us:7.0f} us   floor p50 {statistics.median(floor) * us:6.0f} us"
-        f"   ratio {statistics.median(ours) / statistics.median(floor):5.2f}"
-    )
 
 
 async def run(takes: int, redis_url: str) -> None:
@@ -63,10 +42,10 @@ async def run(takes: int, redis_url: str) -> None:
         async def pg_take(i: int) -> None:
             await buckets.take(users[i], rate=5.0, burst=10)
 
-        await _timed(200, select_one)  # warm up: connections, prepared statements
-        await _timed(200, pg_take)
-        floor, ours = await _timed(takes, select_one), await _timed(takes, pg_take)
-        _row("PostgreSQL bucket (upsert)", ours, floor)
+        await timed(200, select_one)  # warm up: connections, prepared statements
+        await timed(200, pg_take)
+        floor, ours = await timed(takes, select_one), await timed(takes, pg_take)
+        ratio_row("PostgreSQL bucket (upsert)", ours, floor, unit="us")
 
     try:
         redis_buckets = RedisBuckets(redis_url)
@@ -85,10 +64,10 @@ async def run(takes: int, redis_url: str) -> None:
         async def redis_take(i: int) -> None:
             await redis_buckets.take(users[i], rate=5.0, burst=10)
 
-        await _timed(200, ping)
-        await _timed(200, redis_take)
-        floor, ours = await _timed(takes, ping), await _timed(takes, redis_take)
-        _row("Redis bucket (Lua script)", ours, floor)
+        await timed(200, ping)
+        await timed(200, redis_take)
+        floor, ours = await timed(takes, ping), await timed(takes, redis_take)
+        ratio_row("Redis bucket (Lua script)", ours, floor, unit="us")
     finally:
         await redis_buckets.close()
 
