@@ -70,7 +70,20 @@ DRIVER_CONNECTION_ERRORS = (
 @asynccontextmanager
 async def driver_connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
     """A pooled connection's asyncpg driver, for the paths where SQLAlchemy's per-row
-    work would cost more than the query (COPY, bulk statements, history pages)."""
+    work would cost more than the query (COPY, bulk statements, history pages, the
+    receipt batch).
+
+    A connection the server dropped (a restart, a terminated backend) is invalidated
+    when its block fails, not put back: SQLAlchemy does that for its own statements,
+    but it never sees the driver's errors, and the pool handed the dead connection to
+    every later block (each failing with "connection is closed").
+    """
     async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
-        yield raw.driver_connection  # type: ignore[misc]
+        driver: asyncpg.Connection = raw.driver_connection  # type: ignore[assignment]
+        try:
+            yield driver
+        except BaseException:
+            if driver.is_closed():
+                await conn.invalidate()
+            raise
