@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from missive.db import autocommit
+from missive.db import DriverQuery, driver_connection
 from missive.errors import (
     ConversationNotFound,
     InvalidInput,
@@ -105,6 +105,9 @@ _COUNTS = text(
      GROUP BY message_id
     """
 )
+
+# The batch path's statements, run on the driver (see DriverQuery).
+_RESOLVE_Q, _APPLY_Q, _COUNTS_Q = DriverQuery(_RESOLVE), DriverQuery(_APPLY), DriverQuery(_COUNTS)
 
 _STATUS = text(
     """
@@ -204,8 +207,9 @@ class ReceiptService:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]):
         self._sessions = sessions
         # The batch path's statements each stand alone (see apply_many), so they run
-        # without BEGIN / COMMIT: a batch costs its statements' round trips only.
-        self._autocommit = autocommit(sessions)
+        # without BEGIN / COMMIT, on the driver: a batch costs its round trips, not a
+        # session's work per statement as well.
+        self._engine = sessions.kw["bind"]
 
     async def apply(self, req: ReceiptInput, *, now: datetime | None = None) -> ApplyReceiptResult:
         """Moves the reader's deliveries up to a watermark forward; never backward.
@@ -266,44 +270,40 @@ class ReceiptService:
         # own). Under READ COMMITTED a transaction around both would not hold back a
         # membership change between them either; the write's join on the watermarks
         # moves only the reader's own pending deliveries.
-        async with self._autocommit() as session:
-            resolved = (
-                await session.execute(
-                    _RESOLVE,
-                    {
-                        "idx": list(range(len(receipts))),
-                        "uids": [r.user_id for r in receipts],
-                        "cids": [r.conversation_id for r in receipts],
-                        "mids": [r.message_id for r in receipts],
-                    },
-                )
-            ).all()
+        async with driver_connection(self._engine) as conn:
+            resolved = await _RESOLVE_Q.fetch(
+                conn,
+                {
+                    "idx": list(range(len(receipts))),
+                    "uids": [r.user_id for r in receipts],
+                    "cids": [r.conversation_id for r in receipts],
+                    "mids": [r.message_id for r in receipts],
+                },
+            )
             for row in resolved:
-                checked = _check(receipts[row.idx], row)
+                checked = _check(receipts[row["idx"]], row)
                 if isinstance(checked, MessagingError):
-                    outcomes[row.idx] = checked
+                    outcomes[row["idx"]] = checked
                 else:
-                    seqs[row.idx] = checked
+                    seqs[row["idx"]] = checked
             marks = _coalesce(receipts, seqs)
             changed: Sequence[Any] = []
             if marks:
                 keys = list(marks)
-                changed = (
-                    await session.execute(
-                        _APPLY,
-                        {
-                            "uids": [k[0] for k in keys],
-                            "cids": [k[1] for k in keys],
-                            "dseqs": [marks[k][0] for k in keys],
-                            "rseqs": [marks[k][1] for k in keys],
-                            "now": now,
-                        },
-                    )
-                ).all()
+                changed = await _APPLY_Q.fetch(
+                    conn,
+                    {
+                        "uids": [k[0] for k in keys],
+                        "cids": [k[1] for k in keys],
+                        "dseqs": [marks[k][0] for k in keys],
+                        "rseqs": [marks[k][1] for k in keys],
+                        "now": now,
+                    },
+                )
 
         by_reader: dict[tuple[str, str], list[Any]] = {key: [] for key in marks}
         for row in changed:
-            by_reader[(row.recipient_id, row.conversation_id)].append(row)
+            by_reader[(row["recipient_id"], row["conversation_id"])].append(row)
         # Each receipt's own count (rows it moved at least as far as it says), by
         # bisecting the reader's changed seqs: a burst of 100 receipts from one reader
         # counts in 100 lookups, not 100 passes over the rows.
@@ -311,8 +311,8 @@ class ReceiptService:
         for key, rows in by_reader.items():
             ascending = rows[::-1]  # the statement returns them newest first
             moved_seqs[key] = (
-                [r.seq for r in ascending],
-                [r.seq for r in ascending if r.status == DeliveryStatus.READ],
+                [r["seq"] for r in ascending],
+                [r["seq"] for r in ascending if r["status"] == DeliveryStatus.READ],
             )
         for idx, seq in seqs.items():
             receipt = receipts[idx]
@@ -322,7 +322,7 @@ class ReceiptService:
 
         cutoff = now - timedelta(seconds=lifecycle_window_seconds)
         reported = {
-            key: [r for r in rows if r.created_at >= cutoff][:MAX_CHANGES_REPORTED]
+            key: [r for r in rows if r["created_at"] >= cutoff][:MAX_CHANGES_REPORTED]
             for key, rows in by_reader.items()
         }
         readers = [
@@ -359,9 +359,9 @@ class ReceiptService:
     async def _counts(self, message_ids: list[str]) -> dict[str, tuple[int, int, int]]:
         if not message_ids:
             return {}
-        async with self._autocommit() as session:
-            rows = (await session.execute(_COUNTS, {"ids": message_ids})).all()
-        return {r.message_id: (r.total, r.delivered, r.read) for r in rows}
+        async with driver_connection(self._engine) as conn:
+            rows = await _COUNTS_Q.fetch(conn, {"ids": message_ids})
+        return {r["message_id"]: (r["total"], r["delivered"], r["read"]) for r in rows}
 
     async def recipient_states(self, message_id: str) -> dict[str, RecipientState]:
         """Every recipient's state of one message, from the database."""
@@ -376,19 +376,19 @@ class ReceiptService:
         }
 
 
-def _check(receipt: Watermark, row: object) -> int | MessagingError:
+def _check(receipt: Watermark, row: Any) -> int | MessagingError:
     """The seq a receipt applies up to, or why it is refused."""
     cid, uid = receipt.conversation_id, receipt.user_id
-    if not row.found:  # type: ignore[attr-defined]
+    if not row["found"]:
         return ConversationNotFound(f"conversation {cid} does not exist")
-    if not row.is_member:  # type: ignore[attr-defined]
+    if not row["is_member"]:
         return NotAMember(f"user {uid} is not a participant of conversation {cid}")
     if receipt.message_id is not None:
-        if row.message_seq is None:  # type: ignore[attr-defined]
+        if row["message_seq"] is None:
             return MessageNotVisible(f"message {receipt.message_id} is not in conversation {cid}")
-        return int(row.message_seq)  # type: ignore[attr-defined]
+        return int(row["message_seq"])
     assert receipt.up_to_seq is not None
-    last = int(row.last_seq)  # type: ignore[attr-defined]
+    last = int(row["last_seq"])
     if receipt.up_to_seq > last:
         return MessageNotVisible(
             f"conversation {cid} has no message {receipt.up_to_seq} (its last is {last})"
@@ -434,12 +434,13 @@ def _with_counts(change: ReceiptChange, counts: dict[str, tuple[int, int, int]])
 
 
 def _change(row: Any, now: datetime) -> ReceiptChange:
+    read = row["status"] == DeliveryStatus.READ
     return ReceiptChange(
-        message_id=row.message_id,
-        sender_id=row.sender_id,
-        client_message_id=row.client_message_id,
-        seq=row.seq,
-        status=ReceiptStatus.READ if row.status == DeliveryStatus.READ else ReceiptStatus.DELIVERED,
+        message_id=row["message_id"],
+        sender_id=row["sender_id"],
+        client_message_id=row["client_message_id"],
+        seq=row["seq"],
+        status=ReceiptStatus.READ if read else ReceiptStatus.DELIVERED,
         at=now,
         within_window=True,
     )

@@ -16,6 +16,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from missive.broadcast import Broadcaster
 from missive.constants import EVENT_MESSAGE_RECEIPT, user_room
+from missive.db import create_engine
 from missive.errors import ConversationNotFound, MessageNotVisible, NotAMember, ProviderUnavailable
 from missive.metrics import Metrics
 from missive.schemas import PersistMessageInput, ReceiptStatus
@@ -329,3 +330,41 @@ async def test_a_large_conversations_sender_hears_counts_once_per_batch(
     assert event["message_id"] == message and event["recipient_id"] is None
     assert (event["recipient_count"], event["delivered_count"], event["read_count"]) == (4, 3, 2)
     assert event["event_id"] == f"message:receipt:{message}:3:2"
+
+
+async def test_a_batch_after_the_database_dropped_every_connection_is_stored_and_acked(
+    core: Core, batcher_parts: tuple[Room, Metrics, dict[str, Any]]
+) -> None:
+    """The batch runs on the driver, where SQLAlchemy never sees a dead connection:
+    after a restart (here every backend of the pool terminated) its first statement
+    fails, the batch is retried on fresh connections, and the receipt is acked ok and
+    stored, not answered unavailable."""
+    _, _, parts = batcher_parts
+    ana, ben = await _people(core, 2)
+    conversation = await _conversation(core, ana, ben)
+    await _send(core, conversation, ana, 3)
+    batcher = ReceiptBatcher(window_seconds=0.01, **parts)
+    batcher.start()
+    try:
+        first = await batcher.submit(Watermark(ben, conversation, DELIVERED, up_to_seq=1))
+        assert first.changed == 1
+        killer = create_engine(core.engine.url.render_as_string(hide_password=False))
+        try:
+            async with killer.connect() as conn:
+                dropped = (
+                    await conn.execute(
+                        text(
+                            "SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity"
+                            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                        )
+                    )
+                ).scalar_one()
+        finally:
+            await killer.dispose()
+        assert dropped >= 1  # the batch's pooled connection among them
+        again = await batcher.submit(Watermark(ben, conversation, READ, up_to_seq=3))
+        assert (again.up_to_seq, again.changed) == (3, 3)
+    finally:
+        await batcher.close()
+    assert await _statuses(core, conversation, ben) == [2, 2, 2]
+    assert await _watermarks(core, conversation, ben) == (3, 3)

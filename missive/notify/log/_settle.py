@@ -8,6 +8,7 @@ from datetime import datetime
 
 from sqlalchemy import text
 
+from missive.db import DriverQuery, driver_connection
 from missive.errors import InvalidInput
 from missive.notify.log._shared import REASON_DELIVERED, REASON_READ, LogPart
 from missive.notify.log._sql import _UNREAD_COUNTS
@@ -119,6 +120,8 @@ _SETTLE_MANY = {
     rerun: text(_SETTLE_MANY_SQL.format(unread=unread, uncleared=uncleared))
     for rerun, (unread, uncleared) in _UNSETTLED.items()
 }
+_SETTLE_MANY_Q = {rerun: DriverQuery(statement) for rerun, statement in _SETTLE_MANY.items()}
+_UNREAD_COUNTS_Q = DriverQuery(_UNREAD_COUNTS)
 
 
 class Settling(LogPart):
@@ -196,18 +199,19 @@ class Settling(LogPart):
             "delivered_reason": REASON_DELIVERED,
         }
         # Two statements that each stand alone, without BEGIN / COMMIT: the settle is one
-        # write; the unread counts, read after it committed, are at least as new.
-        async with self._autocommit() as session:
-            rows = (await session.execute(_SETTLE_MANY[rerun], params)).all()
-            read = sorted({(r.uid, r.cid) for r in rows if r.kind == "read"})
+        # write; the unread counts, read after it committed, are at least as new. On the
+        # driver, as the rest of the receipt batch (missive.db.DriverQuery).
+        async with driver_connection(self._sessions.kw["bind"]) as conn:
+            rows = await _SETTLE_MANY_Q[rerun].fetch(conn, params)
+            read = sorted({(r["uid"], r["cid"]) for r in rows if r["kind"] == "read"})
             readers = sorted({uid for uid, _ in read})
             unread = {}
             if readers:
-                counts = (await session.execute(_UNREAD_COUNTS, {"rids": readers})).all()
-                unread = {c.recipient_id: int(c.unread) for c in counts}
+                counts = await _UNREAD_COUNTS_Q.fetch(conn, {"rids": readers})
+                unread = {c["recipient_id"]: int(c["unread"]) for c in counts}
         return SettledMany(
-            cancelled=sum(1 for r in rows if r.kind == "cancelled"),
+            cancelled=sum(1 for r in rows if r["kind"] == "cancelled"),
             in_app_read=read,
             unread_counts=unread,
-            clear_push_ids=sorted(r.id for r in rows if r.kind == "cleared"),
+            clear_push_ids=sorted(r["id"] for r in rows if r["kind"] == "cleared"),
         )
