@@ -41,6 +41,12 @@ def session_factory(engine: AsyncEngine) -> async_sessionmaker:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+def engine_of(sessions: async_sessionmaker[AsyncSession]) -> AsyncEngine:
+    """The engine a session factory is bound to (for its driver paths)."""
+    engine: AsyncEngine = sessions.kw["bind"]
+    return engine
+
+
 def autocommit(sessions: async_sessionmaker[AsyncSession]) -> async_sessionmaker[AsyncSession]:
     """Sessions on the same pool whose statements each commit on their own.
 
@@ -48,7 +54,7 @@ def autocommit(sessions: async_sessionmaker[AsyncSession]) -> async_sessionmaker
     snapshot shared with it (under READ COMMITTED a transaction would not give one
     either): it saves the BEGIN and COMMIT round trips, a third of such a unit.
     """
-    engine = sessions.kw["bind"]
+    engine = engine_of(sessions)
     return async_sessionmaker(
         engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
     )

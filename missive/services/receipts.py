@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from missive.db import DriverQuery, driver_connection
+from missive.db import DriverQuery, driver_connection, engine_of
 from missive.errors import (
     ConversationNotFound,
     InvalidInput,
@@ -209,7 +209,7 @@ class ReceiptService:
         # The batch path's statements each stand alone (see apply_many), so they run
         # without BEGIN / COMMIT, on the driver: a batch costs its round trips, not a
         # session's work per statement as well.
-        self._engine = sessions.kw["bind"]
+        self._engine = engine_of(sessions)
 
     async def apply(self, req: ReceiptInput, *, now: datetime | None = None) -> ApplyReceiptResult:
         """Moves the reader's deliveries up to a watermark forward; never backward.

@@ -201,7 +201,7 @@ class Settling(LogPart):
         # Two statements that each stand alone, without BEGIN / COMMIT: the settle is one
         # write; the unread counts, read after it committed, are at least as new. On the
         # driver, as the rest of the receipt batch (missive.db.DriverQuery).
-        async with driver_connection(self._sessions.kw["bind"]) as conn:
+        async with driver_connection(self._engine) as conn:
             rows = await _SETTLE_MANY_Q[rerun].fetch(conn, params)
             read = sorted({(r["uid"], r["cid"]) for r in rows if r["kind"] == "read"})
             readers = sorted({uid for uid, _ in read})

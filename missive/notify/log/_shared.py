@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from missive.db import autocommit
+from missive.db import autocommit, engine_of
 from missive.errors import InvalidInput
 from missive.notify.log._sql import _APPLY_DECISIONS, _NOTICE_MESSAGES
 from missive.notify.preferences import (
@@ -321,3 +321,4 @@ class LogPart:
     def __init__(self, sessions: async_sessionmaker[AsyncSession]):
         self._sessions = sessions
         self._autocommit = autocommit(sessions)
+        self._engine = engine_of(sessions)
